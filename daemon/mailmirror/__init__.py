@@ -1,0 +1,3 @@
+"""mailmirror: declarative, stateful IMAP mirroring and backup."""
+
+__version__ = "0.1.0"

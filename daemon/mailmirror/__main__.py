@@ -1,0 +1,3 @@
+from mailmirror.cli import main
+
+main()

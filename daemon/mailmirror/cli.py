@@ -1,0 +1,399 @@
+"""The `mailmirror` command line: one program, subcommands, sysexits-style exit codes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from mailmirror import __version__
+from mailmirror.errors import (
+    AuthenticationFailure,
+    ConfigError,
+    ConnectionFailure,
+    ExitCode,
+    MailmirrorError,
+    UsageError,
+)
+
+if TYPE_CHECKING:
+    from mailmirror.config import Config
+    from mailmirror.sync import PairReport
+
+DEFAULT_CONFIG = "/etc/mailmirror/config.yaml"
+log = logging.getLogger("mailmirror")
+
+EXIT_CODES_HELP = """\b
+Exit codes:
+  0   success
+  64  usage error (unknown pair, bad option)
+  65  verify found differences
+  69  a server could not be reached, or TLS failed
+  70  internal error (a bug: please report it)
+  75  the pass finished but some messages failed (retryable)
+  77  authentication failed
+  78  configuration error
+"""
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Context:
+    def __init__(self, config_path: Path, verbose: int, quiet: bool) -> None:
+        self.config_path = config_path
+        self.verbose = verbose
+        self.quiet = quiet
+        self.stdout = Console(highlight=False)
+        self.stderr = Console(stderr=True, highlight=False)
+        self._config: Config | None = None
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            from mailmirror.config import load_config
+
+            self._config = load_config(self.config_path)
+        return self._config
+
+    def pair_names(self, wanted: Sequence[str]) -> list[str]:
+        known = list(self.config.effective_pairs())
+        unknown = [name for name in wanted if name not in known]
+        if unknown:
+            raise UsageError(f"unknown pair {', '.join(map(repr, unknown))} (pairs in the config: {', '.join(known)})")
+        return list(wanted) or known
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+def _setup_logging(verbose: int, quiet: bool, log_format: str = "text") -> None:
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # imapclient logs every command at DEBUG (including LOGIN's arguments): never let it through.
+    logging.getLogger("imapclient").setLevel(logging.WARNING)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(
+            {
+                "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+                "level": record.levelname.lower(),
+                "logger": record.name,
+                "message": record.getMessage(),
+            },
+            ensure_ascii=False,
+        )
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog=EXIT_CODES_HELP,
+)
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=lambda: os.environ.get("MAILMIRROR_CONFIG", DEFAULT_CONFIG),
+    show_default=f"$MAILMIRROR_CONFIG or {DEFAULT_CONFIG}",
+    help="The YAML file describing accounts and pairs.",
+)
+@click.option("-v", "--verbose", count=True, help="More detail in the log (debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors in the log.")
+@click.version_option(__version__, "-V", "--version")
+@click.pass_context
+def cli(click_context: click.Context, config_path: Path, verbose: int, quiet: bool) -> None:
+    """mailmirror copies, mirrors and backs up IMAP mailboxes: imapsync's job, stateful and observable.
+
+    A pair copies every folder of a source account to a destination account: exact bytes, flags and
+    INTERNALDATE, never touching the source, never deleting anything unless the pair asks. Its state
+    database remembers what was copied, so the next pass costs only what changed.
+
+    \b
+    Typical cutover:
+      mailmirror check              log in to every account, show capabilities
+      mailmirror sync --dry-run     what a pass would do, touching nothing
+      mailmirror sync               one pass now (repeat, or run the daemon)
+      mailmirror verify             prove every message is on the destination
+    """
+    click_context.obj = Context(config_path, verbose, quiet)
+    _setup_logging(verbose, quiet)
+
+
+def _apply_log_config(context: Context) -> None:
+    """Log format and level from the config; -v / -q on the command line win over the level."""
+    _setup_logging(context.verbose, context.quiet, context.config.log.format)
+    if not context.verbose and not context.quiet:
+        logging.getLogger().setLevel(context.config.log.level.upper())
+
+
+def _exit_code_for(errors: Sequence[MailmirrorError]) -> ExitCode:
+    for kind, code in ((ConfigError, ExitCode.CONFIG), (AuthenticationFailure, ExitCode.NOPERM)):
+        if any(isinstance(error, kind) for error in errors):
+            return code
+    if any(isinstance(error, ConnectionFailure) for error in errors):
+        return ExitCode.UNAVAILABLE
+    return errors[0].exit_code if errors else ExitCode.OK
+
+
+# -- sync -------------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("pairs", nargs=-1)
+@click.option("-n", "--dry-run", is_flag=True, help="Show what a pass would copy and update; change nothing.")
+@click.option("--progress/--no-progress", default=None, help="Progress bars (default: on when on a terminal).")
+@pass_context
+def sync(context: Context, pairs: tuple[str, ...], dry_run: bool, progress: bool | None) -> None:
+    """Run one pass of PAIRS now (all pairs by default), then print a summary.
+
+    Copies every message not yet on the destination with its flags and INTERNALDATE, creates missing
+    folders, re-syncs flags of messages copied earlier. Exit 0 when every selected message is on the
+    destination, 75 when some messages failed (the summary says why), 69/77 when a server is unreachable
+    or refuses the login.
+    """
+    from mailmirror.report import RichProgress, print_pass
+    from mailmirror.state import StateStore
+    from mailmirror.sync import LogProgress, PairPass
+
+    _apply_log_config(context)
+    names = context.pair_names(pairs)
+    config = context.config
+    show_bars = context.stdout.is_terminal if progress is None else progress
+    store = StateStore(config.state.path)
+    reports: list[PairReport] = []
+    try:
+        for name in names:
+            pair = config.effective_pairs()[name]
+            bars = RichProgress(context.stdout) if show_bars else None
+            manager: AbstractContextManager[Any] = bars if bars is not None else nullcontext()
+            with manager:
+                report = PairPass(name, pair, config, store, bars or LogProgress(), dry_run=dry_run).run()
+            reports.append(report)
+            print_pass(context.stdout, report, pair.source, pair.destination)
+            if report.error is not None:
+                context.stderr.print(f"mailmirror: pair '{name}': {report.error}", markup=False, highlight=False)
+    finally:
+        store.close()
+    errors = [report.error for report in reports if report.error is not None]
+    if errors:
+        sys.exit(_exit_code_for(errors))
+    if any(report.failed for report in reports):
+        sys.exit(ExitCode.TEMPFAIL)
+
+
+# -- verify -----------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("pairs", nargs=-1)
+@pass_context
+def verify(context: Context, pairs: tuple[str, ...]) -> None:
+    """Deep-compare source and destination of PAIRS (all by default): the cutover proof.
+
+    Reads every message on both sides (read-only, BODY.PEEK) and compares them by SHA-256 of their exact
+    bytes, with flags and INTERNALDATE. Exit 0 when every source message is on the destination exactly
+    once and identical, 65 on any difference (listed).
+    """
+    from mailmirror.report import print_verdict
+    from mailmirror.verify import verify_pair
+
+    _apply_log_config(context)
+    names = context.pair_names(pairs)
+    verdicts = [verify_pair(name, context.config.effective_pairs()[name], context.config) for name in names]
+    for verdict in verdicts:
+        print_verdict(context.stdout, verdict)
+    errors = [verdict.error for verdict in verdicts if verdict.error is not None]
+    if errors:
+        sys.exit(_exit_code_for(errors))
+    if not all(verdict.clean for verdict in verdicts):
+        sys.exit(ExitCode.DIFFERENCES)
+
+
+# -- check ------------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("accounts", nargs=-1)
+@pass_context
+def check(context: Context, accounts: tuple[str, ...]) -> None:
+    """Validate the config, log in to every account (or ACCOUNTS) and report server capabilities.
+
+    Nothing is written anywhere. Exit 69 when a server cannot be reached or TLS fails, 77 when a login
+    is refused; every account is tried and reported either way.
+    """
+    from mailmirror.imap import REPORTED_CAPABILITIES, Session
+
+    _apply_log_config(context)
+    config = context.config
+    unknown = [name for name in accounts if name not in config.accounts]
+    if unknown:
+        raise UsageError(f"unknown account {', '.join(map(repr, unknown))} (known: {', '.join(config.accounts)})")
+    table = Table(title=f"Accounts in {context.config_path}", title_justify="left")
+    for column in ("Account", "Server", "TLS", "Login", "Namespace", *REPORTED_CAPABILITIES):
+        table.add_column(column)
+    errors: list[MailmirrorError] = []
+    for name in accounts or tuple(config.accounts):
+        account = config.accounts[name]
+        server = f"{account.host}:{account.effective_port}"
+        tls = account.tls + ("" if account.tls == "none" or account.tls_verify else " (unverified)")
+        try:
+            with Session.open(name, account) as session:
+                marks = [_capability_mark(session.capabilities, cap) for cap in REPORTED_CAPABILITIES]
+                namespace = f"{session.prefix or '(none)'} sep {session.separator}"
+                table.add_row(name, server, tls, "[green]ok[/green]", namespace, *marks)
+        except MailmirrorError as error:
+            errors.append(error)
+            table.add_row(name, server, tls, "[red]failed[/red]", "", *[""] * len(REPORTED_CAPABILITIES))
+    context.stdout.print(table)
+    for error in errors:
+        context.stderr.print(f"mailmirror: {error}", markup=False, highlight=False)
+    if errors:
+        sys.exit(_exit_code_for(errors))
+
+
+def _capability_mark(capabilities: frozenset[str], name: str) -> str:
+    if name == "APPENDLIMIT":
+        value = next((c.split("=", 1)[1] for c in capabilities if c.startswith("APPENDLIMIT=")), None)
+        if value is not None:
+            return value
+    return "yes" if name in capabilities or any(c.startswith(name + "=") for c in capabilities) else "-"
+
+
+# -- status -----------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@pass_context
+def status(context: Context) -> None:
+    """Show, from the state database, each pair's last pass: when, outcome, messages copied, failures."""
+    from mailmirror.state import StateStore
+
+    store = StateStore(context.config.state.path)
+    try:
+        runs = {str(row["pair"]): row for row in store.last_runs()}
+        table = Table(title=f"State in {context.config.state.path}", title_justify="left")
+        for column in ("Pair", "Last pass started", "Finished", "Outcome", "Copied", "Failed", "Error"):
+            table.add_column(column)
+        for name in context.config.effective_pairs():
+            row = runs.get(name)
+            if row is None:
+                table.add_row(name, "never", "", "", "", "", "")
+                continue
+            table.add_row(
+                name,
+                str(row["started_at"]),
+                str(row["finished_at"] or "running or interrupted"),
+                str(row["outcome"] or ""),
+                str(row["copied"]),
+                str(row["failed"]),
+                str(row["error"] or ""),
+            )
+        context.stdout.print(table)
+    finally:
+        store.close()
+
+
+# -- config -----------------------------------------------------------------------------------------------
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Validate the config, print its JSON Schema, or print an annotated example."""
+
+
+@config_group.command("validate")
+@pass_context
+def config_validate(context: Context) -> None:
+    """Check the config file; print every error as file:line: field: message (exit 78)."""
+    config = context.config
+    context.stdout.print(
+        f"{context.config_path}: valid ({len(config.accounts)} accounts, {len(config.pairs)} pairs)", markup=False
+    )
+
+
+@config_group.command("schema")
+def config_schema() -> None:
+    """Print the JSON Schema of the config (for editors: yaml-language-server, VS Code, …)."""
+    from mailmirror.config import config_json_schema
+
+    click.echo(json.dumps(config_json_schema(), indent=2, ensure_ascii=False))
+
+
+@config_group.command("example")
+def config_example() -> None:
+    """Print an annotated example config with every option and its default."""
+    click.echo(resources.files("mailmirror").joinpath("data/config.example.yaml").read_text("utf-8"), nl=False)
+
+
+# -- demo -------------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the demo servers keep their files (default: a new temporary folder).",
+)
+@click.option("--messages", default=240, show_default=True, help="How many sample messages to generate.")
+@click.option("--keep", is_flag=True, help="Leave the two servers running until Ctrl-C, to look around.")
+@pass_context
+def demo(context: Context, workdir: Path | None, messages: int, keep: bool) -> None:
+    """Start two throwaway Dovecot servers on 127.0.0.1, fill one with sample mail, mirror it, verify.
+
+    Needs Dovecot (Debian package dovecot-imapd). Nothing outside the work folder is touched.
+    """
+    from mailmirror.demo import run_demo
+
+    sys.exit(run_demo(context.stdout, workdir=workdir, messages=messages, keep=keep))
+
+
+# -- entry point ------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name="mailmirror", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("mailmirror: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(ExitCode.USAGE)
+    except MailmirrorError as error:
+        click.echo(f"mailmirror: {error}", err=True)
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        click.echo("mailmirror: interrupted", err=True)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as error:  # a bug: say so, with the traceback only when asked for
+        if os.environ.get("MAILMIRROR_DEBUG"):
+            raise
+        click.echo(
+            f"mailmirror: internal error ({type(error).__name__}: {error}). This is a bug: please report it "
+            "(set MAILMIRROR_DEBUG=1 for the traceback).",
+            err=True,
+        )
+        sys.exit(ExitCode.SOFTWARE)
+    sys.exit(ExitCode.OK)

@@ -1,0 +1,527 @@
+"""IMAP session handling: connect, TLS, login, and the few commands a pass needs, with clear errors.
+
+Every error that leaves this module is a `MailmirrorError` naming the account and the server; no secret
+is ever part of a message (imapclient's LoginError carries only the server's reply).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import imaplib
+import logging
+import re
+import socket
+import ssl
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from imapclient import IMAPClient
+from imapclient.exceptions import CapabilityError, IMAPClientAbortError, IMAPClientError, LoginError
+
+from mailmirror.errors import AuthenticationFailure, ConfigError, ConnectionFailure, ServerRefused
+
+if TYPE_CHECKING:
+    from mailmirror.config import Account
+
+log = logging.getLogger(__name__)
+
+#: Capabilities `mailmirror check` reports, in this order.
+REPORTED_CAPABILITIES = (
+    "UIDPLUS",
+    "CONDSTORE",
+    "QRESYNC",
+    "MULTIAPPEND",
+    "LITERAL+",
+    "LIST-STATUS",
+    "SPECIAL-USE",
+    "IDLE",
+    "APPENDLIMIT",
+    "NAMESPACE",
+)
+
+SPECIAL_USE_FLAGS = ("\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash")
+
+_APPENDUID = re.compile(rb"\[APPENDUID (\d+) ([\d:,]+)\]", re.IGNORECASE)
+_RESP_CODE = re.compile(rb"^\[([A-Z-]+)")
+
+
+class FolderMissing(Exception):
+    """The folder does not exist (or is not selectable) on the server."""
+
+
+class AppendRefused(Exception):
+    """The server answered NO to an APPEND: the message is refused, the connection is fine."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Folder:
+    name: str  # Unicode, as the server names it (imapclient decodes modified UTF-7)
+    delimiter: str | None
+    flags: frozenset[str]
+
+    @property
+    def selectable(self) -> bool:
+        lowered = {flag.lower() for flag in self.flags}
+        return "\\noselect" not in lowered and "\\nonexistent" not in lowered
+
+    @property
+    def special_use(self) -> str | None:
+        for flag in SPECIAL_USE_FLAGS:
+            if flag in self.flags:
+                return flag
+        return None
+
+
+@dataclass(frozen=True)
+class MailboxStatus:
+    uidvalidity: int
+    uidnext: int
+    messages: int
+    highestmodseq: int | None
+    permanent_flags: frozenset[str] | None = None  # only known after SELECT/EXAMINE
+
+    def accepts_keyword(self, keyword: str) -> bool:
+        if self.permanent_flags is None or "\\*" in self.permanent_flags:
+            return True
+        return keyword in self.permanent_flags
+
+
+@dataclass(frozen=True)
+class MessageMeta:
+    """What a pass knows of a message without its body."""
+
+    uid: int
+    size: int
+    flags: frozenset[str]
+    internaldate: datetime
+    header: bytes  # the identity header fields, as the server returned them
+
+
+@dataclass(frozen=True)
+class MessageDigest:
+    uid: int
+    sha256: str
+    flags: frozenset[str]
+    internaldate: datetime
+
+
+@dataclass(frozen=True)
+class MessageToAppend:
+    raw: bytes
+    flags: frozenset[str]
+    internaldate: datetime
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _flags(values: Iterable[Any]) -> frozenset[str]:
+    return frozenset(_text(value) for value in values)
+
+
+def _ssl_context(account: Account) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(account.tls_ca) if account.tls_ca else None)
+    if not account.tls_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class Session:
+    """One logged-in IMAP connection to one account.
+
+    Use `Session.open(name, account)` (or the `connect` context manager); all methods raise
+    MailmirrorError subclasses on connection problems, naming the account and server.
+    """
+
+    def __init__(self, account_name: str, account: Account, client: IMAPClient) -> None:
+        self.account_name = account_name
+        self.account = account
+        self.client = client
+        self.capabilities = frozenset(_text(c).upper() for c in client.capabilities())
+        self.separator, self.prefix = self._namespace()
+        self.selected: str | None = None
+        self.selected_readonly = True
+
+    # -- connecting --------------------------------------------------------------------------------------
+
+    @property
+    def server(self) -> str:
+        return f"{self.account.host}:{self.account.effective_port}"
+
+    @classmethod
+    def open(cls, account_name: str, account: Account) -> Session:
+        where = f"{account.host}:{account.effective_port}"
+        what = f"account '{account_name}' ({where})"
+        client = _connect_client(account, what)
+        try:
+            _login(client, account, what)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                client.shutdown()
+            raise
+        client.normalise_times = False
+        session = cls(account_name, account, client)
+        log.debug("%s: logged in, capabilities %s", what, " ".join(sorted(session.capabilities)))
+        return session
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.logout()
+        with contextlib.suppress(Exception):
+            self.client.shutdown()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def has(self, capability: str) -> bool:
+        return capability.upper() in self.capabilities
+
+    @property
+    def append_limit(self) -> int | None:
+        for capability in self.capabilities:
+            if capability.startswith("APPENDLIMIT="):
+                value = capability.split("=", 1)[1]
+                return int(value) if value.isdigit() else None
+        return None
+
+    # -- error translation -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _talking(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except (IMAPClientAbortError, OSError, EOFError) as error:
+            raise ConnectionFailure(
+                f"account '{self.account_name}' ({self.server}): connection lost while {doing}: {error}"
+            ) from None
+
+    def _refused(self, doing: str, error: Exception) -> ServerRefused:
+        return ServerRefused(
+            f"account '{self.account_name}' ({self.server}): the server refused {doing}: {_text(error)}"
+        )
+
+    # -- folders -----------------------------------------------------------------------------------------
+
+    def _namespace(self) -> tuple[str, str]:
+        if self.has("NAMESPACE"):
+            try:
+                personal = self.client.namespace().personal
+            except IMAPClientError:
+                personal = None
+            if personal:
+                prefix, separator = personal[0]
+                return (_text(separator) if separator else "/"), _text(prefix)
+        folders = self.client.list_folders(pattern="%")
+        for _attributes, delimiter, _name in folders:
+            if delimiter:
+                return _text(delimiter), ""
+        return "/", ""
+
+    def list_folders(self) -> list[Folder]:
+        with self._talking("listing folders"):
+            rows = self.client.list_folders()
+        folders = [Folder(name=_text(name), delimiter=_text(d) if d else None, flags=_flags(f)) for f, d, name in rows]
+        return folders
+
+    def subscribed_folders(self) -> set[str]:
+        with self._talking("listing subscribed folders"):
+            rows = self.client.list_sub_folders()
+        return {_text(name) for _flags_, _delimiter, name in rows}
+
+    def create_folder(self, name: str) -> None:
+        with self._talking(f"creating folder '{name}'"):
+            try:
+                self.client.create_folder(name)
+            except IMAPClientAbortError:
+                raise
+            except IMAPClientError as error:
+                if b"ALREADYEXISTS" in str(error).encode().upper() or "already exists" in str(error).lower():
+                    return
+                raise self._refused(f"to create folder '{name}'", error) from None
+
+    def subscribe(self, name: str) -> None:
+        with self._talking(f"subscribing folder '{name}'"):
+            try:
+                self.client.subscribe_folder(name)
+            except IMAPClientAbortError:
+                raise
+            except IMAPClientError as error:
+                log.warning("account '%s': could not subscribe '%s': %s", self.account_name, name, error)
+
+    def status(self, name: str) -> MailboxStatus:
+        items = ["MESSAGES", "UIDNEXT", "UIDVALIDITY"]
+        if self.has("CONDSTORE"):
+            items.append("HIGHESTMODSEQ")
+        with self._talking(f"asking the status of '{name}'"):
+            try:
+                result = self.client.folder_status(name, items)
+            except IMAPClientAbortError:
+                raise
+            except IMAPClientError as error:
+                raise FolderMissing(f"{name}: {error}") from None
+        modseq = result.get(b"HIGHESTMODSEQ")
+        return MailboxStatus(
+            uidvalidity=int(result[b"UIDVALIDITY"]),
+            uidnext=int(result[b"UIDNEXT"]),
+            messages=int(result[b"MESSAGES"]),
+            highestmodseq=int(modseq) if modseq is not None else None,
+        )
+
+    def select(self, name: str, *, readonly: bool) -> MailboxStatus:
+        """SELECT (or EXAMINE when readonly: the source is never opened read-write)."""
+        with self._talking(f"opening '{name}'"):
+            try:
+                response = self.client.select_folder(name, readonly=readonly)
+            except IMAPClientAbortError:
+                raise
+            except IMAPClientError as error:
+                raise FolderMissing(f"{name}: {error}") from None
+        self.selected, self.selected_readonly = name, readonly
+        modseq = response.get(b"HIGHESTMODSEQ")
+        permanent = response.get(b"PERMANENTFLAGS")
+        uidnext = response.get(b"UIDNEXT")
+        return MailboxStatus(
+            uidvalidity=int(response[b"UIDVALIDITY"]),
+            uidnext=int(uidnext) if uidnext is not None else 0,
+            messages=int(response[b"EXISTS"]),
+            highestmodseq=int(modseq) if modseq is not None else None,
+            permanent_flags=_flags(permanent) if permanent is not None else None,
+        )
+
+    # -- messages ----------------------------------------------------------------------------------------
+
+    def all_uids(self) -> list[int]:
+        with self._talking(f"searching '{self.selected}'"):
+            return sorted(int(uid) for uid in self.client.search(["ALL"]))
+
+    def uids_from(self, first_uid: int) -> list[int]:
+        """UIDs >= first_uid (``UID SEARCH UID n:*`` answers the highest UID even when below n)."""
+        with self._talking(f"searching '{self.selected}'"):
+            found = self.client.search(["UID", f"{first_uid}:*"])
+        return sorted(int(uid) for uid in found if int(uid) >= first_uid)
+
+    def fetch_flags(self, uids: Sequence[int] | str) -> dict[int, frozenset[str]]:
+        if not uids:
+            return {}
+        with self._talking(f"fetching flags in '{self.selected}'"):
+            response = self.client.fetch(uids, ["FLAGS"])
+        return {int(uid): _flags(data.get(b"FLAGS", ())) for uid, data in response.items()}
+
+    def fetch_sizes(self) -> dict[int, int]:
+        """UID → RFC822.SIZE of every message in the selected folder."""
+        with self._talking(f"fetching sizes in '{self.selected}'"):
+            response = self.client.fetch("1:*", ["RFC822.SIZE"])
+        return {int(uid): int(data[b"RFC822.SIZE"]) for uid, data in response.items() if b"RFC822.SIZE" in data}
+
+    def fetch_meta(self, uids: Sequence[int], header_fields: Sequence[str]) -> list[MessageMeta]:
+        """Size, flags, INTERNALDATE and the identity header fields, without bodies, in chunks."""
+        fields = " ".join(field.upper() for field in header_fields)
+        header_item = f"BODY.PEEK[HEADER.FIELDS ({fields})]"
+        metas: list[MessageMeta] = []
+        for chunk in _chunks(list(uids), 2000):
+            with self._talking(f"fetching headers in '{self.selected}'"):
+                response = self.client.fetch(chunk, ["RFC822.SIZE", "FLAGS", "INTERNALDATE", header_item])
+            for uid, data in response.items():
+                if b"RFC822.SIZE" not in data:
+                    continue  # expunged meanwhile, or an unsolicited FETCH
+                header = next((v for k, v in data.items() if k.startswith(b"BODY[HEADER")), b"") or b""
+                metas.append(
+                    MessageMeta(
+                        uid=int(uid),
+                        size=int(data[b"RFC822.SIZE"]),
+                        flags=_flags(data.get(b"FLAGS", ())),
+                        internaldate=data[b"INTERNALDATE"],
+                        header=bytes(header),
+                    )
+                )
+        metas.sort(key=lambda meta: meta.uid)
+        return metas
+
+    def fetch_bodies(self, uids: Sequence[int]) -> dict[int, bytes]:
+        """The exact bytes of each message, with BODY.PEEK so that \\Seen is never set."""
+        if not uids:
+            return {}
+        with self._talking(f"fetching messages in '{self.selected}'"):
+            response = self.client.fetch(list(uids), ["BODY.PEEK[]"])
+        return {int(uid): bytes(data[b"BODY[]"]) for uid, data in response.items() if b"BODY[]" in data}
+
+    def fetch_digests(self, uids: Sequence[int], sizes: dict[int, int], max_bytes: int) -> Iterator[MessageDigest]:
+        """SHA-256 of each message's exact bytes with its flags and INTERNALDATE, fetched in bounded batches."""
+        batch: list[int] = []
+        batch_bytes = 0
+        for uid in [*uids, None]:
+            if uid is not None and not (batch and batch_bytes + sizes.get(uid, 0) > max_bytes):
+                batch.append(uid)
+                batch_bytes += sizes.get(uid, 0)
+                continue
+            if batch:
+                with self._talking(f"fetching messages in '{self.selected}'"):
+                    response = self.client.fetch(batch, ["BODY.PEEK[]", "FLAGS", "INTERNALDATE"])
+                for got_uid, data in sorted(response.items()):
+                    if b"BODY[]" in data:
+                        yield MessageDigest(
+                            int(got_uid),
+                            hashlib.sha256(bytes(data[b"BODY[]"])).hexdigest(),
+                            _flags(data.get(b"FLAGS", ())),
+                            data[b"INTERNALDATE"],
+                        )
+            if uid is not None:
+                batch, batch_bytes = [uid], sizes.get(uid, 0)
+
+    def append(self, folder: str, messages: Sequence[MessageToAppend]) -> list[int | None]:
+        """Append messages; returns the new UIDs (APPENDUID) or None where the server does not say.
+
+        Uses MULTIAPPEND for several messages when offered (atomic: all or none). Raises AppendRefused
+        when the server answers NO, so the caller can isolate the refused message.
+        """
+        if not messages:
+            return []
+        with self._talking(f"appending to '{folder}'"):
+            try:
+                if len(messages) > 1 and self.has("MULTIAPPEND"):
+                    response = self.client.multiappend(
+                        folder,
+                        [{"msg": m.raw, "flags": sorted(m.flags), "date": m.internaldate} for m in messages],
+                    )
+                    return _appended_uids(response, len(messages))
+                uids: list[int | None] = []
+                for message in messages:
+                    response = self.client.append(folder, message.raw, sorted(message.flags), message.internaldate)
+                    uids.extend(_appended_uids(response, 1))
+                return uids
+            except (CapabilityError, IMAPClientAbortError):
+                raise
+            except IMAPClientError as error:
+                raise AppendRefused(_server_reason(error)) from None
+
+    def store_flags(self, uids: Sequence[int], add: Iterable[str], remove: Iterable[str]) -> None:
+        add_list, remove_list = sorted(add), sorted(remove)
+        with self._talking(f"storing flags in '{self.selected}'"):
+            for chunk in _chunks(list(uids), 500):
+                try:
+                    if add_list:
+                        self.client.add_flags(chunk, add_list, silent=True)
+                    if remove_list:
+                        self.client.remove_flags(chunk, remove_list, silent=True)
+                except IMAPClientAbortError:
+                    raise
+                except IMAPClientError as error:
+                    raise self._refused(f"to store flags in '{self.selected}'", error) from None
+
+
+def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _server_reason(error: Exception) -> str:
+    text = _text(error.args[0] if error.args else error)
+    return text.removeprefix("append failed: ").removeprefix("APPEND command error: BAD ").strip()
+
+
+def _appended_uids(response: Any, count: int) -> list[int | None]:
+    raw = response if isinstance(response, bytes) else _text(response).encode()
+    match = _APPENDUID.search(raw)
+    if not match:
+        return [None] * count
+    uids: list[int] = []
+    for part in match.group(2).decode().split(","):
+        if ":" in part:
+            low, high = (int(v) for v in part.split(":"))
+            uids.extend(range(low, high + 1))
+        else:
+            uids.append(int(part))
+    if len(uids) != count:
+        return [None] * count
+    return list(uids)
+
+
+def _connect_client(account: Account, what: str) -> IMAPClient:
+    timeout = account.timeout.total_seconds()
+    context = _ssl_context(account) if account.tls != "none" else None
+    try:
+        client = IMAPClient(
+            account.host,
+            port=account.effective_port,
+            ssl=account.tls == "implicit",
+            ssl_context=context,
+            timeout=timeout,
+        )
+        if account.tls == "starttls":
+            if b"STARTTLS" not in client.capabilities():
+                client.shutdown()
+                raise ConnectionFailure(
+                    f"{what}: the server does not offer STARTTLS, and the account requires it (tls: starttls). "
+                    "Use tls: implicit (port 993) if the server speaks TLS from the start."
+                )
+            client.starttls(context)
+        return client
+    except ssl.SSLCertVerificationError as error:
+        raise ConnectionFailure(
+            f"{what}: the server's TLS certificate could not be verified ({error.verify_message}). "
+            "Give the CA that signed it with tls_ca: /path/ca.pem, or, for a lab server only, tls_verify: false."
+        ) from None
+    except ssl.SSLError as error:
+        raise ConnectionFailure(f"{what}: TLS handshake failed: {error.reason or error}") from None
+    except TimeoutError:
+        raise ConnectionFailure(f"{what}: no answer within {timeout:g}s (timeout)") from None
+    except ConnectionRefusedError:
+        raise ConnectionFailure(f"{what}: connection refused: nothing listens on that port") from None
+    except socket.gaierror as error:
+        raise ConnectionFailure(f"{what}: cannot resolve host name: {error.strerror}") from None
+    except OSError as error:
+        raise ConnectionFailure(f"{what}: cannot connect: {error.strerror or error}") from None
+    except (IMAPClientError, imaplib.IMAP4.error) as error:
+        raise ConnectionFailure(f"{what}: unexpected greeting or answer: {_text(error)}") from None
+
+
+def _login(client: IMAPClient, account: Account, what: str) -> None:
+    who = f"'{account.username}'" + (f" (as admin '{account.authuser}')" if account.authuser else "")
+    try:
+        if account.auth in ("xoauth2", "oauthbearer"):
+            if account.oauth2_token is None:
+                raise ConfigError(f"{what}: auth {account.auth} needs oauth2_token")
+            token = account.oauth2_token.reveal()
+            if account.auth == "xoauth2":
+                client.oauth2_login(account.username, token)
+            else:
+                client.oauthbearer_login(account.username, token)
+            return
+        if account.password is None:
+            raise ConfigError(f"{what}: no password configured")
+        password = account.password.reveal()
+        if account.authuser:
+            client.plain_login(account.authuser, password, authorization_identity=account.username)
+        elif account.auth == "plain":
+            client.plain_login(account.username, password)
+        else:
+            client.login(account.username, password)
+    except LoginError as error:
+        raise AuthenticationFailure(f"{what}: login as {who} refused: {_text(error)}") from None
+    except (IMAPClientAbortError, OSError) as error:
+        raise ConnectionFailure(f"{what}: connection lost during login: {error}") from None
+    except IMAPClientError as error:
+        raise AuthenticationFailure(f"{what}: login as {who} failed: {_text(error)}") from None
+
+
+@contextlib.contextmanager
+def connect(account_name: str, account: Account) -> Iterator[Session]:
+    session = Session.open(account_name, account)
+    try:
+        yield session
+    finally:
+        session.close()

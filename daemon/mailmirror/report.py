@@ -1,0 +1,173 @@
+"""What the user sees at the end of a command: pass summaries, verify tables, capability reports.
+
+Also the progress display of `mailmirror sync` on a terminal (one bar per folder, by bytes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from mailmirror.mapping import FolderMapping
+from mailmirror.sync import FolderReport, PairReport, human_bytes
+from mailmirror.verify import PairVerdict
+
+MAX_LISTED = 20
+
+
+class RichProgress:
+    """Progress bars per folder on a terminal (implements mailmirror.sync.Progress)."""
+
+    def __init__(self, console: Console) -> None:
+        self.bars = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(binary_units=True),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self.task: TaskID | None = None
+        self.label = ""
+        self.messages_total = 0
+        self.messages_done = 0
+
+    def __enter__(self) -> RichProgress:
+        self.bars.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bars.stop()
+
+    def folder_started(self, pair: str, mapping: FolderMapping, messages: int, size: int) -> None:
+        if not messages:
+            self.task = None
+            return
+        self.label, self.messages_total, self.messages_done = f"{pair}: {mapping.source}", messages, 0
+        self.task = self.bars.add_task(f"{self.label} (0/{messages})", total=size)
+
+    def advance(self, messages: int, size: int) -> None:
+        if self.task is None:
+            return
+        self.messages_done += messages
+        description = f"{self.label} ({self.messages_done}/{self.messages_total})"
+        self.bars.update(self.task, advance=size, description=description)
+
+    def folder_finished(self, pair: str, report: FolderReport) -> None:
+        self.task = None
+
+
+def _rate(count: float, seconds: float) -> float:
+    return count / seconds if seconds > 0 else 0.0
+
+
+def print_pass(console: Console, report: PairReport, source: str, destination: str) -> None:
+    title = f"{'Dry run' if report.dry_run else 'Pass'} of pair '{report.pair}': {source} → {destination}"
+    table = Table(title=title, title_justify="left", show_lines=False)
+    for column in ("Source folder", "Destination folder", "Rule"):
+        table.add_column(column)
+    verb = "Would copy" if report.dry_run else "Copied"
+    for column in (verb, "Already there", "Flags updated", "Skipped", "Failed"):
+        table.add_column(column, justify="right")
+    for folder in report.folders:
+        destination_name = folder.destination + (" (new)" if folder.created else "")
+        table.add_row(
+            folder.source,
+            destination_name,
+            folder.rule,
+            str(folder.copied),
+            str(folder.adopted),
+            str(folder.flags_updated),
+            str(len(folder.skipped)),
+            f"[red]{len(folder.failed)}[/red]" if folder.failed else "0",
+        )
+    console.print(table)
+    seconds = report.seconds
+    created = sum(1 for folder in report.folders if folder.created)
+    console.print(
+        f"  {len(report.folders)} folders ({created} {'to create' if report.dry_run else 'created'}), "
+        f"{report.copied} messages {'to copy' if report.dry_run else 'copied'} ({human_bytes(report.bytes_copied)}), "
+        f"{report.total('adopted')} already on the destination, {report.total('flags_updated')} flag updates, "
+        f"{report.skipped} skipped, {report.failed} failed in {seconds:.1f} s: "
+        f"{_rate(report.copied, seconds):.1f} msg/s, {_rate(report.bytes_copied, seconds) / 2**20:.2f} MiB/s"
+    )
+    _print_reasons(console, "Skipped", [(f.source, uid, why) for f in report.folders for uid, why in f.skipped])
+    _print_reasons(console, "Failed", [(f.source, uid, why) for f in report.folders for uid, why in f.failed])
+    for folder in report.folders:
+        if folder.error:
+            console.print(f"  [red]Folder {folder.source}: {folder.error}[/red]")
+    if report.error is not None:
+        console.print(f"  [red]Pass stopped: {report.error}[/red]")
+    elif report.dry_run:
+        console.print("  Dry run: nothing was changed on either server.")
+    elif report.complete:
+        console.print("  [green]Complete: every selected source message is on the destination.[/green]")
+    else:
+        console.print("  [yellow]Incomplete: some source messages are not on the destination (see above).[/yellow]")
+
+
+def _print_reasons(console: Console, label: str, rows: Sequence[tuple[str, int, str]]) -> None:
+    if not rows:
+        return
+    console.print(f"  {label}:")
+    for folder, uid, why in rows[:MAX_LISTED]:
+        console.print(f"    {folder} UID {uid}: {why}", markup=False, highlight=False)
+    if len(rows) > MAX_LISTED:
+        console.print(f"    … and {len(rows) - MAX_LISTED} more")
+
+
+def print_verdict(console: Console, verdict: PairVerdict) -> None:
+    table = Table(title=f"Verify pair '{verdict.pair}'", title_justify="left")
+    for column in ("Source folder", "Destination folder"):
+        table.add_column(column)
+    for column in ("Source", "Destination", "Missing", "Duplicates", "Flags differ", "Date differs", "Extra"):
+        table.add_column(column, justify="right")
+    for folder in verdict.folders:
+        table.add_row(
+            folder.source,
+            folder.destination + (" (missing!)" if folder.folder_missing else ""),
+            str(folder.source_messages),
+            str(folder.destination_messages),
+            _count(len(folder.missing)),
+            _count(len(folder.duplicates)),
+            _count(len(folder.flag_differences)),
+            _count(len(folder.date_differences)),
+            str(len(folder.extra)),
+        )
+    console.print(table)
+    details: list[str] = []
+    for folder in verdict.folders:
+        details += [f"{folder.source}: source UID {uid} missing on the destination" for uid in folder.missing]
+        details += [f"{folder.source}: destination UID {uid} is a duplicate" for uid in folder.duplicates]
+        details += [f"{folder.source}: UID {s}→{d}: flags {why}" for s, d, why in folder.flag_differences]
+        details += [f"{folder.source}: UID {s}→{d}: INTERNALDATE {why}" for s, d, why in folder.date_differences]
+    for line in details[:MAX_LISTED]:
+        console.print(f"  {line}", markup=False, highlight=False)
+    if len(details) > MAX_LISTED:
+        console.print(f"  … and {len(details) - MAX_LISTED} more")
+    if verdict.error is not None:
+        console.print(f"  [red]Verify stopped: {verdict.error}[/red]")
+    elif verdict.clean:
+        total = sum(folder.source_messages for folder in verdict.folders)
+        console.print(
+            f"  [green]No differences: all {total} source messages in {len(verdict.folders)} folders are on the "
+            "destination exactly once, byte-identical, with the same flags and INTERNALDATE.[/green]"
+        )
+    else:
+        console.print(f"  [red]{verdict.differences} differences.[/red]")
+
+
+def _count(value: int) -> str:
+    return f"[red]{value}[/red]" if value else "0"

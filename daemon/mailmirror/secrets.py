@@ -1,0 +1,223 @@
+"""References to secrets (passwords, OAuth2 tokens) kept outside the config file.
+
+A secret is written as exactly one of::
+
+    password: {env: OLD_PASS}                                  # an environment variable
+    password: {file: /run/credentials/mailmirror.service/old}  # a file (systemd credentials)
+    password: {command: [pass, show, mail/old]}                # the output of a command, run without a shell
+
+An inline string (``password: hunter2``) is rejected: secrets never sit in config files.
+
+The value is read only when :meth:`Secret.reveal` is called, at login time, never while the config is
+loaded, so ``mailmirror config validate`` works on a machine that does not hold the secrets. A
+:class:`Secret` never keeps, prints, logs or serialises the value: ``repr()``, ``str()``,
+``model_dump()`` and every error message show only the reference (``Secret(env=OLD_PASS)``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    WithJsonSchema,
+    model_validator,
+)
+
+from mailmirror.errors import ConfigError
+from mailmirror.units import ConfigPath
+
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+COMMAND_TIMEOUT_SECONDS = 30
+SECRET_KINDS = ("env", "file", "command")
+
+INLINE_SECRET_MESSAGE = (
+    "inline secrets are not allowed in the config file; "
+    "use {env: NAME}, {file: PATH} or {command: [argv, ...]}"
+)
+SHAPE_MESSAGE = "must be a mapping with exactly one of env, file or command, e.g. {env: NAME}"
+
+
+def _check_env_name(value: str) -> str:
+    if not re.fullmatch(ENV_NAME_PATTERN, value):
+        # Never echo the value: a password typed here by mistake must not end up in an error message.
+        raise ValueError("must be the name of an environment variable (letters, digits and _)")
+    return value
+
+
+def _reject_command_string(value: object) -> object:
+    if isinstance(value, str):
+        raise ValueError("must be a list of arguments, e.g. [pass, show, mail/old] (it is run without a shell)")
+    return value
+
+
+def _check_program(argv: tuple[str, ...]) -> tuple[str, ...]:
+    if not argv[0]:
+        raise ValueError("the first argument (the program to run) must not be empty")
+    return argv
+
+
+EnvName = Annotated[
+    str,
+    AfterValidator(_check_env_name),
+    WithJsonSchema({"type": "string", "pattern": ENV_NAME_PATTERN}),
+]
+Command = Annotated[
+    tuple[str, ...],
+    Field(min_length=1),
+    BeforeValidator(_reject_command_string),
+    AfterValidator(_check_program),
+]
+
+
+class Secret(BaseModel):
+    """A secret kept outside the config file: exactly one of env, file or command. Inline values are rejected."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={"minProperties": 1, "maxProperties": 1},
+    )
+
+    env: EnvName | None = Field(default=None, description="Name of an environment variable holding the secret.")
+    file: ConfigPath | None = Field(
+        default=None,
+        description=(
+            "File holding the secret (e.g. a systemd credential under $CREDENTIALS_DIRECTORY); one trailing "
+            "newline is removed. Relative to the config file's directory."
+        ),
+    )
+    command: Command | None = Field(
+        default=None,
+        description=(
+            "Command whose standard output is the secret, as a list of arguments (run without a shell, "
+            f"killed after {COMMAND_TIMEOUT_SECONDS}s); one trailing newline is removed."
+        ),
+    )
+
+    _label: str = PrivateAttr(default="secret")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_inline_values(cls, data: Any) -> Any:
+        if isinstance(data, str | bytes | int | float):
+            raise ValueError(INLINE_SECRET_MESSAGE)
+        if not isinstance(data, dict | Secret):
+            raise ValueError(SHAPE_MESSAGE)
+        return data
+
+    @model_validator(mode="after")
+    def _exactly_one_kind(self) -> Secret:
+        given = [kind for kind in SECRET_KINDS if getattr(self, kind) is not None]
+        if len(given) != 1:
+            raise ValueError(f"{SHAPE_MESSAGE} (got {', '.join(given) or 'none of them'})")
+        return self
+
+    def attach_label(self, label: str) -> None:
+        """Name the config field holding this secret (``accounts.old.password``) for error messages.
+
+        Called by the config loader; the label is metadata, not a field, so the model stays frozen.
+        """
+        self._label = label
+
+    @property
+    def label(self) -> str:
+        """Where this secret is configured, e.g. ``accounts.old.password``."""
+        return self._label
+
+    def describe(self) -> str:
+        """The reference in words, e.g. ``environment variable OLD_PASS``: safe to print and log."""
+        if self.env is not None:
+            return f"environment variable {self.env}"
+        if self.file is not None:
+            return f"file {self.file}"
+        return f"command {shlex.join(self.command or ())}"
+
+    def reveal(self) -> str:
+        """Read the secret now. Raises :class:`ConfigError` naming the field and the reference, never the value."""
+        if self.env is not None:
+            value = self._read_env(self.env)
+        elif self.file is not None:
+            value = _strip_one_newline(self._read_file())
+        else:
+            value = _strip_one_newline(self._run_command(self.command or ()))
+        if not value:
+            raise self._error("is empty")
+        return value
+
+    def _read_env(self, name: str) -> str:
+        value = os.environ.get(name)
+        if value is None:
+            raise self._error("is not set")
+        return value
+
+    def _read_file(self) -> str:
+        assert self.file is not None
+        try:
+            data = self.file.read_bytes()
+        except OSError as error:
+            raise self._error(f"cannot be read: {error.strerror or error}") from None
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise self._error("is not UTF-8 text") from None
+
+    def _run_command(self, argv: tuple[str, ...]) -> str:
+        try:
+            completed = subprocess.run(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=COMMAND_TIMEOUT_SECONDS,
+                check=False,
+            )
+        except FileNotFoundError:
+            raise self._error(f"cannot run: {argv[0]} not found") from None
+        except subprocess.TimeoutExpired:
+            raise self._error(f"did not finish within {COMMAND_TIMEOUT_SECONDS}s") from None
+        except OSError as error:
+            raise self._error(f"cannot run: {error.strerror or error}") from None
+        if completed.returncode != 0:
+            raise self._error(f"failed with exit status {completed.returncode}{_stderr_hint(completed.stderr)}")
+        try:
+            return completed.stdout.decode("utf-8")
+        except UnicodeDecodeError:
+            raise self._error("printed something that is not UTF-8 text") from None
+
+    def _error(self, problem: str) -> ConfigError:
+        return ConfigError(f"{self._label}: {self.describe()} {problem}")
+
+    def __repr__(self) -> str:
+        if self.env is not None:
+            return f"Secret(env={self.env})"
+        if self.file is not None:
+            return f"Secret(file={self.file})"
+        return f"Secret(command={shlex.join(self.command or ())})"
+
+    __str__ = __repr__
+
+
+def _strip_one_newline(text: str) -> str:
+    if text.endswith("\r\n"):
+        return text[:-2]
+    if text.endswith("\n"):
+        return text[:-1]
+    return text
+
+
+def _stderr_hint(stderr: bytes) -> str:
+    """The last line the command wrote to standard error (its diagnostic), shortened; never its output."""
+    lines = [line.strip() for line in stderr.decode("utf-8", "replace").splitlines() if line.strip()]
+    if not lines:
+        return ""
+    last = lines[-1]
+    return f": {last[:200]}"

@@ -1,0 +1,323 @@
+"""The state store: what each pair has synced, in SQLite (WAL) through sqlite-utils.
+
+Tables (all keyed by pair and source folder name; no secrets anywhere):
+
+- ``folders``: both UIDVALIDITYs, the source's UIDNEXT / MESSAGES / HIGHESTMODSEQ seen at the last pass.
+- ``messages``: the UID map src_uid → dst_uid with fingerprint, size and the flags last synced. A row is
+  written as ``pending`` *before* its APPEND is sent and becomes ``done`` only once the destination
+  confirmed it: after a crash, pending rows are resolved against the destination before anything else
+  (found by fingerprint → done; not found → dropped and copied again). That journal is what makes a
+  copy exactly-once.
+- ``failures``: messages the destination refused, with the server's reason (retried on every pass).
+- ``runs``: one row per pass and pair, for ``mailmirror status``.
+
+The database is safe to inspect with the ``sqlite-utils`` CLI while the daemon runs.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import sqlite_utils
+
+from mailmirror.errors import ConfigError
+
+SCHEMA_VERSION = 1
+
+_SCHEMA_V1 = """
+CREATE TABLE IF NOT EXISTS folders (
+    pair TEXT NOT NULL,
+    src_folder TEXT NOT NULL,
+    dst_folder TEXT NOT NULL,
+    src_uidvalidity INTEGER NOT NULL,
+    dst_uidvalidity INTEGER NOT NULL,
+    src_uidnext INTEGER,
+    src_messages INTEGER,
+    src_highestmodseq INTEGER,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (pair, src_folder)
+);
+CREATE TABLE IF NOT EXISTS messages (
+    pair TEXT NOT NULL,
+    src_folder TEXT NOT NULL,
+    src_uid INTEGER NOT NULL,
+    dst_uid INTEGER,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'done')),
+    fingerprint TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    flags TEXT NOT NULL,
+    dst_uid_floor INTEGER,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (pair, src_folder, src_uid)
+);
+CREATE INDEX IF NOT EXISTS messages_pending ON messages (pair, src_folder) WHERE status = 'pending';
+CREATE TABLE IF NOT EXISTS failures (
+    pair TEXT NOT NULL,
+    src_folder TEXT NOT NULL,
+    src_uid INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    first_seen TEXT NOT NULL,
+    last_seen TEXT NOT NULL,
+    PRIMARY KEY (pair, src_folder, src_uid)
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    pair TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    outcome TEXT,
+    copied INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0,
+    bytes INTEGER NOT NULL DEFAULT 0,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_pair ON runs (pair, id);
+"""
+
+#: Forward migrations: MIGRATIONS[n] brings a database from version n-1 to n.
+MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1}
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def flags_to_text(flags: Iterable[str]) -> str:
+    return " ".join(sorted(flags))
+
+
+def flags_from_text(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+@dataclass(frozen=True)
+class FolderState:
+    pair: str
+    src_folder: str
+    dst_folder: str
+    src_uidvalidity: int
+    dst_uidvalidity: int
+    src_uidnext: int | None = None
+    src_messages: int | None = None
+    src_highestmodseq: int | None = None
+
+
+@dataclass(frozen=True)
+class SyncedMessage:
+    src_uid: int
+    dst_uid: int | None
+    status: str  # 'pending' | 'done'
+    fingerprint: str
+    size: int
+    flags: frozenset[str]
+    dst_uid_floor: int | None = None
+
+
+@dataclass(frozen=True)
+class Failure:
+    src_folder: str
+    src_uid: int
+    reason: str
+    attempts: int
+
+
+class StateStore:
+    """All reads and writes of the state database. One instance per process; not thread-safe."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite_utils.Database(path)
+            self.db.enable_wal()
+            # FULL: a journalled 'pending' row must be on disk before its APPEND is sent.
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("PRAGMA busy_timeout=10000")
+            self._migrate()
+        except (sqlite3.Error, OSError) as error:
+            raise ConfigError(
+                f"state database {path}: cannot open it ({error}). Check state.path and its permissions."
+            ) from None
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _migrate(self) -> None:
+        self.db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = self.db.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        current = row[0] or 0
+        if current > SCHEMA_VERSION:
+            raise ConfigError(
+                f"state database {self.path} has schema version {current}, newer than this mailmirror "
+                f"({SCHEMA_VERSION}). Upgrade mailmirror or point state.path elsewhere."
+            )
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            # executescript commits first; the script is its own transaction, version row included.
+            self.db.conn.executescript(
+                f"BEGIN;\n{MIGRATIONS[version]}\nINSERT INTO schema_version (version) VALUES ({version});\nCOMMIT;"
+            )
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One atomic unit of work (nested blocks join the outer one)."""
+        with self.db.atomic():
+            yield
+
+    # -- folders -----------------------------------------------------------------------------------------
+
+    def folder(self, pair: str, src_folder: str) -> FolderState | None:
+        row = self.db.execute(
+            "SELECT pair, src_folder, dst_folder, src_uidvalidity, dst_uidvalidity, src_uidnext, "
+            "src_messages, src_highestmodseq FROM folders WHERE pair = ? AND src_folder = ?",
+            [pair, src_folder],
+        ).fetchone()
+        return FolderState(*row) if row else None
+
+    def save_folder(self, state: FolderState) -> None:
+        self.db.execute(
+            "INSERT INTO folders (pair, src_folder, dst_folder, src_uidvalidity, dst_uidvalidity, "
+            "src_uidnext, src_messages, src_highestmodseq, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (pair, src_folder) DO UPDATE SET dst_folder = excluded.dst_folder, "
+            "src_uidvalidity = excluded.src_uidvalidity, dst_uidvalidity = excluded.dst_uidvalidity, "
+            "src_uidnext = excluded.src_uidnext, src_messages = excluded.src_messages, "
+            "src_highestmodseq = excluded.src_highestmodseq, updated_at = excluded.updated_at",
+            [
+                state.pair,
+                state.src_folder,
+                state.dst_folder,
+                state.src_uidvalidity,
+                state.dst_uidvalidity,
+                state.src_uidnext,
+                state.src_messages,
+                state.src_highestmodseq,
+                _now(),
+            ],
+        )
+
+    def forget_folder(self, pair: str, src_folder: str) -> None:
+        """Drop the UID map of a folder (after a UIDVALIDITY change: it is rebuilt by fingerprint)."""
+        with self.transaction():
+            self.db.execute("DELETE FROM messages WHERE pair = ? AND src_folder = ?", [pair, src_folder])
+            self.db.execute("DELETE FROM folders WHERE pair = ? AND src_folder = ?", [pair, src_folder])
+
+    # -- messages ----------------------------------------------------------------------------------------
+
+    def messages(self, pair: str, src_folder: str) -> dict[int, SyncedMessage]:
+        rows = self.db.execute(
+            "SELECT src_uid, dst_uid, status, fingerprint, size, flags, dst_uid_floor FROM messages "
+            "WHERE pair = ? AND src_folder = ?",
+            [pair, src_folder],
+        )
+        return {
+            row[0]: SyncedMessage(row[0], row[1], row[2], row[3], row[4], flags_from_text(row[5]), row[6])
+            for row in rows
+        }
+
+    def journal_pending(self, pair: str, src_folder: str, entries: Iterable[SyncedMessage]) -> None:
+        """Record appends about to be sent (status pending), in one durable transaction."""
+        now = _now()
+        with self.transaction():
+            self.db.conn.executemany(
+                "INSERT OR REPLACE INTO messages (pair, src_folder, src_uid, dst_uid, status, fingerprint, "
+                "size, flags, dst_uid_floor, updated_at) VALUES (?, ?, ?, NULL, 'pending', ?, ?, ?, ?, ?)",
+                [
+                    (
+                        pair,
+                        src_folder,
+                        e.src_uid,
+                        e.fingerprint,
+                        e.size,
+                        flags_to_text(e.flags),
+                        e.dst_uid_floor,
+                        now,
+                    )
+                    for e in entries
+                ],
+            )
+
+    def mark_done(self, pair: str, src_folder: str, entries: Iterable[SyncedMessage]) -> None:
+        """Record messages known to be on the destination (appended and confirmed, or found there)."""
+        now = _now()
+        with self.transaction():
+            self.db.conn.executemany(
+                "INSERT OR REPLACE INTO messages (pair, src_folder, src_uid, dst_uid, status, fingerprint, "
+                "size, flags, dst_uid_floor, updated_at) VALUES (?, ?, ?, ?, 'done', ?, ?, ?, NULL, ?)",
+                [
+                    (
+                        pair,
+                        src_folder,
+                        e.src_uid,
+                        e.dst_uid,
+                        e.fingerprint,
+                        e.size,
+                        flags_to_text(e.flags),
+                        now,
+                    )
+                    for e in entries
+                ],
+            )
+            self.db.conn.executemany(
+                "DELETE FROM failures WHERE pair = ? AND src_folder = ? AND src_uid = ?",
+                [(pair, src_folder, e.src_uid) for e in entries],
+            )
+
+    def drop_pending(self, pair: str, src_folder: str, src_uids: Iterable[int]) -> None:
+        """Pending appends that never reached the destination: forget them so they are copied again."""
+        with self.transaction():
+            self.db.conn.executemany(
+                "DELETE FROM messages WHERE pair = ? AND src_folder = ? AND src_uid = ? AND status = 'pending'",
+                [(pair, src_folder, uid) for uid in src_uids],
+            )
+
+    def update_flags(self, pair: str, src_folder: str, flags_by_src_uid: dict[int, frozenset[str]]) -> None:
+        with self.transaction():
+            self.db.conn.executemany(
+                "UPDATE messages SET flags = ?, updated_at = ? WHERE pair = ? AND src_folder = ? AND src_uid = ?",
+                [(flags_to_text(f), _now(), pair, src_folder, uid) for uid, f in flags_by_src_uid.items()],
+            )
+
+    # -- failures ----------------------------------------------------------------------------------------
+
+    def record_failure(self, pair: str, src_folder: str, src_uid: int, reason: str) -> None:
+        now = _now()
+        self.db.execute(
+            "INSERT INTO failures (pair, src_folder, src_uid, reason, attempts, first_seen, last_seen) "
+            "VALUES (?, ?, ?, ?, 1, ?, ?) ON CONFLICT (pair, src_folder, src_uid) DO UPDATE SET "
+            "reason = excluded.reason, attempts = attempts + 1, last_seen = excluded.last_seen",
+            [pair, src_folder, src_uid, reason, now, now],
+        )
+
+    def failures(self, pair: str) -> list[Failure]:
+        rows = self.db.execute(
+            "SELECT src_folder, src_uid, reason, attempts FROM failures WHERE pair = ? ORDER BY src_folder, src_uid",
+            [pair],
+        )
+        return [Failure(*row) for row in rows]
+
+    # -- runs --------------------------------------------------------------------------------------------
+
+    def start_run(self, pair: str) -> int:
+        cursor = self.db.execute("INSERT INTO runs (pair, started_at) VALUES (?, ?)", [pair, _now()])
+        return int(cursor.lastrowid or 0)
+
+    def finish_run(
+        self, run_id: int, *, outcome: str, copied: int, failed: int, bytes_copied: int, error: str | None
+    ) -> None:
+        self.db.execute(
+            "UPDATE runs SET finished_at = ?, outcome = ?, copied = ?, failed = ?, bytes = ?, error = ? WHERE id = ?",
+            [_now(), outcome, copied, failed, bytes_copied, error, run_id],
+        )
+
+    def last_runs(self) -> list[dict[str, object]]:
+        rows = self.db.execute(
+            "SELECT pair, started_at, finished_at, outcome, copied, failed, bytes, error FROM runs "
+            "WHERE id IN (SELECT MAX(id) FROM runs GROUP BY pair) ORDER BY pair"
+        )
+        names = ["pair", "started_at", "finished_at", "outcome", "copied", "failed", "bytes", "error"]
+        return [dict(zip(names, row, strict=True)) for row in rows]

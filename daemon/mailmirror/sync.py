@@ -1,0 +1,577 @@
+"""The executor: one pass of one pair, applying the planner's actions over IMAP and recording them in state.
+
+Safety rules enforced here:
+- the source is only ever EXAMINEd and read with BODY.PEEK (never modified, \\Seen never set);
+- every append is journalled as pending (durably) before it is sent, and marked done only after the
+  destination confirmed it; pending entries left by a crash are resolved, by fingerprint among the
+  messages that arrived on the destination since, before a folder is planned again;
+- nothing is deleted anywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from mailmirror.errors import ConnectionFailure, MailmirrorError, ServerRefused
+from mailmirror.identity import fingerprint, header_fields_to_fetch, without_size
+from mailmirror.imap import AppendRefused, Folder, FolderMissing, MessageToAppend, Session
+from mailmirror.mapping import FolderMapping, pair_mappings
+from mailmirror.planner import (
+    Copy,
+    DestinationMessage,
+    FolderPlan,
+    Policy,
+    SourceMessage,
+    group_flag_changes,
+    plan_folder,
+)
+from mailmirror.state import FolderState, StateStore, SyncedMessage
+
+if TYPE_CHECKING:
+    from mailmirror.config import Config, Pair
+
+log = logging.getLogger(__name__)
+
+#: A batch of bodies in memory is at most this many bytes (one larger message goes alone).
+BATCH_BYTES = 8 * 1024 * 1024
+BATCH_MESSAGES = 100
+
+
+@dataclass
+class FolderReport:
+    source: str
+    destination: str
+    rule: str
+    created: bool = False
+    source_messages: int = 0
+    copied: int = 0
+    adopted: int = 0
+    flags_updated: int = 0
+    bytes_copied: int = 0
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+    failed: list[tuple[int, str]] = field(default_factory=list)
+    error: str | None = None
+    dropped_keywords: frozenset[str] = frozenset()
+
+    @property
+    def complete(self) -> bool:
+        return self.error is None and not self.failed
+
+
+@dataclass
+class PairReport:
+    pair: str
+    dry_run: bool = False
+    folders: list[FolderReport] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+    error: MailmirrorError | None = None
+
+    @property
+    def seconds(self) -> float:
+        return (self.finished or time.monotonic()) - self.started
+
+    def total(self, attribute: str) -> int:
+        return sum(int(getattr(folder, attribute)) for folder in self.folders)
+
+    @property
+    def copied(self) -> int:
+        return self.total("copied")
+
+    @property
+    def bytes_copied(self) -> int:
+        return self.total("bytes_copied")
+
+    @property
+    def failed(self) -> int:
+        return sum(len(folder.failed) for folder in self.folders)
+
+    @property
+    def skipped(self) -> int:
+        return sum(len(folder.skipped) for folder in self.folders)
+
+    @property
+    def complete(self) -> bool:
+        return self.error is None and all(folder.complete for folder in self.folders)
+
+
+class Progress(Protocol):
+    def folder_started(self, pair: str, mapping: FolderMapping, messages: int, size: int) -> None: ...
+    def advance(self, messages: int, size: int) -> None: ...
+    def folder_finished(self, pair: str, report: FolderReport) -> None: ...
+
+
+class LogProgress:
+    """Plain log lines: for systemd, pipes and files."""
+
+    def folder_started(self, pair: str, mapping: FolderMapping, messages: int, size: int) -> None:
+        if messages:
+            log.info(
+                "%s: %s -> %s: copying %d messages (%s)",
+                pair,
+                mapping.source,
+                mapping.destination,
+                messages,
+                human_bytes(size),
+            )
+
+    def advance(self, messages: int, size: int) -> None:
+        pass
+
+    def folder_finished(self, pair: str, report: FolderReport) -> None:
+        log.info(
+            "%s: %s -> %s: %d copied, %d already there, %d flags updated, %d skipped, %d failed%s",
+            pair,
+            report.source,
+            report.destination,
+            report.copied,
+            report.adopted,
+            report.flags_updated,
+            len(report.skipped),
+            len(report.failed),
+            f" (error: {report.error})" if report.error else "",
+        )
+
+
+def human_bytes(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+def _batches(copies: Sequence[Copy], max_bytes: int, max_count: int) -> Iterator[list[Copy]]:
+    batch: list[Copy] = []
+    size = 0
+    for action in copies:
+        if batch and (size + action.message.size > max_bytes or len(batch) >= max_count):
+            yield batch
+            batch, size = [], 0
+        batch.append(action)
+        size += action.message.size
+    if batch:
+        yield batch
+
+
+class PairPass:
+    """One pass of one pair: open both accounts, map folders, sync each folder, report."""
+
+    def __init__(
+        self,
+        name: str,
+        pair: Pair,
+        config: Config,
+        store: StateStore,
+        progress: Progress | None = None,
+        *,
+        dry_run: bool = False,
+    ) -> None:
+        self.name = name
+        self.pair = pair
+        self.config = config
+        self.store = store
+        self.progress: Progress = progress or LogProgress()
+        self.dry_run = dry_run
+        self.header_fields = header_fields_to_fetch(pair.messages.identity_headers)
+        self.report = PairReport(name, dry_run=dry_run)
+
+    def run(self) -> PairReport:
+        run_id = None if self.dry_run else self.store.start_run(self.name)
+        try:
+            source_account = self.config.accounts[self.pair.source]
+            destination_account = self.config.accounts[self.pair.destination]
+            with (
+                Session.open(self.pair.source, source_account) as source,
+                Session.open(self.pair.destination, destination_account) as destination,
+            ):
+                self._run(source, destination)
+        except MailmirrorError as error:
+            self.report.error = error
+        finally:
+            self.report.finished = time.monotonic()
+            if run_id is not None:
+                self.store.finish_run(
+                    run_id,
+                    outcome=_outcome(self.report),
+                    copied=self.report.copied,
+                    failed=self.report.failed,
+                    bytes_copied=self.report.bytes_copied,
+                    error=str(self.report.error) if self.report.error else None,
+                )
+        return self.report
+
+    def _run(self, source: Session, destination: Session) -> None:
+        rules = self.pair.folders
+        destination_folders = destination.list_folders()
+        mappings = pair_mappings(rules, source, destination, destination_folders)
+        existing = {folder.name for folder in destination_folders}
+        subscribed_source = source.subscribed_folders() if rules.subscribe else set()
+        subscribed_destination = destination.subscribed_folders() if rules.subscribe else set()
+        for mapping in mappings:
+            report = FolderReport(mapping.source, mapping.destination, mapping.rule)
+            self.report.folders.append(report)
+            try:
+                if mapping.destination not in existing:
+                    report.created = True
+                    if not self.dry_run:
+                        destination.create_folder(mapping.destination)
+                    existing.add(mapping.destination)
+                if (
+                    mapping.source in subscribed_source
+                    and mapping.destination not in subscribed_destination
+                    and not self.dry_run
+                ):
+                    destination.subscribe(mapping.destination)
+                if mapping.selectable:
+                    FolderPass(self, source, destination, mapping, report).run()
+            except (ServerRefused, FolderMissing) as error:
+                report.error = str(error)
+                log.error("%s: folder %s: %s", self.name, mapping.source, error)
+            self.progress.folder_finished(self.name, report)
+
+
+def _outcome(report: PairReport) -> str:
+    if report.error is not None:
+        return "error"
+    return "ok" if report.complete else "partial"
+
+
+class FolderPass:
+    """Sync one mapped folder: resolve the journal, plan, store flags, copy in batches, record."""
+
+    def __init__(
+        self,
+        owner: PairPass,
+        source: Session,
+        destination: Session,
+        mapping: FolderMapping,
+        report: FolderReport,
+    ) -> None:
+        self.owner = owner
+        self.pair = owner.name
+        self.store = owner.store
+        self.source = source
+        self.destination = destination
+        self.mapping = mapping
+        self.report = report
+
+    def run(self) -> None:
+        source_status = self.source.select(self.mapping.source, readonly=True)
+        self.report.source_messages = source_status.messages
+        if self.owner.dry_run and self.report.created:
+            self._plan_dry_into_new_folder()
+            return
+        destination_status = self.destination.select(self.mapping.destination, readonly=self.owner.dry_run)
+        self._forget_state_if_stale(source_status.uidvalidity, destination_status.uidvalidity)
+        self._resolve_pending()
+        synced = {
+            uid: m for uid, m in self.store.messages(self.pair, self.mapping.source).items() if m.status == "done"
+        }
+        current_flags = self.source.fetch_flags("1:*") if source_status.messages else {}
+        new_messages = self._source_messages([uid for uid in current_flags if uid not in synced])
+        destination_listing = (
+            self._destination_messages(exclude={m.dst_uid for m in synced.values() if m.dst_uid})
+            if new_messages and destination_status.messages
+            else None
+        )
+        plan = plan_folder(
+            new_messages,
+            current_flags,
+            synced,
+            destination_listing,
+            self._policy(destination_status.permanent_flags),
+        )
+        self.report.skipped = [(s.src_uid, s.reason) for s in plan.skip]
+        self.report.failed = [(f.src_uid, f.reason) for f in plan.fail]
+        self.report.dropped_keywords = plan.dropped_keywords
+        if plan.dropped_keywords:
+            log.warning(
+                "%s: %s: the destination does not keep the keywords %s; they are dropped",
+                self.pair,
+                self.mapping.destination,
+                " ".join(sorted(plan.dropped_keywords)),
+            )
+        if self.owner.dry_run:
+            self._report_dry(plan)
+            return
+        for failure in plan.fail:
+            self.store.record_failure(self.pair, self.mapping.source, failure.src_uid, failure.reason)
+        self._apply_flags_and_adoptions(plan)
+        self._copy(plan, floor=destination_status.uidnext)
+        self.store.save_folder(
+            FolderState(
+                self.pair,
+                self.mapping.source,
+                self.mapping.destination,
+                source_status.uidvalidity,
+                destination_status.uidvalidity,
+                source_status.uidnext,
+                source_status.messages,
+                source_status.highestmodseq,
+            )
+        )
+
+    # -- state ---------------------------------------------------------------------------------------
+
+    def _forget_state_if_stale(self, source_uidvalidity: int, destination_uidvalidity: int) -> None:
+        known = self.store.folder(self.pair, self.mapping.source)
+        if known is None:
+            return
+        changes = []
+        if known.src_uidvalidity != source_uidvalidity:
+            changes.append(f"source UIDVALIDITY {known.src_uidvalidity} -> {source_uidvalidity}")
+        if known.dst_uidvalidity != destination_uidvalidity:
+            changes.append(f"destination UIDVALIDITY {known.dst_uidvalidity} -> {destination_uidvalidity}")
+        if known.dst_folder != self.mapping.destination:
+            changes.append(f"destination folder {known.dst_folder} -> {self.mapping.destination}")
+        if changes and not self.owner.dry_run:
+            log.warning(
+                "%s: %s: %s; rebuilding the message map by fingerprint (nothing is copied twice)",
+                self.pair,
+                self.mapping.source,
+                ", ".join(changes),
+            )
+            self.store.forget_folder(self.pair, self.mapping.source)
+
+    def _resolve_pending(self) -> None:
+        """Appends journalled but not confirmed (a crash, a cut connection, no UIDPLUS): look for them."""
+        entries = self.store.messages(self.pair, self.mapping.source)
+        pending = sorted((m for m in entries.values() if m.status == "pending"), key=lambda m: m.src_uid)
+        if not pending or self.owner.dry_run:
+            return
+        claimed = {m.dst_uid for m in entries.values() if m.status == "done" and m.dst_uid}
+        floor = min((m.dst_uid_floor or 1) for m in pending)
+        arrived = [uid for uid in self.destination.uids_from(floor) if uid not in claimed]
+        candidates = self._destination_messages_for(arrived)
+        found, missing = match_pending(pending, candidates)
+        self.store.mark_done(self.pair, self.mapping.source, found)
+        self.store.drop_pending(self.pair, self.mapping.source, [m.src_uid for m in missing])
+        if found or missing:
+            log.info(
+                "%s: %s: resolved %d unconfirmed appends: %d found on the destination, %d to copy again",
+                self.pair,
+                self.mapping.source,
+                len(pending),
+                len(found),
+                len(missing),
+            )
+
+    # -- listings ------------------------------------------------------------------------------------
+
+    def _source_messages(self, uids: list[int]) -> list[SourceMessage]:
+        headers = self.owner.pair.messages.identity_headers
+        return [
+            SourceMessage(
+                meta.uid,
+                meta.size,
+                meta.flags,
+                meta.internaldate,
+                fingerprint(meta.header, meta.size, headers),
+            )
+            for meta in self.source.fetch_meta(uids, self.owner.header_fields)
+        ]
+
+    def _destination_messages(self, exclude: set[int]) -> list[DestinationMessage]:
+        uids = [uid for uid in self.destination.all_uids() if uid not in exclude]
+        return self._destination_messages_for(uids)
+
+    def _destination_messages_for(self, uids: list[int]) -> list[DestinationMessage]:
+        headers = self.owner.pair.messages.identity_headers
+        return [
+            DestinationMessage(meta.uid, fingerprint(meta.header, meta.size, headers), meta.flags)
+            for meta in self.destination.fetch_meta(uids, self.owner.header_fields)
+        ]
+
+    def _policy(self, permanent_flags: frozenset[str] | None) -> Policy:
+        rules = self.owner.pair.messages
+        return Policy(
+            sync_flags=self.owner.pair.flags.sync,
+            append_limit=self.destination.append_limit,
+            max_size=rules.max_size,
+            min_size=rules.min_size,
+            destination_permanent_flags=permanent_flags,
+        )
+
+    # -- dry run -------------------------------------------------------------------------------------
+
+    def _plan_dry_into_new_folder(self) -> None:
+        new_messages = self._source_messages(self.source.all_uids()) if self.report.source_messages else []
+        plan = plan_folder(new_messages, {}, {}, None, self._policy(None))
+        self._report_dry(plan)
+
+    def _report_dry(self, plan: FolderPlan) -> None:
+        self.report.skipped = [(s.src_uid, s.reason) for s in plan.skip]
+        self.report.failed = [(f.src_uid, f.reason) for f in plan.fail]
+        self.report.copied = len(plan.copy)
+        self.report.bytes_copied = plan.copy_bytes
+        self.report.adopted = len(plan.adopt)
+        self.report.flags_updated = len(plan.flag_changes)
+
+    # -- writing -------------------------------------------------------------------------------------
+
+    def _apply_flags_and_adoptions(self, plan: FolderPlan) -> None:
+        for (add, remove), dst_uids in group_flag_changes(plan.flag_changes).items():
+            self.destination.store_flags(dst_uids, add, remove)
+        with self.store.transaction():
+            self.store.mark_done(
+                self.pair,
+                self.mapping.source,
+                [
+                    SyncedMessage(a.message.uid, a.dst_uid, "done", a.message.fingerprint, a.message.size, a.flags)
+                    for a in plan.adopt
+                ],
+            )
+            adopted = {a.message.uid for a in plan.adopt}
+            self.store.update_flags(
+                self.pair,
+                self.mapping.source,
+                {c.src_uid: c.flags for c in plan.flag_changes if c.src_uid not in adopted},
+            )
+        self.report.adopted = len(plan.adopt)
+        self.report.flags_updated = len(plan.flag_changes)
+
+    def _copy(self, plan: FolderPlan, *, floor: int) -> None:
+        self.owner.progress.folder_started(self.pair, self.mapping, len(plan.copy), plan.copy_bytes)
+        unconfirmed = False
+        for batch in _batches(plan.copy, BATCH_BYTES, BATCH_MESSAGES):
+            unconfirmed |= self._copy_batch(batch, floor)
+        if unconfirmed:
+            self._resolve_pending()
+
+    def _copy_batch(self, batch: list[Copy], floor: int) -> bool:
+        """Fetch, journal, append, confirm one batch. Returns True if some appends await confirmation."""
+        bodies = self.source.fetch_bodies([action.message.uid for action in batch])
+        ready = []
+        for action in batch:
+            if action.message.uid in bodies:
+                ready.append(action)
+            else:
+                self.report.skipped.append((action.message.uid, "expunged on the source during the pass"))
+        entries = {
+            a.message.uid: SyncedMessage(
+                a.message.uid, None, "pending", a.message.fingerprint, a.message.size, a.flags, floor
+            )
+            for a in ready
+        }
+        self.store.journal_pending(self.pair, self.mapping.source, entries.values())
+        unconfirmed = False
+        for group in [ready] if ready else []:
+            try:
+                uids = self.destination.append(
+                    self.mapping.destination,
+                    [MessageToAppend(bodies[a.message.uid], a.flags, a.message.internaldate) for a in group],
+                )
+            except AppendRefused as refusal:
+                if len(group) > 1:  # MULTIAPPEND is all or nothing: find the one refused
+                    for action in group:
+                        unconfirmed |= self._append_one(action, bodies[action.message.uid], entries)
+                    continue
+                self._refused(group[0], refusal.reason)
+                continue
+            unconfirmed |= self._confirm(group, uids, entries)
+        return unconfirmed
+
+    def _append_one(self, action: Copy, body: bytes, entries: dict[int, SyncedMessage]) -> bool:
+        try:
+            uids = self.destination.append(
+                self.mapping.destination, [MessageToAppend(body, action.flags, action.message.internaldate)]
+            )
+        except AppendRefused as refusal:
+            self._refused(action, refusal.reason)
+            return False
+        return self._confirm([action], uids, entries)
+
+    def _refused(self, action: Copy, reason: str) -> None:
+        uid = action.message.uid
+        self.store.drop_pending(self.pair, self.mapping.source, [uid])
+        self.store.record_failure(self.pair, self.mapping.source, uid, f"destination refused: {reason}")
+        self.report.failed.append((uid, f"destination refused: {reason}"))
+        log.warning(
+            "%s: %s: message UID %d (%d bytes) refused by the destination: %s",
+            self.pair,
+            self.mapping.source,
+            uid,
+            action.message.size,
+            reason,
+        )
+
+    def _confirm(self, group: list[Copy], uids: list[int | None], entries: dict[int, SyncedMessage]) -> bool:
+        confirmed = [
+            SyncedMessage(a.message.uid, dst_uid, "done", a.message.fingerprint, a.message.size, a.flags)
+            for a, dst_uid in zip(group, uids, strict=True)
+            if dst_uid is not None
+        ]
+        self.store.mark_done(self.pair, self.mapping.source, confirmed)
+        size = sum(a.message.size for a in group)
+        self.report.copied += len(group)
+        self.report.bytes_copied += size
+        self.owner.progress.advance(len(group), size)
+        return len(confirmed) < len(group)
+
+
+def match_pending(
+    pending: Sequence[SyncedMessage], candidates: Sequence[DestinationMessage]
+) -> tuple[list[SyncedMessage], list[SyncedMessage]]:
+    """Pending appends found among destination messages (exact fingerprint first, then without size)."""
+    exact: dict[str, list[int]] = {}
+    loose: dict[str, list[int]] = {}
+    for candidate in sorted(candidates, key=lambda m: m.uid):
+        exact.setdefault(candidate.fingerprint, []).append(candidate.uid)
+        loose.setdefault(without_size(candidate.fingerprint), []).append(candidate.uid)
+    taken: set[int] = set()
+
+    def take(pool: dict[str, list[int]], key: str) -> int | None:
+        uids = pool.get(key, [])
+        while uids:
+            uid = uids.pop(0)
+            if uid not in taken:
+                taken.add(uid)
+                return uid
+        return None
+
+    found: list[SyncedMessage] = []
+    remaining: list[SyncedMessage] = []
+    for entry in pending:
+        uid = take(exact, entry.fingerprint)
+        if uid is None:
+            remaining.append(entry)
+        else:
+            found.append(_done(entry, uid))
+    missing: list[SyncedMessage] = []
+    for entry in remaining:
+        uid = take(loose, without_size(entry.fingerprint))
+        if uid is None:
+            missing.append(entry)
+        else:
+            found.append(_done(entry, uid))
+    return found, missing
+
+
+def _done(entry: SyncedMessage, dst_uid: int) -> SyncedMessage:
+    return SyncedMessage(entry.src_uid, dst_uid, "done", entry.fingerprint, entry.size, entry.flags)
+
+
+def sync_pairs(
+    config: Config,
+    store: StateStore,
+    names: Sequence[str],
+    progress: Progress | None = None,
+    *,
+    dry_run: bool = False,
+) -> list[PairReport]:
+    reports = []
+    pairs = config.effective_pairs()
+    for name in names:
+        report = PairPass(name, pairs[name], config, store, progress, dry_run=dry_run).run()
+        if isinstance(report.error, ConnectionFailure):
+            log.error("%s: %s", name, report.error)
+        reports.append(report)
+    return reports
+
+
+__all__ = ["Folder", "FolderReport", "PairPass", "PairReport", "Progress", "sync_pairs"]

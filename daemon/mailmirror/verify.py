@@ -1,0 +1,190 @@
+"""Deep comparison of source and destination: the cutover proof.
+
+Both sides are only EXAMINEd and read with BODY.PEEK: verify changes nothing anywhere. Per mapped folder
+it compares the multiset of messages by SHA-256 of their exact bytes, and for each message its flags
+(minus \\Recent, and minus keywords the destination does not keep) and INTERNALDATE. It needs no state
+database: it is independent evidence, not a re-reading of our own records.
+
+Differences (any one makes `mailmirror verify` exit 65):
+- missing: a source message not on the destination;
+- duplicate: a source message more than once on the destination;
+- flags / date: the message is there, with other flags or another INTERNALDATE;
+- folder missing: the mapped destination folder does not exist.
+Messages on the destination that are not on the source ("extra") are listed, not counted as a
+difference: a destination may legitimately hold more (mail delivered to it after the MX switch).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from mailmirror.errors import MailmirrorError
+from mailmirror.imap import FolderMissing, MessageDigest, Session
+from mailmirror.mapping import FolderMapping, pair_mappings
+from mailmirror.planner import destination_flags
+
+if TYPE_CHECKING:
+    from mailmirror.config import Config, Pair
+
+BATCH_BYTES = 8 * 1024 * 1024
+
+
+@dataclass
+class FolderVerdict:
+    source: str
+    destination: str
+    source_messages: int = 0
+    destination_messages: int = 0
+    missing: list[int] = field(default_factory=list)  # source UIDs
+    duplicates: list[int] = field(default_factory=list)  # destination UIDs in excess
+    flag_differences: list[tuple[int, int, str]] = field(default_factory=list)  # (src uid, dst uid, detail)
+    date_differences: list[tuple[int, int, str]] = field(default_factory=list)
+    extra: list[int] = field(default_factory=list)  # destination UIDs not from the source
+    folder_missing: bool = False
+    skipped_by_rule: int = 0
+
+    @property
+    def differences(self) -> int:
+        return (
+            len(self.missing)
+            + len(self.duplicates)
+            + len(self.flag_differences)
+            + len(self.date_differences)
+            + int(self.folder_missing)
+        )
+
+
+@dataclass
+class PairVerdict:
+    pair: str
+    folders: list[FolderVerdict] = field(default_factory=list)
+    error: MailmirrorError | None = None
+
+    @property
+    def differences(self) -> int:
+        return sum(folder.differences for folder in self.folders)
+
+    @property
+    def clean(self) -> bool:
+        return self.error is None and self.differences == 0
+
+
+def _flag_text(flags: frozenset[str]) -> str:
+    return " ".join(sorted(flags)) or "(none)"
+
+
+def compare_folder(
+    verdict: FolderVerdict,
+    source: Sequence[MessageDigest],
+    destination: Sequence[MessageDigest],
+    permanent_flags: frozenset[str] | None,
+    *,
+    compare_flags: bool = True,
+) -> None:
+    """Fill `verdict` from both sides' digests (pure; exposed for unit tests)."""
+    by_hash_source: dict[str, list[MessageDigest]] = defaultdict(list)
+    by_hash_destination: dict[str, list[MessageDigest]] = defaultdict(list)
+    for message in source:
+        by_hash_source[message.sha256].append(message)
+    for message in destination:
+        by_hash_destination[message.sha256].append(message)
+    for digest, originals in by_hash_source.items():
+        copies = by_hash_destination.get(digest, [])
+        originals = sorted(originals, key=_order)
+        copies = sorted(copies, key=_order)
+        verdict.missing.extend(m.uid for m in originals[len(copies) :])
+        verdict.duplicates.extend(m.uid for m in copies[len(originals) :])
+        for original, copy in zip(originals, copies, strict=False):
+            _compare_message(verdict, original, copy, permanent_flags, compare_flags)
+    for digest, copies in by_hash_destination.items():
+        if digest not in by_hash_source:
+            verdict.extra.extend(m.uid for m in copies)
+    verdict.missing.sort()
+
+
+def _order(message: MessageDigest) -> tuple[datetime, str]:
+    return message.internaldate, _flag_text(message.flags)
+
+
+def _compare_message(
+    verdict: FolderVerdict,
+    original: MessageDigest,
+    copy: MessageDigest,
+    permanent_flags: frozenset[str] | None,
+    compare_flags: bool,
+) -> None:
+    if compare_flags:
+        expected, _dropped = destination_flags(original.flags, permanent_flags)
+        actual, _ = destination_flags(copy.flags, None)
+        if expected != actual:
+            verdict.flag_differences.append(
+                (original.uid, copy.uid, f"source {_flag_text(expected)} / destination {_flag_text(actual)}")
+            )
+    if original.internaldate != copy.internaldate:
+        verdict.date_differences.append(
+            (original.uid, copy.uid, f"source {original.internaldate} / destination {copy.internaldate}")
+        )
+
+
+def _digests(session: Session, folder: str, pair: Pair) -> tuple[list[MessageDigest], int, frozenset[str] | None]:
+    status = session.select(folder, readonly=True)
+    if status.messages == 0:
+        return [], 0, status.permanent_flags
+    sizes = session.fetch_sizes()
+    rules = pair.messages
+    skipped = {
+        uid
+        for uid, size in sizes.items()
+        if (rules.max_size is not None and size > rules.max_size)
+        or (rules.min_size is not None and size < rules.min_size)
+    }
+    uids = sorted(uid for uid in sizes if uid not in skipped)
+    return list(session.fetch_digests(uids, sizes, BATCH_BYTES)), len(skipped), status.permanent_flags
+
+
+def verify_pair(name: str, pair: Pair, config: Config) -> PairVerdict:
+    verdict = PairVerdict(name)
+    try:
+        with (
+            Session.open(pair.source, config.accounts[pair.source]) as source,
+            Session.open(pair.destination, config.accounts[pair.destination]) as destination,
+        ):
+            for mapping in _mappings(pair, source, destination):
+                verdict.folders.append(_verify_folder(pair, mapping, source, destination))
+    except MailmirrorError as error:
+        verdict.error = error
+    return verdict
+
+
+def _mappings(pair: Pair, source: Session, destination: Session) -> list[FolderMapping]:
+    return [mapping for mapping in pair_mappings(pair.folders, source, destination) if mapping.selectable]
+
+
+def _verify_folder(pair: Pair, mapping: FolderMapping, source: Session, destination: Session) -> FolderVerdict:
+    verdict = FolderVerdict(mapping.source, mapping.destination)
+    source_digests, skipped, _ = _digests(source, mapping.source, pair)
+    verdict.source_messages = len(source_digests)
+    verdict.skipped_by_rule = skipped
+    try:
+        destination_status = destination.select(mapping.destination, readonly=True)
+    except FolderMissing:
+        verdict.folder_missing = True
+        verdict.missing = [m.uid for m in source_digests]
+        return verdict
+    destination_digests: list[MessageDigest] = []
+    if destination_status.messages:
+        sizes = destination.fetch_sizes()
+        destination_digests = list(destination.fetch_digests(sorted(sizes), sizes, BATCH_BYTES))
+    verdict.destination_messages = len(destination_digests)
+    compare_folder(
+        verdict,
+        source_digests,
+        destination_digests,
+        destination_status.permanent_flags,
+        compare_flags=pair.flags.sync,
+    )
+    return verdict

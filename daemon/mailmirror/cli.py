@@ -157,7 +157,7 @@ def _exit_code_for(errors: Sequence[MailmirrorError]) -> ExitCode:
 # -- sync -------------------------------------------------------------------------------------------------
 
 
-@cli.command()
+@cli.command(short_help="One pass of each pair now, then a summary.")
 @click.argument("pairs", nargs=-1)
 @click.option("-n", "--dry-run", is_flag=True, help="Show what a pass would copy and update; change nothing.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: on when on a terminal).")
@@ -203,7 +203,7 @@ def sync(context: Context, pairs: tuple[str, ...], dry_run: bool, progress: bool
 # -- verify -----------------------------------------------------------------------------------------------
 
 
-@cli.command()
+@cli.command(short_help="Deep-compare source and destination (the cutover proof).")
 @click.argument("pairs", nargs=-1)
 @pass_context
 def verify(context: Context, pairs: tuple[str, ...]) -> None:
@@ -231,7 +231,7 @@ def verify(context: Context, pairs: tuple[str, ...]) -> None:
 # -- check ------------------------------------------------------------------------------------------------
 
 
-@cli.command()
+@cli.command(short_help="Log in to every account, report capabilities.")
 @click.argument("accounts", nargs=-1)
 @pass_context
 def check(context: Context, accounts: tuple[str, ...]) -> None:
@@ -260,12 +260,12 @@ def check(context: Context, accounts: tuple[str, ...]) -> None:
                 marks = [_capability_mark(session.capabilities, cap) for cap in REPORTED_CAPABILITIES]
                 namespace = f"{session.prefix or '(none)'} sep {session.separator}"
                 table.add_row(name, server, tls, "[green]ok[/green]", namespace, *marks)
-        except MailmirrorError as error:
-            errors.append(error)
+        except MailmirrorError as failure:
+            errors.append(failure)
             table.add_row(name, server, tls, "[red]failed[/red]", "", *[""] * len(REPORTED_CAPABILITIES))
     context.stdout.print(table)
-    for error in errors:
-        context.stderr.print(f"mailmirror: {error}", markup=False, highlight=False)
+    for problem in errors:
+        context.stderr.print(f"mailmirror: {problem}", markup=False, highlight=False)
     if errors:
         sys.exit(_exit_code_for(errors))
 
@@ -281,7 +281,7 @@ def _capability_mark(capabilities: frozenset[str], name: str) -> str:
 # -- status -----------------------------------------------------------------------------------------------
 
 
-@cli.command()
+@cli.command(short_help="Each pair's last pass, from the state database.")
 @pass_context
 def status(context: Context) -> None:
     """Show, from the state database, each pair's last pass: when, outcome, messages copied, failures."""
@@ -315,7 +315,7 @@ def status(context: Context) -> None:
 # -- config -----------------------------------------------------------------------------------------------
 
 
-@cli.group("config")
+@cli.group("config", short_help="Validate the config, print its JSON Schema or an example.")
 def config_group() -> None:
     """Validate the config, print its JSON Schema, or print an annotated example."""
 
@@ -347,7 +347,7 @@ def config_example() -> None:
 # -- demo -------------------------------------------------------------------------------------------------
 
 
-@cli.command()
+@cli.command(short_help="Two throwaway local IMAP servers, sample mail, one sync, a verify.")
 @click.option(
     "--workdir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -379,6 +379,11 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except click.ClickException as error:
         error.show()
         sys.exit(ExitCode.USAGE)
+    except ConfigError as error:
+        from mailmirror.config import format_config_error
+
+        click.echo(format_config_error(error), err=True)  # file:line: field: message, one per line
+        sys.exit(error.exit_code)
     except MailmirrorError as error:
         click.echo(f"mailmirror: {error}", err=True)
         sys.exit(error.exit_code)

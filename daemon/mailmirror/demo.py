@@ -12,8 +12,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from mailmirror.errors import ExitCode
-from mailmirror.lab import DovecotServer, LabCA, LabUser, seed
+from mailmirror.errors import ConnectionFailure, ExitCode
+from mailmirror.lab import DovecotServer, LabCA, LabError, LabUser, seed
 
 DEMO_CONFIG = """\
 # Written by `mailmirror demo`: two lab servers on 127.0.0.1, STARTTLS verified against the lab CA.
@@ -67,6 +67,22 @@ def write_demo_config(
 
 
 def run_demo(console: Console, *, workdir: Path | None, messages: int, keep: bool) -> int:
+    temporary = workdir is None
+    root = Path(tempfile.mkdtemp(prefix="mailmirror-demo-")) if workdir is None else workdir.resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o755)  # Dovecot's unprivileged mail processes must reach the mail folders below it
+    console.rule("mailmirror demo")
+    console.print(f"Work folder: {root}")
+    try:
+        return _demo(console, root, messages, keep)
+    except LabError as error:
+        raise ConnectionFailure(f"demo: the local Dovecot servers could not be started: {error}") from None
+    finally:
+        if temporary and not keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _demo(console: Console, root: Path, messages: int, keep: bool) -> int:
     from mailmirror.config import load_config
     from mailmirror.corpus import describe, sample_mailbox
     from mailmirror.report import RichProgress, print_pass, print_verdict
@@ -74,66 +90,58 @@ def run_demo(console: Console, *, workdir: Path | None, messages: int, keep: boo
     from mailmirror.sync import LogProgress, PairPass
     from mailmirror.verify import verify_pair
 
-    temporary = workdir is None
-    root = Path(tempfile.mkdtemp(prefix="mailmirror-demo-")) if workdir is None else workdir.resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    console.rule("mailmirror demo")
-    console.print(f"Work folder: {root}")
-    try:
-        ca = LabCA(root / "ca")
-        with DovecotServer(root / "source", "source", ca=ca) as source, DovecotServer(
-            root / "destination", "destination", ca=ca
-        ) as destination:
-            source_user = source.add_user("alice")
-            destination_user = destination.add_user("alice")
-            mailbox = sample_mailbox(seed=1, messages=messages)
-            client = source.connect(source_user)
-            try:
-                for folder, folder_messages in mailbox.items():
-                    seed(client, folder, folder_messages)
-            finally:
-                client.logout()
+    ca = LabCA(root / "ca")
+    with (
+        DovecotServer(root / "source", "source", ca=ca) as source,
+        DovecotServer(root / "destination", "destination", ca=ca) as destination,
+    ):
+        source_user = source.add_user("alice")
+        destination_user = destination.add_user("alice")
+        mailbox = sample_mailbox(seed=1, messages=messages)
+        client = source.connect(source_user)
+        try:
+            for folder, folder_messages in mailbox.items():
+                seed(client, folder, folder_messages)
+        finally:
+            client.logout()
+        console.print(
+            f"Source      imap://127.0.0.1:{source.port} (STARTTLS) user alice: {describe(mailbox)}\n"
+            f"Destination imap://127.0.0.1:{destination.port} (STARTTLS) user alice: empty"
+        )
+        config_path = write_demo_config(root, source, destination, source_user, destination_user)
+        console.print(f"Config      {config_path}\n")
+        config = load_config(config_path)
+        pair = config.effective_pairs()["alice"]
+        store = StateStore(config.state.path)
+        try:
+            console.rule("mailmirror sync alice (first pass)")
+            bars = RichProgress(console) if console.is_terminal else None
+            if bars is not None:
+                with bars:
+                    report = PairPass("alice", pair, config, store, bars).run()
+            else:
+                report = PairPass("alice", pair, config, store, LogProgress()).run()
+            print_pass(console, report, pair.source, pair.destination)
+            console.rule("mailmirror sync alice (second pass: nothing changed)")
+            started = time.monotonic()
+            again = PairPass("alice", pair, config, store, LogProgress()).run()
             console.print(
-                f"Source      imap://127.0.0.1:{source.port} (STARTTLS) user alice: {describe(mailbox)}\n"
-                f"Destination imap://127.0.0.1:{destination.port} (STARTTLS) user alice: empty"
+                f"  {again.copied} messages copied, {again.total('adopted')} re-matched, "
+                f"{again.failed} failed in {time.monotonic() - started:.2f} s: the state database knows "
+                "what is already there."
             )
-            config_path = write_demo_config(root, source, destination, source_user, destination_user)
-            console.print(f"Config      {config_path}\n")
-            config = load_config(config_path)
-            pair = config.effective_pairs()["alice"]
-            store = StateStore(config.state.path)
-            try:
-                console.rule("mailmirror sync alice (first pass)")
-                bars = RichProgress(console) if console.is_terminal else None
-                if bars is not None:
-                    with bars:
-                        report = PairPass("alice", pair, config, store, bars).run()
-                else:
-                    report = PairPass("alice", pair, config, store, LogProgress()).run()
-                print_pass(console, report, pair.source, pair.destination)
-                console.rule("mailmirror sync alice (second pass: nothing changed)")
-                started = time.monotonic()
-                again = PairPass("alice", pair, config, store, LogProgress()).run()
-                console.print(
-                    f"  {again.copied} messages copied, {again.total('adopted')} re-matched, "
-                    f"{again.failed} failed in {time.monotonic() - started:.2f} s: the state database knows "
-                    "what is already there."
-                )
-            finally:
-                store.close()
-            console.rule("mailmirror verify alice")
-            verdict = verify_pair("alice", pair, config)
-            print_verdict(console, verdict)
-            if keep:
-                _wait_for_ctrl_c(console, config_path, source, destination)
-        if report.error is not None:
-            return int(report.error.exit_code)
-        if not verdict.clean:
-            return int(verdict.error.exit_code if verdict.error else ExitCode.DIFFERENCES)
-        return int(ExitCode.TEMPFAIL if report.failed else ExitCode.OK)
-    finally:
-        if temporary and not keep:
-            shutil.rmtree(root, ignore_errors=True)
+        finally:
+            store.close()
+        console.rule("mailmirror verify alice")
+        verdict = verify_pair("alice", pair, config)
+        print_verdict(console, verdict)
+        if keep:
+            _wait_for_ctrl_c(console, config_path, source, destination)
+    if report.error is not None:
+        return int(report.error.exit_code)
+    if not verdict.clean:
+        return int(verdict.error.exit_code if verdict.error else ExitCode.DIFFERENCES)
+    return int(ExitCode.TEMPFAIL if report.failed else ExitCode.OK)
 
 
 def _wait_for_ctrl_c(console: Console, config_path: Path, source: DovecotServer, destination: DovecotServer) -> None:

@@ -355,7 +355,7 @@ class DovecotServer:
         drop_capabilities: Sequence[str] = (),
         ca: LabCA | None = None,
     ) -> None:
-        if len(separator) != 1 or separator.isalnum() or separator in " \"\\\r\n":
+        if len(separator) != 1 or separator.isalnum() or separator in ' "\\\r\n':
             raise ValueError(f"unsupported hierarchy separator {separator!r}")
         if prefix and not prefix.endswith(separator):
             raise ValueError(f"namespace prefix {prefix!r} must end with the separator {separator!r}")
@@ -780,9 +780,7 @@ service auth-worker {{
     def ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.ca_path))
 
-    def connect(
-        self, user: LabUser, *, tls: str = "none", timeout: float = 30
-    ) -> IMAPClient:
+    def connect(self, user: LabUser, *, tls: str = "none", timeout: float = 30) -> IMAPClient:
         """A logged-in IMAPClient (TLS verified against :attr:`ca_path`, hostname 127.0.0.1).
 
         ``normalise_times`` is switched off so INTERNALDATEs come back timezone-aware.

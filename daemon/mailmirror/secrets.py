@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import subprocess
 from typing import Annotated, Any
 
@@ -41,8 +40,7 @@ COMMAND_TIMEOUT_SECONDS = 30
 SECRET_KINDS = ("env", "file", "command")
 
 INLINE_SECRET_MESSAGE = (
-    "inline secrets are not allowed in the config file; "
-    "use {env: NAME}, {file: PATH} or {command: [argv, ...]}"
+    "inline secrets are not allowed in the config file; use {env: NAME}, {file: PATH} or {command: [argv, ...]}"
 )
 SHAPE_MESSAGE = "must be a mapping with exactly one of env, file or command, e.g. {env: NAME}"
 
@@ -85,6 +83,7 @@ class Secret(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         frozen=True,
+        coerce_numbers_to_str=True,  # command: [get-token, --port, 8080]
         json_schema_extra={"minProperties": 1, "maxProperties": 1},
     )
 
@@ -140,7 +139,7 @@ class Secret(BaseModel):
             return f"environment variable {self.env}"
         if self.file is not None:
             return f"file {self.file}"
-        return f"command {shlex.join(self.command or ())}"
+        return f"command {_flow_list(self.command or ())}"
 
     def reveal(self) -> str:
         """Read the secret now. Raises :class:`ConfigError` naming the field and the reference, never the value."""
@@ -201,9 +200,14 @@ class Secret(BaseModel):
             return f"Secret(env={self.env})"
         if self.file is not None:
             return f"Secret(file={self.file})"
-        return f"Secret(command={shlex.join(self.command or ())})"
+        return f"Secret(command={_flow_list(self.command or ())})"
 
     __str__ = __repr__
+
+
+def _flow_list(argv: tuple[str, ...]) -> str:
+    """``[pass, show, mail/old]``: the command as it is written in the config file."""
+    return "[" + ", ".join(argv) + "]"
 
 
 def _strip_one_newline(text: str) -> str:

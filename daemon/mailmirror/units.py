@@ -78,9 +78,7 @@ def parse_duration(value: object) -> timedelta:
         if text.isdigit():
             return timedelta(seconds=int(text))
         if re.fullmatch(DURATION_PATTERN, text):
-            seconds = sum(
-                Decimal(number) * SECONDS_PER_UNIT[unit] for number, unit in _DURATION_PART.findall(text)
-            )
+            seconds = sum(Decimal(number) * SECONDS_PER_UNIT[unit] for number, unit in _DURATION_PART.findall(text))
             return timedelta(seconds=float(seconds))
     raise ValueError(f"must be {DURATION_HINT} (got {value!r})")
 
@@ -137,7 +135,7 @@ _DURATION_JSON_SCHEMA: dict[str, Any] = {
         {"type": "string", "pattern": DURATION_PATTERN},
         {"type": "integer", "minimum": 0},
     ],
-    "description": f"A duration: {DURATION_HINT}.",
+    "description": "A duration: 30s, 15m, 2h, 7d, 1w, 1h30m, or a whole number of seconds.",
 }
 
 _SIZE_JSON_SCHEMA: dict[str, Any] = {
@@ -145,7 +143,7 @@ _SIZE_JSON_SCHEMA: dict[str, Any] = {
         {"type": "string", "pattern": SIZE_PATTERN},
         {"type": "integer", "minimum": 0},
     ],
-    "description": f"A size: {SIZE_HINT} (MB = 1000², MiB = 1024²).",
+    "description": "A size: 512KB, 50MB (MB = 1000²), 1.5MiB (MiB = 1024²), or a whole number of bytes.",
 }
 
 Duration = Annotated[

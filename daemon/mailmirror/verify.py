@@ -26,6 +26,7 @@ from mailmirror.errors import MailmirrorError
 from mailmirror.imap import FolderMissing, MessageDigest, Session
 from mailmirror.mapping import FolderMapping, pair_mappings
 from mailmirror.planner import destination_flags
+from mailmirror.sync import refuse_unsupported_options
 
 if TYPE_CHECKING:
     from mailmirror.config import Config, Pair
@@ -149,6 +150,7 @@ def _digests(session: Session, folder: str, pair: Pair) -> tuple[list[MessageDig
 def verify_pair(name: str, pair: Pair, config: Config) -> PairVerdict:
     verdict = PairVerdict(name)
     try:
+        refuse_unsupported_options(name, pair)
         with (
             Session.open(pair.source, config.accounts[pair.source]) as source,
             Session.open(pair.destination, config.accounts[pair.destination]) as destination,

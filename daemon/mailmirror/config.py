@@ -1,0 +1,1245 @@
+"""The configuration: YAML file → validated, typed, frozen models, with exact ``file:line: path: message`` errors.
+
+Public API
+    :func:`load_config` reads and validates a file and returns a :class:`Config`; every problem found is
+    reported at once in an :class:`InvalidConfig` (a :class:`~mailmirror.errors.ConfigError`, exit 78),
+    one line each, as ``config.yaml:12: pairs.alice.source: unknown account 'old2' (known: new, old)``.
+    :func:`format_config_error` renders any ``ConfigError`` for the terminal.
+    :func:`config_json_schema` is the JSON Schema (draft 2020-12) for editors.
+    :meth:`Config.pair` / :meth:`Config.effective_pairs` give pairs with ``defaults`` merged in.
+
+The models are the single source of truth: their field descriptions are the schema's and the docs'.
+
+Inheritance from ``defaults``
+    Each pair inherits the ``defaults`` sections (schedule, folders, messages, flags, deletions) key by
+    key; what the pair sets wins. Mappings (``folders.map``, ``flags.rename``) merge entry by entry,
+    lists (``folders.include``, ``schedule.idle``, ...) are replaced whole. ``schedule.every`` and
+    ``schedule.cron`` are alternatives: a pair that sets either one replaces both.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+import types
+import zoneinfo
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from mailmirror.errors import ConfigError, UsageError
+from mailmirror.secrets import Secret
+from mailmirror.units import CONFIG_DIR, ConfigPath, Duration, Size, format_duration
+
+__all__ = [
+    "Account",
+    "Config",
+    "ConfigProblem",
+    "DeletionRules",
+    "FlagRules",
+    "FolderRules",
+    "InvalidConfig",
+    "LogConfig",
+    "MessageRules",
+    "MetricsConfig",
+    "Pair",
+    "PairDefaults",
+    "RenameRule",
+    "Schedule",
+    "Secret",
+    "StateConfig",
+    "config_json_schema",
+    "format_config_error",
+    "load_config",
+]
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+HEADER_NAME_PATTERN = r"^[!-9;-~]+$"
+FLAG_PATTERN = r'^\\?[^\s(){%*"\\\]]+$'
+REGEX_PREFIX = "re:"
+OAUTH_MECHANISMS = ("xoauth2", "oauthbearer")
+SECRET_SHAPES = "{env: NAME}, {file: PATH} or {command: [argv, ...]}"
+
+# The context key of a PydanticCustomError that points below the model raising it (see _field_error).
+_SUBPATH = "mailmirror_subpath"
+
+
+def _field_error(path: str | Sequence[str], message: str) -> PydanticCustomError:
+    """An error raised by a model validator about one of its own fields, located at that field."""
+    subpath = [path] if isinstance(path, str) else list(path)
+    return PydanticCustomError("mailmirror", message, {_SUBPATH: subpath})
+
+
+# --------------------------------------------------------------------------------------------------
+# Small value types
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_name(value: str) -> str:
+    if not re.fullmatch(NAME_PATTERN, value):
+        raise ValueError(
+            "invalid name: use letters, digits, '.', '_' and '-', starting with a letter or digit "
+            "(names become metric labels and state keys)"
+        )
+    return value
+
+
+def _compile_regex(pattern: str, written: str | None = None) -> re.Pattern[str]:
+    """Compile ``pattern``; the error quotes the entry as ``written`` in the file (e.g. with its ``re:``)."""
+    try:
+        return re.compile(pattern)
+    except re.error as error:
+        raise ValueError(f"invalid regular expression {written or pattern!r}: {error}") from None
+
+
+def _check_regex(pattern: str) -> str:
+    _compile_regex(pattern)
+    return pattern
+
+
+def _check_folder_pattern(pattern: str) -> str:
+    if pattern.startswith(REGEX_PREFIX):
+        _compile_regex(pattern[len(REGEX_PREFIX) :], written=pattern)
+    elif not pattern:
+        raise ValueError("must not be empty")
+    return pattern
+
+
+def _check_header_name(name: str) -> str:
+    if not re.fullmatch(HEADER_NAME_PATTERN, name):
+        raise ValueError(f"{name!r} is not a header field name (printable ASCII, no spaces or ':')")
+    return name
+
+
+def _check_flag(flag: str) -> str:
+    if not re.fullmatch(FLAG_PATTERN, flag):
+        raise ValueError(f'{flag!r} is not an IMAP flag or keyword (no spaces, no ( ) {{ % * " \\ ])')
+    return flag
+
+
+def _check_timezone(name: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r} (use an IANA name such as Europe/Berlin or UTC)") from None
+    return name
+
+
+def _check_existing_file(path: Path) -> Path:
+    if not path.exists():
+        raise ValueError(f"no such file: {path}")
+    if not path.is_file():
+        raise ValueError(f"not a regular file: {path}")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"not readable: {path}")
+    return path
+
+
+Name = Annotated[str, AfterValidator(_check_name), WithJsonSchema({"type": "string", "pattern": NAME_PATTERN})]
+Regex = Annotated[str, AfterValidator(_check_regex), WithJsonSchema({"type": "string", "format": "regex"})]
+FolderName = Annotated[str, Field(min_length=1)]
+FolderPattern = Annotated[
+    str,
+    AfterValidator(_check_folder_pattern),
+    WithJsonSchema({"type": "string", "minLength": 1}),
+]
+HeaderName = Annotated[
+    str, AfterValidator(_check_header_name), WithJsonSchema({"type": "string", "pattern": HEADER_NAME_PATTERN})
+]
+Flag = Annotated[str, AfterValidator(_check_flag), WithJsonSchema({"type": "string", "pattern": FLAG_PATTERN})]
+TimeZoneName = Annotated[str, AfterValidator(_check_timezone)]
+ExistingFile = Annotated[ConfigPath, AfterValidator(_check_existing_file)]
+
+
+# --------------------------------------------------------------------------------------------------
+# Cron expressions (standard 5-field crontab syntax)
+# --------------------------------------------------------------------------------------------------
+
+_MONTH_NAMES = {
+    name: number
+    for number, name in enumerate(
+        ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], start=1
+    )
+}
+_DAY_NAMES = {name: number for number, name in enumerate(["sun", "mon", "tue", "wed", "thu", "fri", "sat"])}
+
+
+@dataclass(frozen=True)
+class _CronField:
+    name: str
+    low: int
+    high: int
+    names: Mapping[str, int] = field(default_factory=dict)
+
+    def value_of(self, text: str) -> int | None:
+        number = int(text) if text.isdigit() else self.names.get(text.lower())
+        return number if number is not None and self.low <= number <= self.high else None
+
+    def check(self, text: str) -> None:
+        for item in text.split(","):
+            self._check_item(item, text)
+
+    def _check_item(self, item: str, whole: str) -> None:
+        base, has_step, step = item.partition("/")
+        if has_step and not (step.isdigit() and int(step) > 0):
+            raise ValueError(f"{self.name} {whole!r}: step {step!r} must be a positive number")
+        if base == "*":
+            return
+        bounds = base.split("-", 1)
+        for bound in bounds:
+            if self.value_of(bound) is None:
+                allowed = f"{self.low}-{self.high}" + (" or a name" if self.names else "")
+                where = self.name if bound == whole else f"{self.name} {whole!r}:"
+                raise ValueError(f"{where} {bound!r} is not {allowed}")
+
+
+_CRON_FIELDS = (
+    _CronField("minute", 0, 59),
+    _CronField("hour", 0, 23),
+    _CronField("day of month", 1, 31),
+    _CronField("month", 1, 12, _MONTH_NAMES),
+    _CronField("day of week", 0, 7, _DAY_NAMES),
+)
+
+
+def _check_cron(expression: str) -> str:
+    parts = expression.split()
+    if len(parts) != len(_CRON_FIELDS):
+        raise ValueError(
+            f"must have 5 fields: minute hour day-of-month month day-of-week (got {len(parts)} in {expression!r})"
+        )
+    for text, cron_field in zip(parts, _CRON_FIELDS, strict=True):
+        cron_field.check(text)
+    return expression
+
+
+CronExpression = Annotated[str, AfterValidator(_check_cron)]
+
+
+def _split_listen_address(value: str) -> tuple[str, int]:
+    host, colon, port = value.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed:
+        host = host[1:-1]
+    valid = colon and host and port.isdigit() and 0 < int(port) < 65536 and (bracketed or ":" not in host)
+    if not valid:
+        raise ValueError(f"must be host:port, e.g. 127.0.0.1:9464, 0.0.0.0:9464 or [::1]:9464 (got {value!r})")
+    return host, int(port)
+
+
+def _check_listen_address(value: str) -> str:
+    _split_listen_address(value)
+    return value
+
+
+# --------------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------------
+
+
+class _Section(BaseModel):
+    """Every config model: unknown keys are errors, instances are immutable, defaults are validated too."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, coerce_numbers_to_str=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _blank_means_empty(cls, data: Any) -> Any:
+        """A section, mapping or list left blank (``defaults:`` with everything below commented out) is YAML
+        null: read it as empty, i.e. all defaults."""
+        if not isinstance(data, dict):
+            return data
+        blank = [name for name in _container_fields(cls) if name in data and data[name] is None]
+        if not blank:
+            return data
+        return {**data, **{name: _empty_like(cls.model_fields[name].annotation) for name in blank}}
+
+
+def _container_fields(model: type[BaseModel]) -> list[str]:
+    """Fields holding a section, a mapping or a list (not Optional ones, for which null means something)."""
+    return [name for name, model_field in model.model_fields.items() if _empty_like(model_field.annotation) is not None]
+
+
+def _empty_like(declared: Any) -> dict[str, Any] | list[Any] | None:
+    if isinstance(declared, type) and issubclass(declared, BaseModel):
+        return {}
+    origin = get_origin(declared)
+    if origin is dict:
+        return {}
+    if origin is list:
+        return []
+    return None
+
+
+class StateConfig(_Section):
+    """Where mailmirror keeps its state (UID maps, journal of appends): one SQLite database."""
+
+    path: ConfigPath = Field(
+        default=Path("/var/lib/mailmirror/state.db"),
+        description="SQLite state database (WAL mode). A relative path is relative to the config file.",
+    )
+
+
+class MetricsConfig(_Section):
+    """The HTTP endpoint serving Prometheus metrics (/metrics) and health checks (/healthz, /readyz)."""
+
+    listen: Annotated[str, AfterValidator(_check_listen_address)] = Field(
+        default="127.0.0.1:9464",
+        description="host:port to listen on; [::1]:9464 for IPv6, 0.0.0.0:9464 for every interface.",
+    )
+    enabled: bool = Field(default=True, description="Serve metrics and health endpoints.")
+
+    @property
+    def host(self) -> str:
+        """The host part of ``listen``, without IPv6 brackets."""
+        return _split_listen_address(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        """The port part of ``listen``."""
+        return _split_listen_address(self.listen)[1]
+
+
+class LogConfig(_Section):
+    """Logging on standard error (journald picks it up under systemd)."""
+
+    format: Literal["text", "json"] = Field(
+        default="text", description="text for people, json (one object per line) for log shippers."
+    )
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Least severe level logged."
+    )
+
+
+class Account(_Section):
+    """An IMAP account: where to connect and how to log in. Referenced by name from pairs."""
+
+    host: str = Field(min_length=1, description="IMAP server host name or IP address.")
+    port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="TCP port; default 993 with tls: implicit, 143 otherwise (see effective_port).",
+    )
+    tls: Literal["implicit", "starttls", "none"] = Field(
+        default="implicit",
+        description=(
+            "implicit: TLS from the first byte (IMAPS); starttls: plain connection upgraded with STARTTLS, "
+            "which must succeed (never silently skipped); none: no encryption at all."
+        ),
+    )
+    tls_verify: bool = Field(
+        default=True,
+        description="Verify the server certificate and host name. Turn off only for a known lab server.",
+    )
+    tls_ca: ExistingFile | None = Field(
+        default=None,
+        description="PEM file of the CA(s) to trust instead of the system store (must exist).",
+    )
+    username: str = Field(min_length=1, description="The mailbox user to log in as (whose mail is synced).")
+    password: Secret | None = Field(
+        default=None,
+        description=(
+            f"Password: a secret reference, {SECRET_SHAPES}, never inline. With authuser, the admin's "
+            "password. Required unless auth is xoauth2/oauthbearer."
+        ),
+    )
+    authuser: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "Admin/master user logging in on behalf of username (imapsync --authuser): with auth: plain the "
+            "authentication identity, username being the authorization identity."
+        ),
+    )
+    auth: Literal["login", "plain", "xoauth2", "oauthbearer"] = Field(
+        default="login",
+        description="Authentication: LOGIN, SASL PLAIN, or OAuth2 (XOAUTH2, OAUTHBEARER) with oauth2_token.",
+    )
+    oauth2_token: Secret | None = Field(
+        default=None,
+        description=(
+            f"OAuth2 access token: a secret reference, {SECRET_SHAPES}, typically a command printing a fresh "
+            "token. Required with auth: xoauth2/oauthbearer."
+        ),
+    )
+    timeout: Duration = Field(
+        default=timedelta(seconds=60),
+        json_schema_extra={"default": "60s"},
+        description="Network timeout for connecting and for each server response.",
+    )
+    max_connections: int = Field(
+        default=4,
+        ge=1,
+        description="Most simultaneous connections to this account, across all pairs using it.",
+    )
+
+    @property
+    def effective_port(self) -> int:
+        """``port`` if set, else 993 for implicit TLS and 143 for STARTTLS or no TLS."""
+        if self.port is not None:
+            return self.port
+        return 993 if self.tls == "implicit" else 143
+
+    @field_validator("timeout")
+    @classmethod
+    def _positive_timeout(cls, value: Any) -> Any:
+        if not value:
+            raise ValueError("must be longer than 0s")
+        return value
+
+    @model_validator(mode="after")
+    def _credentials_match_auth(self) -> Account:
+        if self.auth in OAUTH_MECHANISMS:
+            if self.oauth2_token is None:
+                raise _field_error("oauth2_token", f"required with auth: {self.auth} (a secret: {SECRET_SHAPES})")
+            if self.password is not None:
+                raise _field_error("password", f"not used with auth: {self.auth}, which logs in with oauth2_token")
+        else:
+            if self.password is None:
+                raise _field_error("password", f"required with auth: {self.auth} (a secret: {SECRET_SHAPES})")
+            if self.oauth2_token is not None:
+                raise _field_error("oauth2_token", "only used with auth: xoauth2 or oauthbearer")
+        if self.tls == "none" and self.tls_ca is not None:
+            raise _field_error("tls_ca", "has no effect with tls: none")
+        return self
+
+
+class Schedule(_Section):
+    """When a pair runs under `mailmirror run`. It always starts with a pass; then every/cron and IDLE push."""
+
+    every: Duration | None = Field(
+        default=timedelta(minutes=15),
+        json_schema_extra={"default": "15m"},
+        description="Run a pass this long after the previous one started. Alternative to cron; null for neither.",
+    )
+    cron: CronExpression | None = Field(
+        default=None,
+        description=(
+            "Run a pass at these times: standard 5-field crontab (minute hour day-of-month month day-of-week, "
+            "day of week 0 or 7 = Sunday). Alternative to every."
+        ),
+    )
+    timezone: TimeZoneName | None = Field(
+        default=None, description="IANA time zone for cron (e.g. Europe/Berlin); default: the system's."
+    )
+    idle: list[FolderName] = Field(
+        default=[],
+        description=(
+            "Source folders to watch with IDLE: new mail there is copied within seconds; every/cron passes "
+            "remain the safety net."
+        ),
+    )
+    jitter: Duration = Field(
+        default=timedelta(0),
+        json_schema_extra={"default": "0s"},
+        description="Delay each scheduled pass by a random time up to this long (spreads load over many pairs).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _cron_replaces_every(cls, data: Any) -> Any:
+        """``every`` defaults to 15m only when no cron is given: a pair written with cron alone is valid."""
+        if isinstance(data, dict) and data.get("cron") is not None and "every" not in data:
+            return {**data, "every": None}
+        return data
+
+    @field_validator("every")
+    @classmethod
+    def _positive_interval(cls, value: Any) -> Any:
+        if value is not None and not value:
+            raise ValueError("must be longer than 0s (use null for no periodic pass)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind_of_schedule(self) -> Schedule:
+        if self.every is not None and self.cron is not None:
+            raise _field_error(
+                "cron",
+                "every and cron are alternatives: set one of them (every: null to schedule by cron only)",
+            )
+        return self
+
+
+class RenameRule(_Section):
+    """A regular-expression rename of destination folder names, applied after the other mapping rules."""
+
+    pattern: Regex = Field(description="Python regular expression, searched in the folder name.")
+    replacement: str = Field(description=r"Replacement, with \1 or \g<name> for groups (as Python's re.sub).")
+
+    @model_validator(mode="after")
+    def _groups_exist(self) -> RenameRule:
+        try:
+            re.compile(self.pattern).sub(self.replacement, "")
+        except (re.error, IndexError) as error:
+            raise _field_error("replacement", f"invalid replacement {self.replacement!r}: {error}") from None
+        return self
+
+
+class FolderRules(_Section):
+    """Which folders to sync and what they are called on the destination. Selection comes before mapping."""
+
+    include: list[FolderPattern] = Field(
+        default=[],
+        description=(
+            "Sync only folders matching one of these (empty: every folder). Each entry is a shell-style glob "
+            "(*, ?, [abc]) matched against the whole folder name, or a regular expression written 're:...'."
+        ),
+    )
+    exclude: list[FolderPattern] = Field(
+        default=[],
+        description="Skip folders matching one of these (globs or 're:...' regexes); wins over include.",
+    )
+    map: dict[FolderName, FolderName] = Field(
+        default={},
+        description="Explicit source → destination folder names; wins over automap and rename.",
+    )
+    automap: bool = Field(
+        default=True,
+        description=(
+            "Map special folders (Sent, Drafts, Trash, Junk, Archive) by SPECIAL-USE attributes and "
+            "well-known names, e.g. 'Sent Messages' → the destination's \\Sent folder."
+        ),
+    )
+    subscribed_only: bool = Field(default=False, description="Sync only folders subscribed on the source.")
+    skip_empty: bool = Field(default=False, description="Do not create destination folders for empty source folders.")
+    under: FolderName | None = Field(
+        default=None,
+        description="Place the whole tree under this destination folder (e.g. Backup/old-server).",
+    )
+    from_under: FolderName | None = Field(
+        default=None,
+        description="Take only the tree below this source folder, without it (e.g. to restore Backup/old-server).",
+    )
+    rename: list[RenameRule] = Field(
+        default=[],
+        description="Regular-expression renames of destination names, applied in order.",
+    )
+    separator: Annotated[str, Field(min_length=1, max_length=1)] | None = Field(
+        default=None,
+        description="Destination hierarchy separator, instead of the one the server announces.",
+    )
+    prefix: str | None = Field(
+        default=None,
+        description="Destination personal-namespace prefix (e.g. 'INBOX.'), instead of NAMESPACE's.",
+    )
+    subscribe: bool = Field(
+        default=True,
+        description="Subscribe destination folders that are subscribed on the source.",
+    )
+
+
+class MessageRules(_Section):
+    """Which messages to copy, and how a message already on the destination is recognised."""
+
+    max_age: Duration | None = Field(
+        default=None, description="Copy only messages younger than this (by INTERNALDATE)."
+    )
+    min_age: Duration | None = Field(default=None, description="Copy only messages older than this.")
+    max_size: Size | None = Field(default=None, description="Copy only messages up to this size.")
+    min_size: Size | None = Field(default=None, description="Copy only messages of at least this size.")
+    search: str | None = Field(
+        default=None,
+        min_length=1,
+        description="IMAP SEARCH criteria a message must match, e.g. 'NOT DELETED SINCE 1-Jan-2020'.",
+    )
+    identity_headers: list[HeaderName] = Field(
+        default=["Message-ID", "Date"],
+        min_length=1,
+        description=(
+            "Headers whose values, with the size, identify a message already on the destination "
+            "(a destination filled by another tool)."
+        ),
+    )
+    skip_cross_folder_duplicates: bool = Field(
+        default=False,
+        description="Copy a message only once even if it is in several folders (Gmail labels).",
+    )
+
+    @model_validator(mode="after")
+    def _ranges_not_empty(self) -> MessageRules:
+        if self.min_age is not None and self.max_age is not None and self.min_age >= self.max_age:
+            raise _field_error(
+                "min_age",
+                f"must be shorter than max_age ({format_duration(self.min_age)} >= "
+                f"{format_duration(self.max_age)}): no message would be copied",
+            )
+        if self.min_size is not None and self.max_size is not None and self.min_size > self.max_size:
+            raise _field_error(
+                "min_size",
+                f"must not exceed max_size ({self.min_size} > {self.max_size} bytes): no message would be copied",
+            )
+        return self
+
+
+class FlagRules(_Section):
+    """How flags and keywords follow messages (\\Seen, \\Flagged, $Label1, ...)."""
+
+    sync: bool = Field(
+        default=True,
+        description="Copy flags with new messages and re-sync them on copied ones (source → destination).",
+    )
+    drop: list[Regex] = Field(
+        default=[],
+        description="Regular expressions of flags/keywords not to copy (e.g. '^\\$Junk$').",
+    )
+    rename: dict[Flag, Flag] = Field(
+        default={},
+        description="Source flag/keyword → destination flag/keyword.",
+    )
+
+
+class DeletionRules(_Section):
+    """Deleting is opt-in. A guard refuses to delete more than max_share of a folder in one pass."""
+
+    destination: Literal["keep", "mirror"] = Field(
+        default="keep",
+        description="mirror: expunge from the destination what was expunged from the source (imapsync --delete2).",
+    )
+    source: Literal["keep", "after_copy"] = Field(
+        default="keep",
+        description="after_copy: delete from the source once the copy is confirmed (move; imapsync --delete1).",
+    )
+    delete_missing_folders: bool = Field(
+        default=False,
+        description="Delete destination folders that no longer exist on the source (never INBOX).",
+    )
+    max_share: float = Field(
+        default=0.2,
+        gt=0,
+        le=1,
+        description="Most a pass may delete of one folder, as a share (0.2 = 20%); more needs force.",
+    )
+    force: bool = Field(default=False, description="Delete even beyond max_share.")
+
+    @model_validator(mode="after")
+    def _not_mirroring_a_move(self) -> DeletionRules:
+        if self.destination == "mirror" and self.source == "after_copy":
+            raise _field_error(
+                "destination",
+                "mirror together with source: after_copy would delete from the destination every message "
+                "moved off the source; choose one",
+            )
+        return self
+
+
+_SCHEDULE_DESCRIPTION = "When the pair runs."
+_FOLDERS_DESCRIPTION = "Folder selection and naming."
+_MESSAGES_DESCRIPTION = "Message selection and identity."
+_FLAGS_DESCRIPTION = "Flag and keyword handling."
+_DELETIONS_DESCRIPTION = "Opt-in deletions, with a guard."
+
+
+class PairDefaults(_Section):
+    """Settings inherited by every pair, key by key; what a pair sets wins (mappings merge, lists are replaced)."""
+
+    schedule: Schedule = Field(default_factory=Schedule, description=_SCHEDULE_DESCRIPTION)
+    folders: FolderRules = Field(default_factory=FolderRules, description=_FOLDERS_DESCRIPTION)
+    messages: MessageRules = Field(default_factory=MessageRules, description=_MESSAGES_DESCRIPTION)
+    flags: FlagRules = Field(default_factory=FlagRules, description=_FLAGS_DESCRIPTION)
+    deletions: DeletionRules = Field(default_factory=DeletionRules, description=_DELETIONS_DESCRIPTION)
+
+
+class Pair(_Section):
+    """One mirroring job: everything from the source account copied to the destination account."""
+
+    source: str = Field(min_length=1, description="Name of the account copied from (under accounts).")
+    destination: str = Field(min_length=1, description="Name of the account copied to (under accounts).")
+    schedule: Schedule = Field(default_factory=Schedule, description=_SCHEDULE_DESCRIPTION)
+    folders: FolderRules = Field(default_factory=FolderRules, description=_FOLDERS_DESCRIPTION)
+    messages: MessageRules = Field(default_factory=MessageRules, description=_MESSAGES_DESCRIPTION)
+    flags: FlagRules = Field(default_factory=FlagRules, description=_FLAGS_DESCRIPTION)
+    deletions: DeletionRules = Field(default_factory=DeletionRules, description=_DELETIONS_DESCRIPTION)
+
+
+class Config(_Section):
+    """mailmirror configuration: accounts, the pairs that mirror one account to another, and the service."""
+
+    state: StateConfig = Field(default_factory=StateConfig, description="The state database.")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus metrics and health.")
+    log: LogConfig = Field(default_factory=LogConfig, description="Logging.")
+    defaults: PairDefaults = Field(
+        default_factory=PairDefaults,
+        description="Inherited by every pair, key by key; a pair overrides what it sets.",
+    )
+    accounts: dict[Name, Account] = Field(
+        min_length=1,
+        json_schema_extra={"additionalProperties": False},
+        description="IMAP accounts by name (letters, digits, '.', '_', '-'); names become metric labels.",
+    )
+    pairs: dict[Name, Pair] = Field(
+        min_length=1,
+        json_schema_extra={"additionalProperties": False},
+        description=(
+            "Pairs by name, as written (without defaults: use Config.pair(name) / effective_pairs() for the "
+            "settings that apply)."
+        ),
+    )
+
+    _effective_pairs: dict[str, Pair] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _check_across_sections(cls, data: Any, handler: ModelWrapValidatorHandler[Config]) -> Config:
+        """Check what no single section can: account references, and each pair once defaults are merged in."""
+        reference_errors = _account_reference_errors(data)
+        try:
+            config = handler(data)
+        except ValidationError as error:
+            raise _validation_error([*_copy_errors(error), *reference_errors]) from None
+        if reference_errors:
+            raise _validation_error(reference_errors)
+        config._apply_defaults()
+        config._label_secrets()
+        return config
+
+    def _apply_defaults(self) -> None:
+        effective: dict[str, Pair] = {}
+        errors: list[InitErrorDetails] = []
+        for name, pair in self.pairs.items():
+            try:
+                effective[name] = _inherit_defaults(self.defaults, pair)
+            except ValidationError as error:
+                errors += _copy_errors(error, prefix=("pairs", name), note=" (with values inherited from defaults)")
+        if errors:
+            raise _validation_error(errors)
+        self._effective_pairs = effective
+
+    def _label_secrets(self) -> None:
+        for name, account in self.accounts.items():
+            for field_name in ("password", "oauth2_token"):
+                secret = getattr(account, field_name)
+                if isinstance(secret, Secret):
+                    secret.attach_label(f"accounts.{name}.{field_name}")
+
+    def pair(self, name: str) -> Pair:
+        """The pair called ``name`` with ``defaults`` merged in. Unknown name → :class:`UsageError` (exit 64)."""
+        try:
+            return self._effective_pairs[name]
+        except KeyError:
+            raise UsageError(f"unknown pair {name!r} (known: {_names(self.pairs)})") from None
+
+    def effective_pairs(self) -> dict[str, Pair]:
+        """Every pair, in file order, with ``defaults`` merged in."""
+        return dict(self._effective_pairs)
+
+
+def _names(names: Iterable[str]) -> str:
+    return ", ".join(sorted(names)) or "none defined"
+
+
+# --------------------------------------------------------------------------------------------------
+# Cross-section checks and inheritance
+# --------------------------------------------------------------------------------------------------
+
+
+def _account_reference_errors(data: Any) -> list[InitErrorDetails]:
+    """Pairs naming an unknown account, or the same account twice; read from the raw data so that they are
+    reported together with every other error."""
+    if not isinstance(data, dict) or not isinstance(data.get("pairs"), dict):
+        return []
+    accounts = data.get("accounts")
+    known = {str(name) for name in accounts} if isinstance(accounts, dict) else set()
+    errors: list[InitErrorDetails] = []
+    for pair_name, pair in data["pairs"].items():
+        if isinstance(pair, dict):
+            errors += _pair_reference_errors(pair_name, pair, known)
+    return errors
+
+
+def _pair_reference_errors(pair_name: Any, pair: dict[str, Any], known: set[str]) -> list[InitErrorDetails]:
+    errors: list[InitErrorDetails] = []
+    for role in ("source", "destination"):
+        account = _as_name(pair.get(role))
+        if account and account not in known:
+            message = f"unknown account {account!r} (known: {_names(known)})"
+            errors.append(_custom_error(("pairs", pair_name, role), message, account))
+    source, destination = _as_name(pair.get("source")), _as_name(pair.get("destination"))
+    if source and source == destination:
+        message = f"same account as source ({source!r}): a pair copies from one account to another"
+        errors.append(_custom_error(("pairs", pair_name, "destination"), message, destination))
+    return errors
+
+
+def _as_name(value: Any) -> str | None:
+    """A name as the models will read it (numbers become strings), or None for anything else."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _inherit_defaults(defaults: PairDefaults, pair: Pair) -> Pair:
+    """The pair with every section merged over the defaults: what the pair set explicitly wins."""
+    inherited = defaults.model_dump(exclude_unset=True)
+    own = pair.model_dump(exclude_unset=True)
+    own_schedule = own.get("schedule", {})
+    if "every" in own_schedule or "cron" in own_schedule:
+        for alternative in ("every", "cron"):
+            inherited.get("schedule", {}).pop(alternative, None)
+    return Pair.model_validate(_deep_merge(inherited, own))
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _custom_error(loc: tuple[Any, ...], message: str, value: Any) -> InitErrorDetails:
+    return InitErrorDetails(type=PydanticCustomError("mailmirror", message), loc=loc, input=value)
+
+
+def _copy_errors(error: ValidationError, prefix: tuple[Any, ...] = (), note: str = "") -> list[InitErrorDetails]:
+    """The errors of ``error`` as raisable details (type, message and context kept as they are)."""
+    copied: list[InitErrorDetails] = []
+    for detail in error.errors(include_url=False):
+        custom = PydanticCustomError(detail["type"], detail["msg"] + note, detail.get("ctx"))
+        copied.append(InitErrorDetails(type=custom, loc=(*prefix, *detail["loc"]), input=detail["input"]))
+    return copied
+
+
+def _validation_error(errors: list[InitErrorDetails]) -> ValidationError:
+    return ValidationError.from_exception_data(Config.__name__, errors)
+
+
+# --------------------------------------------------------------------------------------------------
+# YAML with line numbers
+# --------------------------------------------------------------------------------------------------
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_MAX_RECORDED_LINES = 200_000  # bounds the walk of alias-heavy documents; beyond it, errors point at parents
+_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+Location = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One problem in a config file, printed as ``file:line: path: message``."""
+
+    file: str
+    line: int | None
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class InvalidConfig(ConfigError):
+    """The config file is missing, unreadable or invalid; ``problems`` lists each problem (exit 78)."""
+
+    def __init__(self, problems: Sequence[ConfigProblem]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(str(problem) for problem in self.problems))
+
+
+@dataclass
+class _YamlDocument:
+    """The parsed data, and the 1-based line of every mapping key and sequence item by its path."""
+
+    data: Any
+    lines: dict[Location, int]
+
+    def line_for(self, loc: Location) -> int:
+        """The line of ``loc``, or of its closest enclosing key that is in the file."""
+        for end in range(len(loc), -1, -1):
+            line = self.lines.get(tuple(loc[:end]))
+            if line is not None:
+                return line
+        return 1
+
+
+class _LineRecorder:
+    """Walks the YAML node tree: records lines and collects duplicate keys (which PyYAML accepts silently)."""
+
+    def __init__(self, loader: yaml.SafeLoader) -> None:
+        self.loader = loader
+        self.lines: dict[Location, int] = {}
+        self.duplicates: list[tuple[Location, int, int]] = []  # (path, line, line of the first one)
+        self._active: set[int] = set()
+
+    def walk(self, node: Node, path: Location) -> None:
+        if id(node) in self._active or len(self.lines) > _MAX_RECORDED_LINES:
+            return  # a recursive alias, or an alias bomb
+        self._active.add(id(node))
+        if isinstance(node, MappingNode):
+            self._walk_mapping(node, path)
+        elif isinstance(node, SequenceNode):
+            for index, item in enumerate(node.value):
+                self.lines[(*path, index)] = _line_of(item)
+                self.walk(item, (*path, index))
+        self._active.discard(id(node))
+
+    def _walk_mapping(self, node: MappingNode, path: Location) -> None:
+        first_lines: dict[Any, int] = {}
+        merged: list[Node] = []
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                merged.append(value_node)
+                continue
+            key = self._key(key_node)
+            if key in first_lines:
+                self.duplicates.append(((*path, key), _line_of(key_node), first_lines[key]))
+                continue
+            first_lines[key] = _line_of(key_node)
+            self.lines[(*path, key)] = first_lines[key]
+            self.walk(value_node, (*path, key))
+        for source in merged:  # YAML merge keys (<<: *base): explicit keys win
+            for mapping in source.value if isinstance(source, SequenceNode) else [source]:
+                self._walk_merged(mapping, path, first_lines)
+
+    def _walk_merged(self, mapping: Node, path: Location, first_lines: dict[Any, int]) -> None:
+        if not isinstance(mapping, MappingNode):
+            return
+        for key_node, value_node in mapping.value:
+            key = self._key(key_node)
+            if key_node.tag != _MERGE_TAG and key not in first_lines:
+                first_lines[key] = _line_of(key_node)
+                self.lines[(*path, key)] = first_lines[key]
+                self.walk(value_node, (*path, key))
+
+    def _key(self, key_node: Node) -> Any:
+        if isinstance(key_node, ScalarNode):
+            try:
+                return self.loader.construct_object(key_node)
+            except (yaml.YAMLError, ValueError, TypeError):
+                return key_node.value
+        return f"<complex key at line {_line_of(key_node)}>"
+
+
+def _line_of(node: Node) -> int:
+    return int(node.start_mark.line) + 1
+
+
+def _read_text(shown: str) -> str:
+    try:
+        raw = Path(shown).read_bytes()
+    except FileNotFoundError:
+        raise InvalidConfig([ConfigProblem(shown, None, "", "no such file")]) from None
+    except PermissionError:
+        raise InvalidConfig([ConfigProblem(shown, None, "", "permission denied")]) from None
+    except IsADirectoryError:
+        raise InvalidConfig([ConfigProblem(shown, None, "", "is a directory, not a config file")]) from None
+    except OSError as error:
+        raise InvalidConfig([ConfigProblem(shown, None, "", f"cannot read: {error.strerror}")]) from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        message = f"not UTF-8 text (invalid byte at offset {error.start})"
+        raise InvalidConfig([ConfigProblem(shown, None, "", message)]) from None
+
+
+def _parse_yaml(text: str, shown: str) -> _YamlDocument:
+    loader = _Loader(text)
+    try:
+        return _compose_and_construct(loader, shown)
+    except yaml.MarkedYAMLError as error:
+        raise InvalidConfig([_yaml_syntax_problem(error, shown)]) from None
+    except yaml.YAMLError as error:
+        raise InvalidConfig([ConfigProblem(shown, None, "", f"YAML error: {error}")]) from None
+    except (ValueError, TypeError) as error:  # e.g. an impossible date such as 2024-02-30
+        raise InvalidConfig([ConfigProblem(shown, None, "", f"YAML error: {error}")]) from None
+    finally:
+        loader.dispose()
+
+
+def _compose_and_construct(loader: yaml.SafeLoader, shown: str) -> _YamlDocument:
+    node = loader.get_single_node()
+    if node is None:
+        raise InvalidConfig([ConfigProblem(shown, None, "", "the file is empty (it needs accounts and pairs)")])
+    recorder = _LineRecorder(loader)
+    recorder.lines[()] = _line_of(node)
+    recorder.walk(node, ())
+    _raise_on_duplicates(recorder.duplicates, shown)
+    return _YamlDocument(loader.construct_document(node), recorder.lines)
+
+
+def _raise_on_duplicates(duplicates: list[tuple[Location, int, int]], shown: str) -> None:
+    if duplicates:
+        problems = [
+            ConfigProblem(shown, line, _dotted(path), f"duplicate key (first defined at line {first})")
+            for path, line, first in duplicates
+        ]
+        raise InvalidConfig(problems)
+
+
+def _yaml_syntax_problem(error: yaml.MarkedYAMLError, shown: str) -> ConfigProblem:
+    mark = error.problem_mark or error.context_mark
+    line = int(mark.line) + 1 if mark is not None else None
+    message = f"YAML syntax error: {error.problem or error.context or 'invalid document'}"
+    if error.problem and error.context:
+        context_line = f" at line {int(error.context_mark.line) + 1}" if error.context_mark is not None else ""
+        message += f" ({error.context}{context_line})"
+    return ConfigProblem(shown, line, "", message)
+
+
+def _top_level_problem(data: Any, shown: str) -> ConfigProblem | None:
+    if isinstance(data, dict):
+        return None
+    sections = ", ".join(Config.model_fields)
+    return ConfigProblem(
+        shown, 1, "", f"the top level must be a mapping of the sections {sections} (got {_kind_of(data)})"
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Turning pydantic errors into sentences
+# --------------------------------------------------------------------------------------------------
+
+_TYPE_MESSAGES = {
+    "int_type": "must be an integer",
+    "int_parsing": "must be an integer",
+    "int_from_float": "must be an integer",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "string_type": "must be a string",
+    "dict_type": "must be a mapping (key: value)",
+    "model_type": "must be a mapping (key: value)",
+    "model_attributes_type": "must be a mapping (key: value)",
+    "list_type": "must be a list",
+    "tuple_type": "must be a list",
+    "missing": "required key is missing",
+}
+_BOUND_WORDS = {
+    "greater_than": ("gt", "greater than"),
+    "greater_than_equal": ("ge", "at least"),
+    "less_than": ("lt", "less than"),
+    "less_than_equal": ("le", "at most"),
+}
+_NOT_DATA = "[key]"
+
+
+def _problems_from(error: ValidationError, document: _YamlDocument, shown: str) -> list[ConfigProblem]:
+    problems: list[ConfigProblem] = []
+    for detail in error.errors(include_url=False):
+        loc = _data_location(detail)
+        problem = ConfigProblem(shown, document.line_for(loc), _dotted(loc), _sentence(detail, loc))
+        if problem not in problems:
+            problems.append(problem)
+    return sorted(problems, key=lambda problem: problem.line or 0)  # stable: same line, order found
+
+
+def _data_location(detail: Mapping[str, Any]) -> Location:
+    loc = tuple(segment for segment in detail["loc"] if segment != _NOT_DATA)
+    subpath = (detail.get("ctx") or {}).get(_SUBPATH)
+    return (*loc, *subpath) if subpath else loc
+
+
+def _sentence(detail: Mapping[str, Any], loc: Location) -> str:
+    kind, ctx = detail["type"], detail.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return _unknown_key_sentence(loc)
+    if kind == "literal_error":
+        choices = ", ".join(re.findall(r"'((?:[^'\\]|\\.)*)'", str(ctx.get("expected", ""))))
+        return f"must be one of {choices}{_got(detail, loc)}"
+    if kind in _BOUND_WORDS:
+        bound_key, words = _BOUND_WORDS[kind]
+        return f"must be {words} {ctx.get(bound_key)}{_got(detail, loc)}"
+    if kind in ("too_short", "string_too_short"):
+        return _too_short_sentence(detail)
+    if kind in ("too_long", "string_too_long"):
+        return f"must have at most {ctx.get('max_length')} {'characters' if 'string' in kind else 'items'}"
+    if kind in _TYPE_MESSAGES:
+        suffix = "" if kind == "missing" else _got(detail, loc)
+        if kind in ("string_type", "int_type") and _last_is_key(detail):
+            return f"invalid name: {_TYPE_MESSAGES[kind]}{suffix}"
+        return _TYPE_MESSAGES[kind] + suffix
+    return _plain_message(str(detail["msg"]))
+
+
+def _plain_message(message: str) -> str:
+    for boilerplate in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(boilerplate)
+    return message.replace("Input should be", "must be")
+
+
+def _too_short_sentence(detail: Mapping[str, Any]) -> str:
+    minimum = (detail.get("ctx") or {}).get("min_length", 1)
+    if detail["type"] == "string_too_short" and minimum == 1:
+        return "must not be empty"
+    if isinstance(detail["input"], dict):
+        return "must not be empty" if minimum == 1 else f"must have at least {minimum} entries"
+    return "must not be empty" if minimum == 1 else f"must have at least {minimum} items"
+
+
+def _last_is_key(detail: Mapping[str, Any]) -> bool:
+    return bool(detail["loc"]) and detail["loc"][-1] == _NOT_DATA
+
+
+def _unknown_key_sentence(loc: Location) -> str:
+    model = _model_at(loc[:-1])
+    if model is None:
+        return "unknown key"
+    known = list(model.model_fields)
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+    if close:
+        return f"unknown key (did you mean {close[0]!r}?)"
+    return f"unknown key (expected one of: {', '.join(known)})"
+
+
+def _got(detail: Mapping[str, Any], loc: Location) -> str:
+    """`` (got 'ssl')`` for a short scalar input, never for anything inside a secret reference."""
+    value = detail["input"]
+    if isinstance(value, dict | list | tuple) or _inside_secret(loc):
+        return ""
+    return f" (got {_yaml_scalar(value)})"
+
+
+def _yaml_scalar(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return repr(value if len(value) <= 60 else value[:57] + "...")
+    return str(value)
+
+
+def _kind_of(value: Any) -> str:
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return "a string"
+    return f"a {type(value).__name__}" if value is not None else "nothing"
+
+
+def _dotted(loc: Location) -> str:
+    """``pairs.alice.folders.exclude[2]``; keys that are not plain words are quoted: ``map["Sent Items"]``."""
+    text = ""
+    for segment in loc:
+        if isinstance(segment, int) and not isinstance(segment, bool):
+            text += f"[{segment}]"
+        elif re.fullmatch(r"[A-Za-z0-9_-]+", str(segment)):
+            text += f".{segment}" if text else str(segment)
+        else:
+            text += f"[{json.dumps(str(segment), ensure_ascii=False)}]"
+    return text
+
+
+def _types_along(loc: Location) -> Iterator[Any]:
+    """The declared type at each step of ``loc``, starting from :class:`Config`."""
+    current: Any = Config
+    yield current
+    for segment in loc:
+        current = _child_type(current, segment)
+        if current is None:
+            return
+        yield current
+
+
+def _model_at(loc: Location) -> type[BaseModel] | None:
+    declared_types = list(_types_along(loc))
+    if len(declared_types) != len(loc) + 1:
+        return None
+    model = _unwrap(declared_types[-1])
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _inside_secret(loc: Location) -> bool:
+    return any(_unwrap(declared) is Secret for declared in _types_along(loc))
+
+
+def _child_type(declared: Any, segment: Any) -> Any:
+    declared = _unwrap(declared)
+    if isinstance(declared, type) and issubclass(declared, BaseModel):
+        model_field = declared.model_fields.get(segment) if isinstance(segment, str) else None
+        return model_field.annotation if model_field is not None else None
+    origin = get_origin(declared)
+    if origin is dict:
+        return get_args(declared)[1]
+    if origin in (list, tuple):
+        return get_args(declared)[0]
+    return None
+
+
+def _unwrap(declared: Any) -> Any:
+    """``Annotated[X, ...]`` and ``X | None`` → ``X``."""
+    while True:
+        origin = get_origin(declared)
+        if origin is Annotated:
+            declared = get_args(declared)[0]
+        elif origin in (Union, types.UnionType):
+            options = [option for option in get_args(declared) if option is not type(None)]
+            if len(options) != 1:
+                return declared
+            declared = options[0]
+        else:
+            return declared
+
+
+# --------------------------------------------------------------------------------------------------
+# Public entry points
+# --------------------------------------------------------------------------------------------------
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read, parse and validate the config file at ``path``.
+
+    Relative paths inside the file are relative to its directory. Secrets are not read (see
+    :meth:`Secret.reveal`). Raises :class:`InvalidConfig` (a ``ConfigError``, exit 78) listing every
+    problem as ``<path as given>:<line>: <dotted.path>: <message>``, sorted by line.
+    """
+    shown = os.fspath(path)
+    document = _parse_yaml(_read_text(shown), shown)
+    top_level_problem = _top_level_problem(document.data, shown)
+    if top_level_problem is not None:
+        raise InvalidConfig([top_level_problem])
+    config_dir = Path(shown).absolute().parent
+    try:
+        return Config.model_validate(document.data, context={CONFIG_DIR: config_dir})
+    except ValidationError as error:
+        raise InvalidConfig(_problems_from(error, document, shown)) from None
+
+
+def format_config_error(error: ConfigError) -> str:
+    """The text the CLI prints on standard error for a config error: one ``file:line: path: message``
+    line per problem and, when there are several, a count at the end.
+
+    Works for any :class:`ConfigError` (e.g. one raised by :meth:`Secret.reveal`), not only
+    :class:`InvalidConfig`.
+    """
+    if not isinstance(error, InvalidConfig) or len(error.problems) < 2:
+        return error.message
+    files = sorted({problem.file for problem in error.problems})
+    return f"{error.message}\n{len(error.problems)} problems in {', '.join(files)}"
+
+
+def config_json_schema() -> dict[str, Any]:
+    """JSON Schema (draft 2020-12) of the config file, for editors: every object closed
+    (``additionalProperties: false``), every option with a title, description and default."""
+    schema = Config.model_json_schema(mode="validation")
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        **schema,
+        "title": "mailmirror configuration",
+    }

@@ -99,7 +99,9 @@ def folder_contents(client: IMAPClient) -> dict[str, list[tuple[bytes, frozenset
         if b"\\Noselect" in flags:
             continue
         client.select_folder(name, readonly=True)
-        data = client.fetch("1:*", ["BODY.PEEK[]", "FLAGS"]) if client.folder_status(name)[b"MESSAGES"] else {}
+        data = (
+            client.fetch(client.search(), ["BODY.PEEK[]", "FLAGS"]) if client.folder_status(name)[b"MESSAGES"] else {}
+        )
         contents[name] = sorted((d[b"BODY[]"], frozenset(d[b"FLAGS"]) - {b"\\Recent"}) for d in data.values())
     return contents
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -9,7 +10,7 @@ from imapclient import IMAPClient
 
 from mailmirror.corpus import sample_mailbox
 from mailmirror.lab import DovecotServer, LabUser, SeedMessage, seed, seed_mailbox
-from mailmirror.state import StateStore
+from mailmirror.state import StateStore, SyncedMessage
 from tests.support import folder_contents, make_setup, message_count, simple_message
 
 pytestmark = pytest.mark.dovecot
@@ -21,7 +22,7 @@ def snapshot_flags(client: IMAPClient) -> dict[str, dict[int, frozenset[bytes]]]
         if b"\\Noselect" in flags:
             continue
         client.select_folder(name, readonly=True)
-        result[name] = {uid: frozenset(d[b"FLAGS"]) for uid, d in client.fetch("1:*", ["FLAGS"]).items()}
+        result[name] = {uid: frozenset(d[b"FLAGS"]) for uid, d in client.fetch(client.search(), ["FLAGS"]).items()}
     return result
 
 
@@ -177,8 +178,13 @@ def test_crash_between_append_and_confirmation_leaves_each_message_once(
     seed(src_client, "INBOX", [SeedMessage(simple_message(i, message_id=i % 3 != 0)) for i in range(25)])
     setup = make_setup(source_server, src_user, dest_server, dst_user)
 
-    def crash(*args: object, **kwargs: object) -> None:
-        raise KeyboardInterrupt("simulated crash after the APPEND, before the state recorded it")
+    original = StateStore.mark_done
+
+    def crash(store: StateStore, pair: str, folder: str, entries: Iterable[SyncedMessage]) -> None:
+        entries = list(entries)
+        if entries:
+            raise KeyboardInterrupt("simulated crash after the APPEND, before the state recorded it")
+        original(store, pair, folder, entries)
 
     with monkeypatch.context() as patch:
         patch.setattr(StateStore, "mark_done", crash)
@@ -263,6 +269,6 @@ def test_internaldate_and_bare_lf_message_survive(
     setup.sync()
     dst_client.normalise_times = False
     dst_client.select_folder("INBOX", readonly=True)
-    dates = {d[b"INTERNALDATE"] for d in dst_client.fetch("1:*", ["INTERNALDATE"]).values()}
+    dates = {d[b"INTERNALDATE"] for d in dst_client.fetch(dst_client.search(), ["INTERNALDATE"]).values()}
     assert dates == {when}
     assert setup.verify().clean

@@ -29,7 +29,7 @@ SECTIONS = [
 
 def _type(spec: dict[str, Any]) -> str:
     if "$ref" in spec:
-        return spec["$ref"].rsplit("/", 1)[-1]
+        return str(spec["$ref"]).rsplit("/", 1)[-1]
     if "enum" in spec:
         return " \\| ".join(str(value) for value in spec["enum"])
     if "anyOf" in spec:

@@ -38,6 +38,7 @@ __all__ = [
     "SizeBand",
     "corpus",
     "describe",
+    "fingerprint",
     "generated_message",
     "sample_mailbox",
 ]
@@ -104,6 +105,11 @@ _PEOPLE: tuple[tuple[str, str], ...] = (
 )
 _TIMEZONES = tuple(timezone(timedelta(hours=h)) for h in (0, 1, 2, -5, -8, 3, 9, 5.5))
 
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(text.split())
+
+
 _TOPICS_EN = (
     "Quarterly report draft",
     "Meeting notes {n}",
@@ -123,7 +129,7 @@ _TOPICS_EN = (
 _TOPICS_FR = ("Facture n°{n}", "Réunion de l'été", "Congés d'août", "Compte rendu du {n} juillet", "À relire")
 _TOPICS_RU = ("Отчёт за квартал {n}", "Счёт №{n}", "Совещание в пятницу", "План работ", "Итоги месяца")
 
-_WORDS_EN = (
+_WORDS_EN = _words(
     "the project schedule is on track and we expect to ship the next milestone as planned "
     "please review the attached figures before the meeting and let me know if anything looks off "
     "we have moved the deadline by a week because the vendor needs more time for the integration "
@@ -132,18 +138,18 @@ _WORDS_EN = (
     "can you confirm the numbers for the second quarter and the forecast for next year "
     "I added a few comments inline and fixed the typos in the summary section "
     "let us sync tomorrow at ten to go through the open questions and agree on next steps"
-).split()
-_WORDS_FR = (
+)
+_WORDS_FR = _words(
     "merci pour votre retour rapide nous avons bien reçu la facture et le paiement sera effectué "
     "la réunion est décalée à jeudi prochain à quinze heures dans la salle habituelle "
     "vous trouverez ci joint le compte rendu ainsi que les éléments demandés pour le dossier "
     "bonne journée et à très bientôt pour la suite du projet cet été"
-).split()
-_WORDS_RU = (
+)
+_WORDS_RU = _words(
     "добрый день направляю вам отчёт за прошедший период прошу ознакомиться и сообщить замечания "
     "совещание переносится на пятницу в десять утра просьба подтвердить участие "
     "счёт оплачен документы будут отправлены курьером на следующей неделе спасибо за работу"
-).split()
+)
 
 # ---------------------------------------------------------------------------------------- building
 
@@ -170,7 +176,7 @@ def _paragraph(rng: random.Random, words: Sequence[str]) -> str:
 
 
 def _paragraphs(rng: random.Random, words: Sequence[str], size: int) -> str:
-    """Wrapped prose of about ``size`` characters (UTF-8 may make it a little bigger in bytes).
+    """Wrapped prose of about ``size`` bytes of UTF-8.
 
     Long texts reuse a pool of a dozen paragraphs, which keeps big corpora cheap to generate.
     """
@@ -184,9 +190,9 @@ def _paragraphs(rng: random.Random, words: Sequence[str], size: int) -> str:
         else:
             para = rng.choice(pool)
         out.append(para)
-        total += len(para) + 2
-    text = "\n\n".join(out)
-    return text[: max(size, 1)].rstrip() + "\n"
+        total += len(para.encode()) + 2
+    text = "\n\n".join(out).encode()[: max(size, 1)].decode("utf-8", "ignore")
+    return text.rstrip() + "\n"
 
 
 def _encode_header(value: str) -> str:
@@ -259,6 +265,9 @@ def _text_part(rng: random.Random, d: _Draft, size: int) -> tuple[list[str], str
     if ascii_only:
         return ["Content-Type: text/plain; charset=us-ascii", "Content-Transfer-Encoding: 7bit"], body
     if rng.random() < 0.5:
+        if d.language == "ru":  # mostly non-ASCII: what mail clients send is base64, not QP
+            b64 = _base64_lines(body.encode("utf-8"))
+            return ["Content-Type: text/plain; charset=utf-8", "Content-Transfer-Encoding: base64"], b64
         qp = quopri.encodestring(body.encode("utf-8")).decode("ascii")
         return ["Content-Type: text/plain; charset=utf-8", "Content-Transfer-Encoding: quoted-printable"], qp
     return ["Content-Type: text/plain; charset=utf-8; format=flowed", "Content-Transfer-Encoding: 8bit"], body
@@ -432,9 +441,11 @@ def sample_mailbox(
             n += 1
             d = _draft(rng, folder, _date_between(rng, start, end), n, known_ids)
             shape = rng.random()
-            text_size = int(min(200 * 1.08 ** rng.randint(0, 60), 60_000))
-            attachment = rng.randint(3_000, 80_000) if shape < 0.15 else 0
+            text_size = int(min(200 * 1.08 ** rng.randint(0, 60), 40_000))
+            attachment = rng.randint(3_000, 60_000) if shape < 0.15 else 0
             html = 0.15 <= shape < 0.4
+            if html:
+                text_size = min(text_size, 12_000)  # the HTML alternative repeats the text
             raw = _render(rng, d, text_size=text_size, attachment_size=attachment, html=html,
                           extra_headers=_extra_headers(rng, d, folder), n=n)  # fmt: skip
             mailbox[folder].append(SeedMessage(_crlf(raw), _flags(rng, folder), _internaldate(rng, d.date)))

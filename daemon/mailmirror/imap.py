@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from imapclient import IMAPClient
 from imapclient.exceptions import CapabilityError, IMAPClientAbortError, IMAPClientError, LoginError
+from imapclient.response_parser import parse_fetch_response
 
 from mailmirror.errors import AuthenticationFailure, ConfigError, ConnectionFailure, ServerRefused
 
@@ -299,10 +300,30 @@ class Session:
             uidnext=int(uidnext) if uidnext is not None else 0,
             messages=int(response[b"EXISTS"]),
             highestmodseq=int(modseq) if modseq is not None else None,
-            permanent_flags=_flags(permanent) if permanent is not None else None,
+            # EXAMINE answers PERMANENTFLAGS () whatever the folder keeps: only SELECT tells.
+            permanent_flags=_flags(permanent) if permanent is not None and not readonly else None,
         )
 
     # -- messages ----------------------------------------------------------------------------------------
+
+    def _fetch(
+        self, message_set: str, items: Sequence[str], modifiers: Sequence[str] = ()
+    ) -> dict[int, dict[bytes, Any]]:
+        """UID FETCH with a message set such as ``1:*`` or ``4,7:90``.
+
+        imapclient 4 drops every response whose UID was not listed one by one in the request, which
+        rules out ranges; this sends the same command and parses with imapclient's own parser.
+        """
+        imap = self.client._imap
+        arguments = ["UID", "FETCH", message_set, "(" + " ".join(items) + ")"]
+        if modifiers:
+            arguments.append("(" + " ".join(modifiers) + ")")
+        tag = imap._command(*arguments)
+        typ, data = imap._command_complete("FETCH", tag)
+        self.client._checkok("fetch", typ, data)
+        typ, data = imap._untagged_response(typ, data, "FETCH")
+        parsed: dict[int, dict[bytes, Any]] = parse_fetch_response(data, self.client.normalise_times, True)
+        return parsed
 
     def all_uids(self) -> list[int]:
         with self._talking(f"searching '{self.selected}'"):
@@ -318,13 +339,13 @@ class Session:
         if not uids:
             return {}
         with self._talking(f"fetching flags in '{self.selected}'"):
-            response = self.client.fetch(uids, ["FLAGS"])
+            response = self._fetch(uids if isinstance(uids, str) else uid_set(uids), ["FLAGS"])
         return {int(uid): _flags(data.get(b"FLAGS", ())) for uid, data in response.items()}
 
     def fetch_sizes(self) -> dict[int, int]:
         """UID → RFC822.SIZE of every message in the selected folder."""
         with self._talking(f"fetching sizes in '{self.selected}'"):
-            response = self.client.fetch("1:*", ["RFC822.SIZE"])
+            response = self._fetch("1:*", ["RFC822.SIZE"])
         return {int(uid): int(data[b"RFC822.SIZE"]) for uid, data in response.items() if b"RFC822.SIZE" in data}
 
     def fetch_meta(self, uids: Sequence[int], header_fields: Sequence[str]) -> list[MessageMeta]:
@@ -334,7 +355,7 @@ class Session:
         metas: list[MessageMeta] = []
         for chunk in _chunks(list(uids), 2000):
             with self._talking(f"fetching headers in '{self.selected}'"):
-                response = self.client.fetch(chunk, ["RFC822.SIZE", "FLAGS", "INTERNALDATE", header_item])
+                response = self._fetch(uid_set(chunk), ["RFC822.SIZE", "FLAGS", "INTERNALDATE", header_item])
             for uid, data in response.items():
                 if b"RFC822.SIZE" not in data:
                     continue  # expunged meanwhile, or an unsolicited FETCH
@@ -356,7 +377,7 @@ class Session:
         if not uids:
             return {}
         with self._talking(f"fetching messages in '{self.selected}'"):
-            response = self.client.fetch(list(uids), ["BODY.PEEK[]"])
+            response = self._fetch(uid_set(uids), ["BODY.PEEK[]"])
         return {int(uid): bytes(data[b"BODY[]"]) for uid, data in response.items() if b"BODY[]" in data}
 
     def fetch_digests(self, uids: Sequence[int], sizes: dict[int, int], max_bytes: int) -> Iterator[MessageDigest]:
@@ -370,7 +391,7 @@ class Session:
                 continue
             if batch:
                 with self._talking(f"fetching messages in '{self.selected}'"):
-                    response = self.client.fetch(batch, ["BODY.PEEK[]", "FLAGS", "INTERNALDATE"])
+                    response = self._fetch(uid_set(batch), ["BODY.PEEK[]", "FLAGS", "INTERNALDATE"])
                 for got_uid, data in sorted(response.items()):
                     if b"BODY[]" in data:
                         yield MessageDigest(
@@ -393,11 +414,15 @@ class Session:
         with self._talking(f"appending to '{folder}'"):
             try:
                 if len(messages) > 1 and self.has("MULTIAPPEND"):
-                    response = self.client.multiappend(
+                    # imapclient returns (typ, data) here instead of raising on NO: check it ourselves.
+                    typ, data = self.client.multiappend(
                         folder,
                         [{"msg": m.raw, "flags": sorted(m.flags), "date": m.internaldate} for m in messages],
                     )
-                    return _appended_uids(response, len(messages))
+                    text = b" ".join(part for part in data if isinstance(part, bytes))
+                    if _text(typ).upper() != "OK":
+                        raise AppendRefused(_text(text).strip())
+                    return _appended_uids(text, len(messages))
                 uids: list[int | None] = []
                 for message in messages:
                     response = self.client.append(folder, message.raw, sorted(message.flags), message.internaldate)
@@ -421,6 +446,22 @@ class Session:
                     raise
                 except IMAPClientError as error:
                     raise self._refused(f"to store flags in '{self.selected}'", error) from None
+
+
+def uid_set(uids: Iterable[int]) -> str:
+    """``[1, 2, 3, 7, 9, 10]`` → ``"1:3,7,9:10"``: short commands for long UID lists."""
+    ranges: list[str] = []
+    ordered = sorted(set(uids))
+    start = previous = ordered[0] if ordered else 0
+    for uid in ordered[1:]:
+        if uid == previous + 1:
+            previous = uid
+            continue
+        ranges.append(f"{start}:{previous}" if previous > start else str(start))
+        start = previous = uid
+    if ordered:
+        ranges.append(f"{start}:{previous}" if previous > start else str(start))
+    return ",".join(ranges)
 
 
 def _chunks(items: list[int], size: int) -> Iterator[list[int]]:

@@ -8,7 +8,8 @@ configuration includes nothing else.
 Layout of ``root``::
 
     dovecot.conf      the generated configuration
-    passwd            passwd-file passdb + userdb (``{PLAIN}`` passwords, extra userdb fields)
+    users/<user>      passwd-file of each user (passdb + userdb, ``{PLAIN}`` password, userdb fields)
+    passwd            all users in one passwd-file (for humans; fallback passdb for unknown users)
     dovecot.log       everything Dovecot logs (master, login, auth, imap)
     dovecot.stderr    stdout/stderr of the master (fatal configuration errors end up here)
     run/              base_dir
@@ -24,16 +25,30 @@ everything runs as the current user.
 
 Dovecot facts these servers rely on (Dovecot 2.3.19):
 
-* The passwd-file is re-read when its mtime or size changes and the auth cache is off, so
-  :meth:`DovecotServer.add_user` works while the server runs.
+* A passwd-file is re-read when its mtime or size changes, but stat()ed at most once per second
+  (``last_sync_time == ioloop_time``), so a user appended to a shared file just after another login
+  may be unknown for up to a second.  Hence one passwd-file per user (``users/<name>``, a passwd-file
+  path with ``%u``): a new file is always read fresh, and :meth:`DovecotServer.add_user` users can log
+  in immediately, also while the server runs.  ``passwd`` lists every user (and rejects unknown ones).
 * ``imap_capability`` set to an explicit list replaces what Dovecot advertises before and after login
-  (``STARTTLS`` and ``AUTH=`` are still added by the login process).  Dropping a capability only hides it:
-  Dovecot still accepts the commands (e.g. ``ENABLE CONDSTORE`` or ``UID EXPUNGE`` keep working).
+  (``STARTTLS`` and ``AUTH=`` are still added by the login process).  Dropping a capability only hides
+  it: Dovecot still honours the commands and still sends the response codes (``ENABLE QRESYNC``,
+  ``UID MOVE``, ``UID EXPUNGE`` work, APPEND still answers ``[APPENDUID ...]``, SELECT reports
+  HIGHESTMODSEQ).  Code under test must decide from what is advertised.
+* APPENDed messages with bare LF line endings come back from FETCH BODY[] with CRLF (RFC822.SIZE
+  counts the CRLF form); CRLF messages come back byte for byte.
 * ``quota_max_mail_size`` (quota plugin) refuses bigger APPENDs with
   ``NO [LIMIT] Mail size is larger than the maximum size allowed by server configuration``.  Dovecot 2.3
   does not implement APPENDLIMIT (RFC 7889): it is neither advertised nor accepted as a STATUS item.
 * INTERNALDATE is kept to the second; the timezone offset is not stored (it is returned in the server's
   local time), so compare instants, not offsets.
+* A failed LOGIN answers ``NO [AUTHENTICATIONFAILED] Authentication failed.`` after up to 0.5 s even
+  with ``auth_failure_delay = 0`` (failures are flushed by a 500 ms timer).
+* Folder names: with separator "/" (``LAYOUT=fs``) names may contain "." but may not start with "~" and
+  "mAildir" is reserved; with the Maildir++ layout (separator ".") names may not contain "/".
+
+For speed the servers use ``mail_fsync = never``: fine for throwaway mail, not a durability benchmark.
+The usual tools work against an instance: ``doveadm -c <root>/dovecot.conf mailbox list -u <user>``.
 """
 
 from __future__ import annotations
@@ -42,6 +57,7 @@ import atexit
 import contextlib
 import fcntl
 import grp
+import hashlib
 import ipaddress
 import os
 import pwd
@@ -52,6 +68,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -59,7 +76,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any
 
 from imapclient import IMAPClient
 
@@ -111,7 +128,7 @@ _STOP_TIMEOUT = 5.0
 _LOG_TAIL_LINES = 40
 # sockaddr_un.sun_path is 108 bytes; Dovecot's longest socket name under base_dir is ~25 characters.
 _MAX_BASE_DIR_LEN = 80
-_USERNAME_RE = re.compile(r"^[A-Za-z0-9._@+=-]+$")
+_USERNAME_RE = re.compile(r"^[A-Za-z0-9._@-]+$")  # Dovecot's default auth_username_chars
 _APPENDUID_RE = re.compile(rb"\[APPENDUID (\d+) (\d+)\]", re.IGNORECASE)
 
 
@@ -171,20 +188,20 @@ _system_user_lock = threading.Lock()
 def _ensure_system_user() -> tuple[int, int]:
     """Create ``mailmirror-lab`` (root only) if missing; return its uid and gid."""
     with _system_user_lock:
-        try:
+        with contextlib.suppress(KeyError):
             entry = pwd.getpwnam(LAB_SYSTEM_USER)
-        except KeyError:
-            useradd = shutil.which("useradd") or "/usr/sbin/useradd"
-            proc = subprocess.run(
-                [useradd, "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", LAB_SYSTEM_USER],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            # 9 = "username already in use": another process won the race, which is fine.
-            if proc.returncode not in (0, 9):
-                raise LabError(f"useradd {LAB_SYSTEM_USER} failed (exit {proc.returncode}): {proc.stderr}")
-            entry = pwd.getpwnam(LAB_SYSTEM_USER)
+            return entry.pw_uid, entry.pw_gid
+        useradd = shutil.which("useradd") or "/usr/sbin/useradd"
+        proc = subprocess.run(
+            [useradd, "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", LAB_SYSTEM_USER],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        # 9 = "username already in use": another process won the race, which is fine.
+        if proc.returncode not in (0, 9):
+            raise LabError(f"useradd {LAB_SYSTEM_USER} failed (exit {proc.returncode}): {proc.stderr}")
+        entry = pwd.getpwnam(LAB_SYSTEM_USER)
         return entry.pw_uid, entry.pw_gid
 
 
@@ -316,6 +333,18 @@ def _stop_all_running() -> None:
             server.stop()
 
 
+def _sigterm_to_exit(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _exit_cleanly_on_sigterm() -> None:
+    """With the default disposition, SIGTERM (``timeout``, ``kill``, CI cancellation) ends Python
+    without running ``finally`` blocks or atexit hooks, leaking every running server.  Turn it into
+    SystemExit instead -- only when nobody installed a handler, and only from the main thread."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _sigterm_to_exit)
+
+
 def _proc_cmdline(pid: int) -> bytes:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -379,6 +408,7 @@ class DovecotServer:
         self.log_path = self.root / "dovecot.log"
         self.stderr_path = self.root / "dovecot.stderr"
         self.passwd_path = self.root / "passwd"
+        self.users_dir = self.root / "users"
         self.mail_root = self.root / "mail"
         self.state_dir = self.root / "state"
         self.tls_dir = self.root / "tls"
@@ -426,10 +456,10 @@ class DovecotServer:
         if self._base_dir is None:
             base = self.root / "run"
             if len(str(base)) > _MAX_BASE_DIR_LEN:
-                # UNIX socket paths are limited to 108 bytes: fall back to a short private directory.
-                import tempfile
-
-                base = Path(tempfile.mkdtemp(prefix="mmlab-run-"))
+                # UNIX socket paths are limited to 108 bytes: use a short directory, the same one every
+                # time for this root (so a stale master from a killed run is found and stopped).
+                digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:16]
+                base = Path(tempfile.gettempdir()) / f"mmlab-run-{digest}"
             self._base_dir = base
         return self._base_dir
 
@@ -456,17 +486,20 @@ class DovecotServer:
         cert, key = self.tls_dir / "cert.pem", self.tls_dir / "key.pem"
         if not (cert.exists() and key.exists()):
             self.ca.issue(self.tls_dir, ["127.0.0.1", "localhost"])
-        if not self.passwd_path.exists():
-            self.passwd_path.touch()
-        self._fix_passwd_permissions()
+        self.users_dir.mkdir(exist_ok=True)
+        self.passwd_path.touch()
+        for path in (self.users_dir, self.passwd_path, *self.users_dir.iterdir()):
+            self._secure(path)
         self.config_path.write_text(self._config_text(cert, key))
 
-    def _fix_passwd_permissions(self) -> None:
+    def _secure(self, path: Path) -> None:
+        """Credentials: readable by Dovecot's auth process (group of the lab user when root), nobody else."""
+        directory = path.is_dir()
         if os.geteuid() == 0 and self._uid_gid is not None:
-            os.chown(self.passwd_path, 0, self._uid_gid[1])
-            self.passwd_path.chmod(0o640)
+            os.chown(path, 0, self._uid_gid[1])
+            path.chmod(0o750 if directory else 0o640)
         else:
-            self.passwd_path.chmod(0o600)
+            path.chmod(0o700 if directory else 0o600)
 
     def _config_text(self, cert: Path, key: Path) -> str:
         if os.geteuid() == 0:
@@ -474,12 +507,9 @@ class DovecotServer:
         else:
             user = pwd.getpwuid(os.getuid()).pw_name
             group = grp.getgrgid(os.getgid()).gr_name
-        if self.separator == ".":
-            mail_location = "maildir:~/Maildir"  # Maildir++ (Courier layout)
-        else:
-            # fs layout: the on-disk hierarchy uses directories, so names may contain '.'; DIRNAME keeps
-            # cur/new/tmp out of the way of folders called "new" etc.
-            mail_location = "maildir:~/Maildir:LAYOUT=fs:DIRNAME=mAildir"
+        # "." -> Maildir++ (Courier layout).  Otherwise fs layout: the on-disk hierarchy uses directories,
+        # so names may contain '.'; DIRNAME keeps cur/new/tmp out of the way of folders called "new".
+        mail_location = "maildir:~/Maildir" if self.separator == "." else "maildir:~/Maildir:LAYOUT=fs:DIRNAME=mAildir"
         capability = ""
         if self.drop_capabilities:
             capability = f"imap_capability = {' '.join(self.capabilities)}\n"
@@ -518,13 +548,22 @@ disable_plaintext_auth = no
 auth_mechanisms = plain login
 auth_username_format = %u
 auth_failure_delay = 0
+# One passwd-file per user: Dovecot stats a passwd-file at most once per second, so a user appended to
+# a shared file right after another login could stay invisible for up to a second.  A new per-user
+# file is always read fresh.  Unknown users (no file: internal failure) fall through to the
+# aggregated passwd file, which answers "unknown user" -> NO [AUTHENTICATIONFAILED].
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {self.users_dir}/%u
+  result_internalfail = continue
+}}
 passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {self.passwd_path}
 }}
 userdb {{
   driver = passwd-file
-  args = username_format=%u {self.passwd_path}
+  args = username_format=%u {self.users_dir}/%u
   default_fields = home={self.mail_root}/%u
 }}
 
@@ -584,8 +623,12 @@ service auth-worker {{
             if self.running:
                 return
             began = time.monotonic()
+            if not dovecot_available():
+                raise LabError(f"Dovecot is not installed: {DOVECOT_BINARY} is missing or not executable "
+                               "(Debian/Ubuntu: apt-get install dovecot-imapd)")  # fmt: skip
             self._prepare()
             self._kill_stale_master()
+            _exit_cleanly_on_sigterm()
             attempts = 1 if self._started_once else 4
             for attempt in range(attempts):
                 try:
@@ -665,18 +708,39 @@ service auth-worker {{
         proc = self._proc
         if proc is not None:
             # While the master is not reaped (even as a zombie) its pid, hence our process group id,
-            # cannot be reused, so signalling the group is safe.
+            # cannot be reused, so signalling the group is safe.  SIGTERM to the whole group stops every
+            # process at once (~20 ms); SIGTERM to the master alone takes > 1 s.
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(_STOP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+                self._wait_for_master(proc)
             self._proc = None
         self._reap_leftovers()
+
+    def _wait_for_master(self, proc: subprocess.Popen[bytes]) -> None:
+        deadline = time.monotonic() + _STOP_TIMEOUT
+        children_gone_since: float | None = None
+        while proc.poll() is None:
+            now = time.monotonic()
+            if now > deadline:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                break
+            if any(pid != proc.pid for pid in self.pids()):
+                children_gone_since = None
+            elif children_gone_since is None:
+                children_gone_since = now
+            elif now - children_gone_since > 0.1:
+                # Every child is gone but the master sometimes idles in its shutdown wait for a
+                # second: nothing is left for it to do but to remove master.pid, so end it.
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+                with contextlib.suppress(OSError):
+                    (self.base_dir / "master.pid").unlink()
+                break
+            time.sleep(0.01)
 
     def _reap_leftovers(self) -> None:
         """Wait for (and at last SIGKILL) any process of this instance still alive."""
@@ -718,7 +782,13 @@ service auth-worker {{
         with contextlib.suppress(OSError, ValueError):
             pid = int(pidfile.read_text().split()[0])
             if os.fsencode(str(self.config_path)) in _proc_cmdline(pid).split(b"\0"):
-                os.kill(pid, signal.SIGKILL)
+                # Our masters lead their own process group: this takes their children along.
+                os.killpg(pid, signal.SIGKILL)
+                deadline = time.monotonic() + _STOP_TIMEOUT
+                while _proc_cmdline(pid) and not _is_zombie(pid) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                # Until init reaps the zombie, Dovecot would still find the pid alive.
+                pidfile.unlink()
         self._reap_leftovers()
 
     def restart(self) -> None:
@@ -750,7 +820,7 @@ service auth-worker {{
         if password is None:
             password = secrets.token_urlsafe(12)
         if not _USERNAME_RE.match(username):
-            raise ValueError(f"unsupported lab username {username!r} (letters, digits and ._@+=- only)")
+            raise ValueError(f"unsupported lab username {username!r} (letters, digits and ._@- only)")
         if any(ch in password for ch in ":\r\n\0") or not password:
             raise ValueError("lab passwords must be non-empty and contain no ':' or line breaks")
         if max_mail_size is not None and max_mail_size <= 0:
@@ -759,18 +829,19 @@ service auth-worker {{
         # user:password:uid:gid:gecos:home:shell:extra_fields
         line = f"{username}:{{PLAIN}}{password}::::::{extra}\n"
         with self._lock:
-            if username in self._users:
+            user_file = self.users_dir / username
+            if username in self._users or user_file.exists():
                 raise ValueError(f"lab user {username!r} already exists on {self.name}")
-            self.root.mkdir(parents=True, exist_ok=True)
-            new_file = not self.passwd_path.exists()
-            # One write() in append mode: Dovecot never sees half a line.
-            fd = os.open(self.passwd_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                os.write(fd, line.encode())
-            finally:
-                os.close(fd)
-            if new_file:
-                self._fix_passwd_permissions()
+            self.users_dir.mkdir(parents=True, exist_ok=True)
+            # The per-user file is what Dovecot reads (see the config); write it atomically.
+            tmp = self.users_dir / f".{username}.tmp"
+            tmp.write_text(line)
+            self._secure(tmp)
+            tmp.replace(user_file)
+            # The aggregated list: for humans, and the fallback passdb that rejects unknown users.
+            with self.passwd_path.open("a") as fh:
+                fh.write(line)
+            self._secure(self.passwd_path)
             user = LabUser(username, password)
             self._users[username] = user
             return user

@@ -163,12 +163,11 @@ def plan_folder(
         candidates = unclaimed.get(message.fingerprint)
         if candidates:
             existing = candidates.pop(0)
-            flags = wanted if policy.sync_flags else existing.flags
+            has = frozenset(flag for flag in existing.flags if flag.lower() != RECENT.lower())
+            flags = wanted if policy.sync_flags else has
             plan.adopt.append(Adopt(message, existing.uid, flags))
-            if policy.sync_flags and flags != existing.flags:
-                plan.flag_changes.append(
-                    FlagChange(message.uid, existing.uid, flags - existing.flags, existing.flags - flags, flags)
-                )
+            if policy.sync_flags and flags != has:
+                plan.flag_changes.append(FlagChange(message.uid, existing.uid, flags - has, has - flags, flags))
             continue
         plan.copy.append(Copy(message, wanted if policy.sync_flags else frozenset()))
     plan.dropped_keywords = frozenset(dropped)

@@ -245,6 +245,8 @@ class PairPass:
         subscribed_source = source.subscribed_folders() if rules.subscribe else set()
         subscribed_destination = destination.subscribed_folders() if rules.subscribe else set()
         for mapping in mappings:
+            if not mapping.selectable:  # a \Noselect parent: its children imply it on the destination
+                continue
             report = FolderReport(mapping.source, mapping.destination, mapping.rule)
             self.report.folders.append(report)
             try:
@@ -259,8 +261,7 @@ class PairPass:
                     and not self.dry_run
                 ):
                     destination.subscribe(mapping.destination)
-                if mapping.selectable:
-                    FolderPass(self, source, destination, mapping, report).run()
+                FolderPass(self, source, destination, mapping, report).run()
             except (ServerRefused, FolderMissing) as error:
                 report.error = str(error)
                 log.error("%s: folder %s: %s", self.name, mapping.source, error)

@@ -1,0 +1,164 @@
+"""Shared pytest fixtures: real Dovecot servers for the whole session, fresh users for every test.
+
+* ``dovecot``: for tests that make their own :class:`DovecotServer` (checks Dovecot is there, marks).
+* ``lab_dir`` / ``lab_ca``: a private directory (``tempfile.mkdtemp``, mode 0755 so Dovecot's
+  unprivileged mail user can reach it) and one test CA shared by every server of the session.
+* ``source_server`` / ``dest_server``: two default servers (separator "/", no prefix), started once.
+* ``make_server(**kwargs)``: extra servers with special settings (``drop_capabilities``, Cyrus layout
+  ``separator=".", prefix="INBOX."``); one per distinct kwargs, started on first use.
+* ``src_user`` / ``dst_user``: a fresh user per test; ``src_client`` / ``dst_client``: logged-in
+  IMAPClients for them (``normalise_times = False``), logged out after the test.
+
+Every server is stopped at the end of the session, also after failures and Ctrl-C (and, as a last
+resort, by an atexit hook in :mod:`mailmirror.lab`).  Tests using these fixtures are marked ``dovecot``
+automatically.  Without ``/usr/sbin/dovecot`` they FAIL, unless ``MAILMIRROR_ALLOW_SKIP=1`` is set, in
+which case they are skipped.  ``MAILMIRROR_KEEP_LAB=1`` keeps the lab directory (logs, Maildirs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from imapclient import IMAPClient
+
+from mailmirror.lab import DOVECOT_BINARY, DovecotServer, LabCA, LabUser, dovecot_available
+
+SERVER_FIXTURES = frozenset(
+    {"dovecot", "source_server", "dest_server", "make_server", "src_user", "dst_user", "src_client", "dst_client"}
+)
+
+MakeServer = Callable[..., DovecotServer]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.dovecot)
+
+
+def require_dovecot() -> None:
+    """Fail (or, with MAILMIRROR_ALLOW_SKIP=1, skip) when Dovecot is not installed."""
+    if dovecot_available():
+        return
+    reason = f"Dovecot is not installed ({DOVECOT_BINARY} missing; Debian/Ubuntu: apt-get install dovecot-imapd)"
+    if os.environ.get("MAILMIRROR_ALLOW_SKIP") == "1":
+        pytest.skip(f"{reason}; skipped because MAILMIRROR_ALLOW_SKIP=1")
+    pytest.fail(f"{reason}. The real-server tests must not be skipped silently: install it, or set "
+                "MAILMIRROR_ALLOW_SKIP=1 to skip them explicitly.", pytrace=False)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def dovecot() -> None:
+    """Request this (before ``lab_dir``/``lab_ca``) in tests that build their own DovecotServer: it fails
+    or skips like the server fixtures when Dovecot is missing, and marks the test ``dovecot``."""
+    require_dovecot()
+
+
+@pytest.fixture(scope="session")
+def lab_dir() -> Iterator[Path]:
+    directory = Path(tempfile.mkdtemp(prefix="mailmirror-lab-"))
+    directory.chmod(0o755)
+    yield directory
+    if os.environ.get("MAILMIRROR_KEEP_LAB") == "1":
+        print(f"\nmailmirror lab kept in {directory}")
+    else:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def lab_ca(lab_dir: Path) -> LabCA:
+    return LabCA(lab_dir / "ca")
+
+
+def _session_server(lab_dir: Path, lab_ca: LabCA, name: str) -> Iterator[DovecotServer]:
+    require_dovecot()
+    server = DovecotServer(lab_dir / name, name, ca=lab_ca)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def source_server(lab_dir: Path, lab_ca: LabCA) -> Iterator[DovecotServer]:
+    yield from _session_server(lab_dir, lab_ca, "source")
+
+
+@pytest.fixture(scope="session")
+def dest_server(lab_dir: Path, lab_ca: LabCA) -> Iterator[DovecotServer]:
+    yield from _session_server(lab_dir, lab_ca, "dest")
+
+
+def _cache_key(kwargs: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    def freeze(value: Any) -> Any:
+        if isinstance(value, list | tuple | set | frozenset):
+            return tuple(sorted(freeze(v) for v in value)) if isinstance(value, set | frozenset) else tuple(
+                freeze(v) for v in value)  # fmt: skip
+        return value
+
+    return tuple(sorted((k, freeze(v)) for k, v in kwargs.items()))
+
+
+@pytest.fixture(scope="session")
+def make_server(lab_dir: Path, lab_ca: LabCA) -> Iterator[MakeServer]:
+    """``make_server(**DovecotServer kwargs)`` -> a started server, shared by every test asking for the
+    same kwargs (so do not restart or break it; make a private DovecotServer for that)."""
+    cache: dict[tuple[tuple[str, Any], ...], DovecotServer] = {}
+
+    def make(**kwargs: Any) -> DovecotServer:
+        require_dovecot()
+        key = _cache_key(kwargs)
+        server = cache.get(key)
+        if server is None:
+            kwargs.setdefault("ca", lab_ca)
+            name = f"extra{len(cache) + 1}"
+            server = DovecotServer(lab_dir / name, name, **kwargs)
+            server.start()
+            cache[key] = server
+        return server
+
+    try:
+        yield make
+    finally:
+        for server in cache.values():
+            with contextlib.suppress(Exception):
+                server.stop()
+
+
+@pytest.fixture
+def src_user(source_server: DovecotServer) -> LabUser:
+    return source_server.add_user()
+
+
+@pytest.fixture
+def dst_user(dest_server: DovecotServer) -> LabUser:
+    return dest_server.add_user()
+
+
+def _client(server: DovecotServer, user: LabUser) -> Iterator[IMAPClient]:
+    client = server.connect(user)
+    try:
+        yield client
+    finally:
+        with contextlib.suppress(Exception):
+            client.logout()
+        with contextlib.suppress(Exception):
+            client.shutdown()
+
+
+@pytest.fixture
+def src_client(source_server: DovecotServer, src_user: LabUser) -> Iterator[IMAPClient]:
+    yield from _client(source_server, src_user)
+
+
+@pytest.fixture
+def dst_client(dest_server: DovecotServer, dst_user: LabUser) -> Iterator[IMAPClient]:
+    yield from _client(dest_server, dst_user)

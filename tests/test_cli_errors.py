@@ -110,3 +110,16 @@ def test_implicit_tls_account_works(
     setup = make_setup(source_server, src_user, dest_server, dst_user, source_tls="implicit")
     result = setup.run("check", "src")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_passwords_never_appear_in_debug_logs_output_or_state(
+    setup: Setup, src_user: LabUser, dst_user: LabUser
+) -> None:
+    result = setup.run("-v", "sync")
+    assert result.returncode == 0, result.stdout + result.stderr
+    status = setup.run("status")
+    assert status.returncode == 0 and "test" in status.stdout
+    state = b"".join(path.read_bytes() for path in setup.directory.glob("state.db*"))
+    for secret in (src_user.password, dst_user.password):
+        assert secret not in result.stdout + result.stderr + status.stdout
+        assert secret.encode() not in state

@@ -53,7 +53,8 @@ class Context:
         self.config_path = config_path
         self.verbose = verbose
         self.quiet = quiet
-        self.stdout = Console(highlight=False)
+        # Not on a terminal (a pipe, a log file, CI): wide enough that tables are not truncated.
+        self.stdout = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
         self.stderr = Console(stderr=True, highlight=False)
         self._config: Config | None = None
 
@@ -248,8 +249,8 @@ def check(context: Context, accounts: tuple[str, ...]) -> None:
     if unknown:
         raise UsageError(f"unknown account {', '.join(map(repr, unknown))} (known: {', '.join(config.accounts)})")
     table = Table(title=f"Accounts in {context.config_path}", title_justify="left")
-    for column in ("Account", "Server", "TLS", "Login", "Namespace", *REPORTED_CAPABILITIES):
-        table.add_column(column)
+    for column in ("Account", "Server", "TLS", "Login", "Namespace", "Has", "Lacks"):
+        table.add_column(column, overflow="fold")
     errors: list[MailmirrorError] = []
     for name in accounts or tuple(config.accounts):
         account = config.accounts[name]
@@ -257,12 +258,20 @@ def check(context: Context, accounts: tuple[str, ...]) -> None:
         tls = account.tls + ("" if account.tls == "none" or account.tls_verify else " (unverified)")
         try:
             with Session.open(name, account) as session:
-                marks = [_capability_mark(session.capabilities, cap) for cap in REPORTED_CAPABILITIES]
-                namespace = f"{session.prefix or '(none)'} sep {session.separator}"
-                table.add_row(name, server, tls, "[green]ok[/green]", namespace, *marks)
+                has = [_capability_text(session.capabilities, cap) for cap in REPORTED_CAPABILITIES]
+                namespace = f"prefix {session.prefix or '(none)'}, separator {session.separator}"
+                table.add_row(
+                    name,
+                    server,
+                    tls,
+                    "[green]ok[/green]",
+                    namespace,
+                    " ".join(text for text in has if text),
+                    " ".join(cap for cap, text in zip(REPORTED_CAPABILITIES, has, strict=True) if not text) or "-",
+                )
         except MailmirrorError as failure:
             errors.append(failure)
-            table.add_row(name, server, tls, "[red]failed[/red]", "", *[""] * len(REPORTED_CAPABILITIES))
+            table.add_row(name, server, tls, "[red]failed[/red]", "", "", "")
     context.stdout.print(table)
     for problem in errors:
         context.stderr.print(f"mailmirror: {problem}", markup=False, highlight=False)
@@ -270,12 +279,11 @@ def check(context: Context, accounts: tuple[str, ...]) -> None:
         sys.exit(_exit_code_for(errors))
 
 
-def _capability_mark(capabilities: frozenset[str], name: str) -> str:
-    if name == "APPENDLIMIT":
-        value = next((c.split("=", 1)[1] for c in capabilities if c.startswith("APPENDLIMIT=")), None)
-        if value is not None:
-            return value
-    return "yes" if name in capabilities or any(c.startswith(name + "=") for c in capabilities) else "-"
+def _capability_text(capabilities: frozenset[str], name: str) -> str:
+    """The capability as the server announces it (APPENDLIMIT=…), or "" when it does not."""
+    if name in capabilities:
+        return name
+    return next((c for c in sorted(capabilities) if c.startswith(name + "=")), "")
 
 
 # -- status -----------------------------------------------------------------------------------------------
@@ -364,6 +372,8 @@ def demo(context: Context, workdir: Path | None, messages: int, keep: bool) -> N
     """
     from mailmirror.demo import run_demo
 
+    if not context.verbose:
+        logging.getLogger().setLevel(logging.WARNING)  # the demo's tables tell the story
     sys.exit(run_demo(context.stdout, workdir=workdir, messages=messages, keep=keep))
 
 

@@ -76,23 +76,26 @@ def _rate(count: float, seconds: float) -> float:
 def print_pass(console: Console, report: PairReport, source: str, destination: str) -> None:
     title = f"{'Dry run' if report.dry_run else 'Pass'} of pair '{report.pair}': {source} → {destination}"
     table = Table(title=title, title_justify="left", show_lines=False)
-    for column in ("Source folder", "Destination folder", "Rule"):
-        table.add_column(column)
-    verb = "Would copy" if report.dry_run else "Copied"
-    for column in (verb, "Already there", "Flags updated", "Skipped", "Failed"):
+    table.add_column("Source folder")
+    table.add_column("Destination folder")
+    verb = "To copy" if report.dry_run else "Copied"
+    for column in (verb, "Present", "Flags", "Skipped", "Failed"):
         table.add_column(column, justify="right")
     for folder in report.folders:
-        destination_name = folder.destination + (" (new)" if folder.created else "")
+        notes = [
+            note for note in (folder.rule if folder.rule != "default" else "", "new" if folder.created else "") if note
+        ]
         table.add_row(
             folder.source,
-            destination_name,
-            folder.rule,
+            folder.destination + (f" ({', '.join(notes)})" if notes else ""),
             str(folder.copied),
             str(folder.adopted),
             str(folder.flags_updated),
             str(len(folder.skipped)),
             f"[red]{len(folder.failed)}[/red]" if folder.failed else "0",
         )
+    table.caption = "Present: already on the destination (matched by fingerprint). Flags: flag updates."
+    table.caption_justify = "left"
     console.print(table)
     seconds = report.seconds
     created = sum(1 for folder in report.folders if folder.created)
@@ -132,7 +135,7 @@ def print_verdict(console: Console, verdict: PairVerdict) -> None:
     table = Table(title=f"Verify pair '{verdict.pair}'", title_justify="left")
     for column in ("Source folder", "Destination folder"):
         table.add_column(column)
-    for column in ("Source", "Destination", "Missing", "Duplicates", "Flags differ", "Date differs", "Extra"):
+    for column in ("Source", "Dest.", "Missing", "Dupl.", "Flags", "Date", "Extra"):
         table.add_column(column, justify="right")
     for folder in verdict.folders:
         table.add_row(

@@ -161,14 +161,35 @@ def _exit_code_for(errors: Sequence[MailmirrorError]) -> ExitCode:
 @cli.command(short_help="One pass of each pair now, then a summary.")
 @click.argument("pairs", nargs=-1)
 @click.option("-n", "--dry-run", is_flag=True, help="Show what a pass would copy and update; change nothing.")
+@click.option(
+    "--full",
+    is_flag=True,
+    help="Re-list every folder completely instead of trusting the state's change markers "
+    "(UIDNEXT, HIGHESTMODSEQ): slower; for peace of mind before a cutover.",
+)
+@click.option(
+    "--force-deletions",
+    is_flag=True,
+    help="With deletions.destination: mirror, delete even when a folder would lose more than "
+    "deletions.max_share in this pass.",
+)
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: on when on a terminal).")
 @pass_context
-def sync(context: Context, pairs: tuple[str, ...], dry_run: bool, progress: bool | None) -> None:
+def sync(
+    context: Context,
+    pairs: tuple[str, ...],
+    dry_run: bool,
+    full: bool,
+    force_deletions: bool,
+    progress: bool | None,
+) -> None:
     """Run one pass of PAIRS now (all pairs by default), then print a summary.
 
     Copies every message not yet on the destination with its flags and INTERNALDATE, creates missing
-    folders, re-syncs flags of messages copied earlier. Exit 0 when every selected message is on the
-    destination, 75 when some messages failed (the summary says why), 69/77 when a server is unreachable
+    folders, re-syncs flags of messages copied earlier. Deletes nothing unless the pair asks for it
+    (deletions.destination: mirror, deletions.source: after_copy). A folder unchanged on both sides
+    since the last pass is not even opened. Exit 0 when every selected message is on the destination,
+    75 when some messages or folders failed (the summary says why), 69/77 when a server is unreachable
     or refuses the login.
     """
     from mailmirror.report import RichProgress, print_pass
@@ -187,7 +208,16 @@ def sync(context: Context, pairs: tuple[str, ...], dry_run: bool, progress: bool
             bars = RichProgress(context.stdout) if show_bars else None
             manager: AbstractContextManager[Any] = bars if bars is not None else nullcontext()
             with manager:
-                report = PairPass(name, pair, config, store, bars or LogProgress(), dry_run=dry_run).run()
+                report = PairPass(
+                    name,
+                    pair,
+                    config,
+                    store,
+                    bars or LogProgress(),
+                    dry_run=dry_run,
+                    full=full,
+                    force_deletions=force_deletions,
+                ).run()
             reports.append(report)
             print_pass(context.stdout, report, pair.source, pair.destination)
             if report.error is not None:
@@ -197,7 +227,7 @@ def sync(context: Context, pairs: tuple[str, ...], dry_run: bool, progress: bool
     errors = [report.error for report in reports if report.error is not None]
     if errors:
         sys.exit(_exit_code_for(errors))
-    if any(report.failed for report in reports):
+    if not all(report.complete for report in reports):
         sys.exit(ExitCode.TEMPFAIL)
 
 

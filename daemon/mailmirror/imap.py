@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from imapclient import IMAPClient
 from imapclient.exceptions import CapabilityError, IMAPClientAbortError, IMAPClientError, LoginError
-from imapclient.response_parser import parse_fetch_response
+from imapclient.imap_utf7 import decode as decode_utf7
+from imapclient.response_parser import parse_fetch_response, parse_response
 
 from mailmirror.errors import AuthenticationFailure, ConfigError, ConnectionFailure, ServerRefused
 
@@ -238,6 +239,53 @@ class Session:
         folders = [Folder(name=_text(name), delimiter=_text(d) if d else None, flags=_flags(f)) for f, d, name in rows]
         return folders
 
+    def status_items(self) -> list[str]:
+        items = ["MESSAGES", "UIDNEXT", "UIDVALIDITY"]
+        if self.has("CONDSTORE"):
+            items.append("HIGHESTMODSEQ")
+        return items
+
+    def list_folders_with_status(self) -> tuple[list[Folder], dict[str, MailboxStatus], set[str] | None]:
+        """Folders, and in the same round trip what the server can add to its LIST answer: the status of
+        every folder (LIST-STATUS, RFC 5819) and which are subscribed (LIST-EXTENDED, RFC 5258).
+
+        What the server cannot answer comes back empty (statuses) or None (subscriptions): callers ask
+        STATUS / LSUB for what they need.
+        """
+        returns = []
+        if self.has("LIST-EXTENDED"):
+            returns.append("SUBSCRIBED")
+        if self.has("LIST-STATUS"):
+            returns.append(f"STATUS ({' '.join(self.status_items())})")
+        if not returns:
+            return self.list_folders(), {}, None
+        imap = self.client._imap
+        with self._talking("listing folders"):
+            typ, data = imap._simple_command("LIST", '""', '"*"', f"RETURN ({' '.join(returns)})")
+            self.client._checkok("list", typ, data)
+            _typ, listing = imap._untagged_response(typ, data, "LIST")
+            _typ, status_lines = imap._untagged_response(typ, data, "STATUS")
+        folders = []
+        subscribed: set[str] = set()
+        for attributes, delimiter, name in self.client._proc_folder_list(listing):
+            flags = _flags(attributes)
+            if "\\Subscribed" in flags:
+                subscribed.add(_text(name))
+                flags = flags - {"\\Subscribed"}
+            folders.append(Folder(name=_text(name), delimiter=_text(delimiter) if delimiter else None, flags=flags))
+        statuses: dict[str, MailboxStatus] = {}
+        for line in status_lines:
+            if line is None:
+                continue
+            parsed = parse_response([line])
+            name = str(parsed[0]) if isinstance(parsed[0], int) else decode_utf7(parsed[0])
+            pairs = parsed[1]
+            values = {_text(k).upper(): int(v) for k, v in zip(pairs[::2], pairs[1::2], strict=True)}
+            statuses[name] = _status_from(values)
+        # With SUBSCRIBED, LIST also names subscribed folders that no longer exist (\NonExistent).
+        folders = [f for f in folders if "\\NonExistent" not in f.flags]
+        return folders, statuses, subscribed if self.has("LIST-EXTENDED") else None
+
     def subscribed_folders(self) -> set[str]:
         with self._talking("listing subscribed folders"):
             rows = self.client.list_sub_folders()
@@ -264,9 +312,7 @@ class Session:
                 log.warning("account '%s': could not subscribe '%s': %s", self.account_name, name, error)
 
     def status(self, name: str) -> MailboxStatus:
-        items = ["MESSAGES", "UIDNEXT", "UIDVALIDITY"]
-        if self.has("CONDSTORE"):
-            items.append("HIGHESTMODSEQ")
+        items = self.status_items()
         with self._talking(f"asking the status of '{name}'"):
             try:
                 result = self.client.folder_status(name, items)
@@ -274,13 +320,7 @@ class Session:
                 raise
             except IMAPClientError as error:
                 raise FolderMissing(f"{name}: {error}") from None
-        modseq = result.get(b"HIGHESTMODSEQ")
-        return MailboxStatus(
-            uidvalidity=int(result[b"UIDVALIDITY"]),
-            uidnext=int(result[b"UIDNEXT"]),
-            messages=int(result[b"MESSAGES"]),
-            highestmodseq=int(modseq) if modseq is not None else None,
-        )
+        return _status_from({_text(k).upper(): int(v) for k, v in result.items()})
 
     def select(self, name: str, *, readonly: bool) -> MailboxStatus:
         """SELECT (or EXAMINE when readonly: the source is never opened read-write)."""
@@ -328,6 +368,55 @@ class Session:
     def all_uids(self) -> list[int]:
         with self._talking(f"searching '{self.selected}'"):
             return sorted(int(uid) for uid in self.client.search(["ALL"]))
+
+    def uids_between(self, first_uid: int, last_uid: int) -> list[int]:
+        """UIDs present in [first_uid, last_uid] of the selected folder."""
+        if last_uid < first_uid:
+            return []
+        with self._talking(f"searching '{self.selected}'"):
+            found = self.client.search(["UID", f"{first_uid}:{last_uid}"])
+        return sorted(int(uid) for uid in found if first_uid <= int(uid) <= last_uid)
+
+    def fetch_flags_changed(self, last_uid: int | None, since_modseq: int | None) -> dict[int, frozenset[str]]:
+        """Flags of messages with UID <= last_uid (None: all): only those changed since the mod-sequence
+        when given (CONDSTORE ``CHANGEDSINCE``), else all of them."""
+        if last_uid is not None and last_uid < 1:
+            return {}
+        modifiers = [f"CHANGEDSINCE {since_modseq}"] if since_modseq is not None else []
+        with self._talking(f"fetching flags in '{self.selected}'"):
+            response = self._fetch(f"1:{last_uid or '*'}", ["FLAGS"], modifiers)
+        return {
+            uid: _flags(data.get(b"FLAGS", ()))
+            for uid, data in response.items()
+            if b"FLAGS" in data and (last_uid is None or uid <= last_uid)
+        }
+
+    def delete_messages(self, uids: Sequence[int]) -> bool:
+        """Mark messages \\Deleted and expunge exactly those (UID EXPUNGE, RFC 4315).
+
+        Without UIDPLUS a plain EXPUNGE would also remove messages someone else marked \\Deleted: then
+        it is only done when no other message is so marked; otherwise ours stay marked and False is
+        returned (the caller warns).
+        """
+        if not uids:
+            return True
+        with self._talking(f"deleting messages in '{self.selected}'"):
+            try:
+                for chunk in _chunks(sorted(uids), 500):
+                    self.client.add_flags(chunk, ["\\Deleted"], silent=True)
+                if self.has("UIDPLUS"):
+                    for chunk in _chunks(sorted(uids), 500):
+                        self.client.uid_expunge(chunk)
+                    return True
+                marked = {int(uid) for uid in self.client.search(["DELETED"])}
+                if marked - set(uids):
+                    return False
+                self.client.expunge()
+                return True
+            except IMAPClientAbortError:
+                raise
+            except IMAPClientError as error:
+                raise self._refused(f"to delete messages in '{self.selected}'", error) from None
 
     def uids_from(self, first_uid: int) -> list[int]:
         """UIDs >= first_uid (``UID SEARCH UID n:*`` answers the highest UID even when below n)."""
@@ -462,6 +551,15 @@ def uid_set(uids: Iterable[int]) -> str:
     if ordered:
         ranges.append(f"{start}:{previous}" if previous > start else str(start))
     return ",".join(ranges)
+
+
+def _status_from(values: dict[str, int]) -> MailboxStatus:
+    return MailboxStatus(
+        uidvalidity=values["UIDVALIDITY"],
+        uidnext=values["UIDNEXT"],
+        messages=values["MESSAGES"],
+        highestmodseq=values.get("HIGHESTMODSEQ"),
+    )
 
 
 def _chunks(items: list[int], size: int) -> Iterator[list[int]]:

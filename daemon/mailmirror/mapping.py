@@ -114,6 +114,7 @@ def pair_mappings(
     rules: FolderRules,
     source: Session,
     destination: Session,
+    source_folders: Sequence[Folder] | None = None,
     destination_folders: Sequence[Folder] | None = None,
 ) -> list[FolderMapping]:
     """The folder mapping of a pair between two open sessions (namespaces from NAMESPACE or overrides)."""
@@ -122,7 +123,7 @@ def pair_mappings(
         destination.prefix if rules.prefix is None else rules.prefix,
     )
     return map_folders(
-        source.list_folders(),
+        source.list_folders() if source_folders is None else source_folders,
         destination.list_folders() if destination_folders is None else destination_folders,
         Namespace(source.separator, source.prefix),
         destination_ns,

@@ -210,3 +210,41 @@ def group_flag_changes(
     for change in changes:
         groups[(change.add, change.remove)].append(change.dst_uid)
     return dict(groups)
+
+
+@dataclass(frozen=True)
+class Deletions:
+    """Destination copies of messages expunged on the source (deletions.destination: mirror)."""
+
+    src_uids: tuple[int, ...] = ()
+    dst_uids: tuple[int, ...] = ()
+    refused: str | None = None  # the guard's reason when it refuses
+
+
+def plan_destination_deletions(
+    vanished_src_uids: Iterable[int],
+    synced: Mapping[int, SyncedMessage],
+    destination_messages: int,
+    *,
+    max_share: float,
+    force: bool,
+) -> Deletions:
+    """Which destination messages to delete, or why not: never more than max_share of the folder unless
+    forced (a source folder emptied by accident must not empty the destination)."""
+    src_uids = tuple(sorted(uid for uid in vanished_src_uids if uid in synced))
+    dst_uids = tuple(uid for uid in (synced[src].dst_uid for src in src_uids) if uid is not None)
+    if not dst_uids:
+        return Deletions(src_uids=src_uids)
+    limit = max_share * max(destination_messages, 1)
+    if len(dst_uids) > limit and not force:
+        share = len(dst_uids) / max(destination_messages, 1)
+        return Deletions(
+            src_uids,
+            dst_uids,
+            refused=(
+                f"refusing to delete {len(dst_uids)} of {destination_messages} messages ({share:.0%}) on the "
+                f"destination: more than deletions.max_share ({max_share:.0%}). If the source really lost them, "
+                "set deletions.force: true for one pass (or run `mailmirror sync --force-deletions PAIR`)."
+            ),
+        )
+    return Deletions(src_uids, dst_uids)

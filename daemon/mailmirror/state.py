@@ -27,7 +27,7 @@ import sqlite_utils
 
 from mailmirror.errors import ConfigError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS folders (
@@ -80,8 +80,14 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE INDEX IF NOT EXISTS runs_pair ON runs (pair, id);
 """
 
+# v2: the destination's UIDNEXT when the folder was last opened: messages another tool appends later
+# have UIDs from there on, and are the only ones an incremental pass must consider adopting.
+_SCHEMA_V2 = """
+ALTER TABLE folders ADD COLUMN dst_uidnext INTEGER;
+"""
+
 #: Forward migrations: MIGRATIONS[n] brings a database from version n-1 to n.
-MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1}
+MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
 
 
 def _now() -> str:
@@ -106,6 +112,7 @@ class FolderState:
     src_uidnext: int | None = None
     src_messages: int | None = None
     src_highestmodseq: int | None = None
+    dst_uidnext: int | None = None
 
 
 @dataclass(frozen=True)
@@ -174,7 +181,7 @@ class StateStore:
     def folder(self, pair: str, src_folder: str) -> FolderState | None:
         row = self.db.execute(
             "SELECT pair, src_folder, dst_folder, src_uidvalidity, dst_uidvalidity, src_uidnext, "
-            "src_messages, src_highestmodseq FROM folders WHERE pair = ? AND src_folder = ?",
+            "src_messages, src_highestmodseq, dst_uidnext FROM folders WHERE pair = ? AND src_folder = ?",
             [pair, src_folder],
         ).fetchone()
         return FolderState(*row) if row else None
@@ -182,11 +189,13 @@ class StateStore:
     def save_folder(self, state: FolderState) -> None:
         self.db.execute(
             "INSERT INTO folders (pair, src_folder, dst_folder, src_uidvalidity, dst_uidvalidity, "
-            "src_uidnext, src_messages, src_highestmodseq, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "src_uidnext, src_messages, src_highestmodseq, dst_uidnext, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (pair, src_folder) DO UPDATE SET dst_folder = excluded.dst_folder, "
             "src_uidvalidity = excluded.src_uidvalidity, dst_uidvalidity = excluded.dst_uidvalidity, "
             "src_uidnext = excluded.src_uidnext, src_messages = excluded.src_messages, "
-            "src_highestmodseq = excluded.src_highestmodseq, updated_at = excluded.updated_at",
+            "src_highestmodseq = excluded.src_highestmodseq, dst_uidnext = excluded.dst_uidnext, "
+            "updated_at = excluded.updated_at",
             [
                 state.pair,
                 state.src_folder,
@@ -196,6 +205,7 @@ class StateStore:
                 state.src_uidnext,
                 state.src_messages,
                 state.src_highestmodseq,
+                state.dst_uidnext,
                 _now(),
             ],
         )
@@ -281,6 +291,35 @@ class StateStore:
                 "UPDATE messages SET flags = ?, updated_at = ? WHERE pair = ? AND src_folder = ? AND src_uid = ?",
                 [(flags_to_text(f), _now(), pair, src_folder, uid) for uid, f in flags_by_src_uid.items()],
             )
+
+    def forget_messages(self, pair: str, src_folder: str, src_uids: Iterable[int]) -> None:
+        """Rows of messages gone from the source (expunged, or moved away by mailmirror itself)."""
+        keys = [(pair, src_folder, uid) for uid in src_uids]
+        with self.transaction():
+            self.db.conn.executemany("DELETE FROM messages WHERE pair = ? AND src_folder = ? AND src_uid = ?", keys)
+            self.db.conn.executemany("DELETE FROM failures WHERE pair = ? AND src_folder = ? AND src_uid = ?", keys)
+
+    def clear_failures(self, pair: str, src_folder: str, src_uids: Iterable[int]) -> None:
+        self.db.conn.executemany(
+            "DELETE FROM failures WHERE pair = ? AND src_folder = ? AND src_uid = ?",
+            [(pair, src_folder, uid) for uid in src_uids],
+        )
+        self.db.conn.commit()
+
+    def folders_needing_attention(self, pair: str) -> set[str]:
+        """Source folders with unconfirmed appends or failed messages: never skipped by the fast path."""
+        rows = self.db.execute(
+            "SELECT src_folder FROM messages WHERE pair = ? AND status = 'pending' "
+            "UNION SELECT src_folder FROM failures WHERE pair = ?",
+            [pair, pair],
+        )
+        return {row[0] for row in rows}
+
+    def failed_uids(self, pair: str, src_folder: str) -> list[int]:
+        rows = self.db.execute(
+            "SELECT src_uid FROM failures WHERE pair = ? AND src_folder = ? ORDER BY src_uid", [pair, src_folder]
+        )
+        return [row[0] for row in rows]
 
     # -- failures ----------------------------------------------------------------------------------------
 

@@ -19,15 +19,17 @@ from typing import TYPE_CHECKING, Protocol
 from mailmirror import __version__
 from mailmirror.errors import ConfigError, ConnectionFailure, MailmirrorError, ServerRefused
 from mailmirror.identity import fingerprint, header_fields_to_fetch, without_size
-from mailmirror.imap import AppendRefused, Folder, FolderMissing, MessageToAppend, Session
+from mailmirror.imap import AppendRefused, Folder, FolderMissing, MailboxStatus, MessageToAppend, Session
 from mailmirror.mapping import FolderMapping, pair_mappings
 from mailmirror.planner import (
     Copy,
+    Deletions,
     DestinationMessage,
     FolderPlan,
     Policy,
     SourceMessage,
     group_flag_changes,
+    plan_destination_deletions,
     plan_folder,
 )
 from mailmirror.state import FolderState, StateStore, SyncedMessage
@@ -57,6 +59,9 @@ class FolderReport:
     failed: list[tuple[int, str]] = field(default_factory=list)
     error: str | None = None
     dropped_keywords: frozenset[str] = frozenset()
+    deleted: int = 0  # on the destination (deletions.destination: mirror)
+    source_deleted: int = 0  # on the source after a confirmed copy (deletions.source: after_copy)
+    unchanged: bool = False  # skipped by the fast path: both sides as the last pass left them
 
     @property
     def complete(self) -> bool:
@@ -173,8 +178,6 @@ NOT_YET_SUPPORTED: dict[str, Callable[[Pair], bool]] = {
     "messages.skip_cross_folder_duplicates": lambda p: p.messages.skip_cross_folder_duplicates,
     "flags.drop": lambda p: bool(p.flags.drop),
     "flags.rename": lambda p: bool(p.flags.rename),
-    "deletions.destination": lambda p: p.deletions.destination != "keep",
-    "deletions.source": lambda p: p.deletions.source != "keep",
     "deletions.delete_missing_folders": lambda p: p.deletions.delete_missing_folders,
 }
 
@@ -201,8 +204,12 @@ class PairPass:
         progress: Progress | None = None,
         *,
         dry_run: bool = False,
+        full: bool = False,
+        force_deletions: bool = False,
     ) -> None:
         self.name = name
+        self.full = full
+        self.force_deletions = force_deletions
         self.pair = pair
         self.config = config
         self.store = store
@@ -239,11 +246,11 @@ class PairPass:
 
     def _run(self, source: Session, destination: Session) -> None:
         rules = self.pair.folders
-        destination_folders = destination.list_folders()
-        mappings = pair_mappings(rules, source, destination, destination_folders)
-        existing = {folder.name for folder in destination_folders}
-        subscribed_source = source.subscribed_folders() if rules.subscribe else set()
-        subscribed_destination = destination.subscribed_folders() if rules.subscribe else set()
+        source_view = FolderView(*source.list_folders_with_status())
+        destination_view = FolderView(*destination.list_folders_with_status())
+        mappings = pair_mappings(rules, source, destination, source_view.folders, destination_view.folders)
+        existing = {folder.name for folder in destination_view.folders}
+        needs_attention = self.store.folders_needing_attention(self.name)
         for mapping in mappings:
             if not mapping.selectable:  # a \Noselect parent: its children imply it on the destination
                 continue
@@ -256,22 +263,88 @@ class PairPass:
                         destination.create_folder(mapping.destination)
                     existing.add(mapping.destination)
                 if (
-                    mapping.source in subscribed_source
-                    and mapping.destination not in subscribed_destination
+                    rules.subscribe
+                    and mapping.source in source_view.subscribed(source)
+                    and mapping.destination not in destination_view.subscribed(destination)
                     and not self.dry_run
                 ):
                     destination.subscribe(mapping.destination)
-                FolderPass(self, source, destination, mapping, report).run()
+                if (
+                    report.created
+                    or mapping.source in needs_attention
+                    or not self._unchanged(mapping, report, source, destination, source_view, destination_view)
+                ):
+                    FolderPass(self, source, destination, mapping, report).run()
             except (ServerRefused, FolderMissing) as error:
                 report.error = str(error)
                 log.error("%s: folder %s: %s", self.name, mapping.source, error)
             self.progress.folder_finished(self.name, report)
+
+    def _unchanged(
+        self,
+        mapping: FolderMapping,
+        report: FolderReport,
+        source: Session,
+        destination: Session,
+        source_view: FolderView,
+        destination_view: FolderView,
+    ) -> bool:
+        """The fast path: a folder whose status on both sides is what the last pass left is not even
+        opened. Needs HIGHESTMODSEQ (CONDSTORE) on the source to know that no flag changed."""
+        if self.full:
+            return False
+        known = self.store.folder(self.name, mapping.source)
+        if known is None:
+            return False
+        src = source_view.status(source, mapping.source)
+        dst = destination_view.status(destination, mapping.destination)
+        flags_unchanged = not self.pair.flags.sync or (
+            src.highestmodseq is not None and src.highestmodseq == known.src_highestmodseq
+        )
+        unchanged = (
+            flags_unchanged
+            and (src.uidvalidity, src.uidnext, src.messages)
+            == (known.src_uidvalidity, known.src_uidnext, known.src_messages)
+            and dst.uidvalidity == known.dst_uidvalidity
+            and known.dst_folder == mapping.destination
+        )
+        if unchanged:
+            report.unchanged = True
+            report.source_messages = src.messages
+        return unchanged
 
 
 def _outcome(report: PairReport) -> str:
     if report.error is not None:
         return "error"
     return "ok" if report.complete else "partial"
+
+
+@dataclass
+class FolderView:
+    """One account's folder list, with statuses and subscriptions when the LIST answered them, else asked
+    for on demand (STATUS per folder, LSUB once)."""
+
+    folders: list[Folder]
+    statuses: dict[str, MailboxStatus]
+    subscriptions: set[str] | None
+
+    def status(self, session: Session, name: str) -> MailboxStatus:
+        if name not in self.statuses:
+            self.statuses[name] = session.status(name)
+        return self.statuses[name]
+
+    def subscribed(self, session: Session) -> set[str]:
+        if self.subscriptions is None:
+            self.subscriptions = session.subscribed_folders()
+        return self.subscriptions
+
+
+@dataclass(frozen=True)
+class SourceListing:
+    new_uids: list[int]  # source messages to plan as new (metadata to fetch)
+    flags: dict[int, frozenset[str]]  # current flags of known messages that may have changed
+    present: set[int] | None  # every UID now in the folder, when it was listed (None: nothing vanished)
 
 
 class FolderPass:
@@ -294,48 +367,43 @@ class FolderPass:
         self.report = report
 
     def run(self) -> None:
-        source_status = self.source.select(self.mapping.source, readonly=True)
+        moving = self.owner.pair.deletions.source == "after_copy" and not self.owner.dry_run
+        source_status = self.source.select(self.mapping.source, readonly=not moving)
         self.report.source_messages = source_status.messages
         if self.owner.dry_run and self.report.created:
             self._plan_dry_into_new_folder()
             return
         destination_status = self.destination.select(self.mapping.destination, readonly=self.owner.dry_run)
-        self._forget_state_if_stale(source_status.uidvalidity, destination_status.uidvalidity)
+        known = self._known_state(source_status.uidvalidity, destination_status.uidvalidity)
         self._resolve_pending()
         synced = {
             uid: m for uid, m in self.store.messages(self.pair, self.mapping.source).items() if m.status == "done"
         }
-        current_flags = self.source.fetch_flags("1:*") if source_status.messages else {}
-        new_messages = self._source_messages([uid for uid in current_flags if uid not in synced])
+        listing = self._list_source(known, source_status, synced)
+        new_messages = self._source_messages(listing.new_uids)
         destination_listing = (
-            self._destination_messages(exclude={m.dst_uid for m in synced.values() if m.dst_uid})
-            if new_messages and destination_status.messages
-            else None
+            self._destination_candidates(known, synced) if new_messages and destination_status.messages else None
         )
         plan = plan_folder(
             new_messages,
-            current_flags,
+            listing.flags,
             synced,
             destination_listing,
             self._policy(destination_status.permanent_flags),
         )
-        self.report.skipped = [(s.src_uid, s.reason) for s in plan.skip]
-        self.report.failed = [(f.src_uid, f.reason) for f in plan.fail]
-        self.report.dropped_keywords = plan.dropped_keywords
-        if plan.dropped_keywords:
-            log.warning(
-                "%s: %s: the destination does not keep the keywords %s; they are dropped",
-                self.pair,
-                self.mapping.destination,
-                " ".join(sorted(plan.dropped_keywords)),
-            )
+        deletions = self._plan_deletions(listing, synced, destination_status.messages)
+        self._report_plan(plan, deletions)
         if self.owner.dry_run:
-            self._report_dry(plan)
+            self._report_dry(plan, deletions)
             return
-        for failure in plan.fail:
-            self.store.record_failure(self.pair, self.mapping.source, failure.src_uid, failure.reason)
+        self._record_failures(plan, listing)
         self._apply_flags_and_adoptions(plan)
         self._copy(plan, floor=destination_status.uidnext)
+        self._apply_deletions(deletions)
+        if moving:
+            source_status = self._delete_copied_from_source(source_status)
+        if deletions.refused:
+            return  # keep the last pass's markers, so that the next pass looks at the expunges again
         self.store.save_folder(
             FolderState(
                 self.pair,
@@ -346,15 +414,152 @@ class FolderPass:
                 source_status.uidnext,
                 source_status.messages,
                 source_status.highestmodseq,
+                destination_status.uidnext,
             )
         )
 
+    # -- listing what changed ------------------------------------------------------------------------
+
+    def _list_source(
+        self, known: FolderState | None, status: MailboxStatus, synced: dict[int, SyncedMessage]
+    ) -> SourceListing:
+        """What is new, which flags may have changed, and (when it can have changed) which UIDs exist.
+
+        First pass of a folder, `--full`, or unusable state: every UID and its flags (the slow path).
+        Otherwise the incremental path: new messages are the UID range above the last pass's UIDNEXT;
+        flags come from CONDSTORE ``CHANGEDSINCE`` when offered; expunges are looked for (UID SEARCH)
+        only when the message count says something vanished.
+        """
+        retry = [uid for uid in self.store.failed_uids(self.pair, self.mapping.source) if uid not in synced]
+        if (
+            known is None
+            or not known.src_uidnext
+            or known.src_messages is None
+            or not status.uidnext
+            or self.owner.full
+        ):
+            last = status.uidnext - 1 if status.uidnext else None
+            everything = self.source.fetch_flags_changed(last, None) if status.messages else {}
+            return SourceListing(sorted(uid for uid in everything if uid not in synced), everything, set(everything))
+        fresh = [u for u in self.source.uids_between(known.src_uidnext, status.uidnext - 1) if u not in synced]
+        flags: dict[int, frozenset[str]] = {}
+        present: set[int] | None = None
+        last_known = min(known.src_uidnext, status.uidnext) - 1
+        if self.owner.pair.flags.sync:
+            condstore = self.source.has("CONDSTORE") and known.src_highestmodseq and status.highestmodseq
+            if not condstore:
+                flags = self.source.fetch_flags_changed(last_known, None)
+                present = set(flags) | set(fresh)
+            elif status.highestmodseq != known.src_highestmodseq:
+                flags = self.source.fetch_flags_changed(last_known, known.src_highestmodseq)
+        if present is None and known.src_messages + len(fresh) != status.messages:
+            present = set(self.source.all_uids())
+        if present is not None:
+            gone = [uid for uid in retry if uid not in present]
+            self.store.clear_failures(self.pair, self.mapping.source, gone)
+            retry = [uid for uid in retry if uid in present]
+        return SourceListing(sorted({*fresh, *retry}), flags, present)
+
+    def _destination_candidates(
+        self, known: FolderState | None, synced: dict[int, SyncedMessage]
+    ) -> list[DestinationMessage]:
+        """Destination messages a new source message could already be (copied by another tool, or before
+        the state was lost): all unclaimed ones on a folder's first pass, afterwards only those that
+        arrived since the last pass."""
+        claimed = {m.dst_uid for m in synced.values() if m.dst_uid}
+        if known is not None and known.dst_uidnext is not None and not self.owner.full:
+            uids = self.destination.uids_from(known.dst_uidnext)
+        else:
+            uids = self.destination.all_uids()
+        return self._destination_messages_for([uid for uid in uids if uid not in claimed])
+
+    def _plan_deletions(
+        self, listing: SourceListing, synced: dict[int, SyncedMessage], destination_messages: int
+    ) -> Deletions:
+        rules = self.owner.pair.deletions
+        if listing.present is None:
+            return Deletions()
+        vanished = [uid for uid in synced if uid not in listing.present]
+        if rules.destination != "mirror":
+            if vanished and not self.owner.dry_run:
+                self.store.forget_messages(self.pair, self.mapping.source, vanished)
+            return Deletions()
+        return plan_destination_deletions(
+            vanished,
+            synced,
+            destination_messages,
+            max_share=rules.max_share,
+            force=rules.force or self.owner.force_deletions,
+        )
+
+    def _report_plan(self, plan: FolderPlan, deletions: Deletions) -> None:
+        self.report.skipped = [(s.src_uid, s.reason) for s in plan.skip]
+        self.report.failed = [(f.src_uid, f.reason) for f in plan.fail]
+        self.report.dropped_keywords = plan.dropped_keywords
+        if plan.dropped_keywords:
+            log.warning(
+                "%s: %s: the destination does not keep the keywords %s; they are dropped",
+                self.pair,
+                self.mapping.destination,
+                " ".join(sorted(plan.dropped_keywords)),
+            )
+        if deletions.refused:
+            self.report.error = deletions.refused
+            log.error("%s: %s: %s", self.pair, self.mapping.destination, deletions.refused)
+
+    def _record_failures(self, plan: FolderPlan, listing: SourceListing) -> None:
+        for failure in plan.fail:
+            self.store.record_failure(self.pair, self.mapping.source, failure.src_uid, failure.reason)
+        self.store.clear_failures(self.pair, self.mapping.source, [skip.src_uid for skip in plan.skip])
+
+    # -- deleting (opt-in) ---------------------------------------------------------------------------
+
+    def _apply_deletions(self, deletions: Deletions) -> None:
+        if deletions.refused or not deletions.dst_uids:
+            return
+        if not self.destination.delete_messages(deletions.dst_uids):
+            log.warning(
+                "%s: %s: the destination lacks UIDPLUS and other messages are marked \\Deleted there: the %d "
+                "copies to delete are marked \\Deleted but not expunged",
+                self.pair,
+                self.mapping.destination,
+                len(deletions.dst_uids),
+            )
+        self.store.forget_messages(self.pair, self.mapping.source, deletions.src_uids)
+        self.report.deleted = len(deletions.dst_uids)
+        log.info(
+            "%s: %s: deleted %d messages expunged on the source",
+            self.pair,
+            self.mapping.destination,
+            len(deletions.dst_uids),
+        )
+
+    def _delete_copied_from_source(self, status: MailboxStatus) -> MailboxStatus:
+        """Move semantics: delete from the source what the destination confirmed (status done)."""
+        done = [uid for uid, m in self.store.messages(self.pair, self.mapping.source).items() if m.status == "done"]
+        if not done:
+            return status
+        if not self.source.delete_messages(done):
+            log.warning(
+                "%s: %s: the source lacks UIDPLUS and other messages are marked \\Deleted there: %d copied "
+                "messages are marked \\Deleted but not expunged",
+                self.pair,
+                self.mapping.source,
+                len(done),
+            )
+            return status
+        self.store.forget_messages(self.pair, self.mapping.source, done)
+        self.report.source_deleted = len(done)
+        after = self.source.status(self.mapping.source)
+        return MailboxStatus(after.uidvalidity, after.uidnext, after.messages, status.highestmodseq)
+
     # -- state ---------------------------------------------------------------------------------------
 
-    def _forget_state_if_stale(self, source_uidvalidity: int, destination_uidvalidity: int) -> None:
+    def _known_state(self, source_uidvalidity: int, destination_uidvalidity: int) -> FolderState | None:
+        """The folder's state from the last pass, or None when there is none or it no longer applies."""
         known = self.store.folder(self.pair, self.mapping.source)
         if known is None:
-            return
+            return None
         changes = []
         if known.src_uidvalidity != source_uidvalidity:
             changes.append(f"source UIDVALIDITY {known.src_uidvalidity} -> {source_uidvalidity}")
@@ -362,7 +567,9 @@ class FolderPass:
             changes.append(f"destination UIDVALIDITY {known.dst_uidvalidity} -> {destination_uidvalidity}")
         if known.dst_folder != self.mapping.destination:
             changes.append(f"destination folder {known.dst_folder} -> {self.mapping.destination}")
-        if changes and not self.owner.dry_run:
+        if not changes:
+            return known
+        if not self.owner.dry_run:
             log.warning(
                 "%s: %s: %s; rebuilding the message map by fingerprint (nothing is copied twice)",
                 self.pair,
@@ -370,6 +577,7 @@ class FolderPass:
                 ", ".join(changes),
             )
             self.store.forget_folder(self.pair, self.mapping.source)
+        return None
 
     def _resolve_pending(self) -> None:
         """Appends journalled but not confirmed (a crash, a cut connection, no UIDPLUS): look for them."""
@@ -435,11 +643,11 @@ class FolderPass:
     def _plan_dry_into_new_folder(self) -> None:
         new_messages = self._source_messages(self.source.all_uids()) if self.report.source_messages else []
         plan = plan_folder(new_messages, {}, {}, None, self._policy(None))
-        self._report_dry(plan)
+        self._report_plan(plan, Deletions())
+        self._report_dry(plan, Deletions())
 
-    def _report_dry(self, plan: FolderPlan) -> None:
-        self.report.skipped = [(s.src_uid, s.reason) for s in plan.skip]
-        self.report.failed = [(f.src_uid, f.reason) for f in plan.fail]
+    def _report_dry(self, plan: FolderPlan, deletions: Deletions) -> None:
+        self.report.deleted = 0 if deletions.refused else len(deletions.dst_uids)
         self.report.copied = len(plan.copy)
         self.report.bytes_copied = plan.copy_bytes
         self.report.adopted = len(plan.adopt)

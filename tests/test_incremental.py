@@ -1,0 +1,212 @@
+"""Incremental passes cost what changed; opt-in deletions; against real Dovecot servers."""
+
+from __future__ import annotations
+
+import imaplib
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import pytest
+from imapclient import IMAPClient
+
+from mailmirror.lab import DovecotServer, LabUser, SeedMessage, seed
+from tests.support import Setup, make_setup, message_count, simple_message
+
+pytestmark = pytest.mark.dovecot
+
+MakeServer = Callable[..., DovecotServer]
+
+
+@contextmanager
+def counting_commands() -> Iterator[Counter[str]]:
+    """Count the IMAP commands this process sends (LOGIN, LIST, SELECT, UID FETCH, ...)."""
+    counts: Counter[str] = Counter()
+    original = imaplib.IMAP4._command
+
+    def counted(self: imaplib.IMAP4, name: str, *args: object) -> object:
+        first = args[0] if args and name == "UID" else None
+        counts[f"UID {first}" if isinstance(first, str) else name] += 1
+        return original(self, name, *args)
+
+    imaplib.IMAP4._command = counted  # type: ignore[method-assign,assignment]
+    try:
+        yield counts
+    finally:
+        imaplib.IMAP4._command = original  # type: ignore[method-assign]
+
+
+def seed_folders(client: IMAPClient, folders: int, per_folder: int, start: int = 0) -> None:
+    for f in range(folders):
+        messages = [SeedMessage(simple_message(start + f * 1000 + i), ("\\Seen",)) for i in range(per_folder)]
+        seed(client, f"Folder {f:02d}", messages)
+
+
+def test_no_change_pass_opens_no_folder_and_costs_the_same_for_any_size(
+    source_server: DovecotServer,
+    dest_server: DovecotServer,
+    src_user: LabUser,
+    dst_user: LabUser,
+    src_client: IMAPClient,
+) -> None:
+    seed_folders(src_client, folders=3, per_folder=5)
+    setup = make_setup(source_server, src_user, dest_server, dst_user)
+    setup.sync()
+    with counting_commands() as small:
+        report = setup.sync()
+    assert all(folder.unchanged for folder in report.folders)
+
+    seed_folders(src_client, folders=12, per_folder=40, start=50_000)
+    setup.sync()
+    with counting_commands() as large:
+        report = setup.sync()
+    assert report.copied == 0 and all(folder.unchanged for folder in report.folders)
+    assert large == small, "a no-change pass must not grow with the mailbox"
+    assert "SELECT" not in large and "EXAMINE" not in large and "UID FETCH" not in large
+
+
+def test_only_the_changed_folder_is_opened_and_new_mail_is_a_uid_range(
+    source_server: DovecotServer,
+    dest_server: DovecotServer,
+    src_user: LabUser,
+    dst_user: LabUser,
+    src_client: IMAPClient,
+    dst_client: IMAPClient,
+) -> None:
+    seed_folders(src_client, folders=4, per_folder=30)
+    setup = make_setup(source_server, src_user, dest_server, dst_user)
+    setup.sync()
+    seed(src_client, "Folder 02", [SeedMessage(simple_message(900 + i)) for i in range(5)])
+    with counting_commands() as counts:
+        report = setup.sync()
+    opened = [folder.source for folder in report.folders if not folder.unchanged]
+    assert opened == ["Folder 02"] and report.copied == 5
+    assert counts["EXAMINE"] == 1
+    assert message_count(dst_client, "Folder 02") == 35
+    assert setup.verify().clean
+
+
+def test_two_percent_flag_changes_propagate_through_changedsince(
+    source_server: DovecotServer,
+    dest_server: DovecotServer,
+    src_user: LabUser,
+    dst_user: LabUser,
+    src_client: IMAPClient,
+) -> None:
+    uids = seed(src_client, "INBOX", [SeedMessage(simple_message(i), ("\\Seen",)) for i in range(250)])
+    setup = make_setup(source_server, src_user, dest_server, dst_user)
+    setup.sync()
+    src_client.select_folder("INBOX")
+    src_client.add_flags(uids[10:13], ["\\Flagged"])
+    src_client.remove_flags(uids[100:102], ["\\Seen"])
+    report = setup.sync()
+    assert report.total("flags_updated") == 5 and report.copied == 0
+    assert setup.verify().clean
+
+
+def test_mirror_deletes_exactly_what_the_source_expunged(
+    source_server: DovecotServer,
+    dest_server: DovecotServer,
+    src_user: LabUser,
+    dst_user: LabUser,
+    src_client: IMAPClient,
+    dst_client: IMAPClient,
+) -> None:
+    uids = seed(src_client, "INBOX", [SeedMessage(simple_message(i)) for i in range(30)])
+    seed(dst_client, "INBOX", [SeedMessage(simple_message(500))])  # not mailmirror's: never deleted
+    setup = make_setup(source_server, src_user, dest_server, dst_user, pair_options="deletions: {destination: mirror}")
+    setup.sync()
+    assert message_count(dst_client) == 31
+    src_client.select_folder("INBOX")
+    src_client.delete_messages(uids[3:6])
+    src_client.expunge()
+    report = setup.sync()
+    assert report.total("deleted") == 3
+    assert message_count(dst_client) == 28
+    verdict = setup.verify()
+    assert verdict.clean and sum(len(f.extra) for f in verdict.folders) == 1
+
+
+def test_deletion_guard_refuses_to_empty_half_a_folder_unless_forced(
+    source_server: DovecotServer,
+    dest_server: DovecotServer,
+    src_user: LabUser,
+    dst_user: LabUser,
+    src_client: IMAPClient,
+    dst_client: IMAPClient,
+) -> None:
+    uids = seed(src_client, "INBOX", [SeedMessage(simple_message(i)) for i in range(20)])
+    setup = make_setup(source_server, src_user, dest_server, dst_user, pair_options="deletions: {destination: mirror}")
+    setup.sync()
+    src_client.select_folder("INBOX")
+    src_client.delete_messages(uids[:10])
+    src_client.expunge()
+    result = setup.run("sync")
+    assert result.returncode == 75, result.stdout + result.stderr
+    assert "refusing to delete 10 of 20 messages" in result.stdout + result.stderr
+    assert message_count(dst_client) == 20
+    forced = setup.run("sync", "--force-deletions")
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    assert message_count(dst_client) == 10
+
+
+def test_move_deletes_from_the_source_only_what_the_destination_confirmed(
+    source_server: DovecotServer,
+    dest_server: DovecotServer,
+    src_user: LabUser,
+    dst_user: LabUser,
+    src_client: IMAPClient,
+    dst_client: IMAPClient,
+) -> None:
+    small_destination = dest_server.add_user(max_mail_size=100_000)
+    messages = [SeedMessage(simple_message(i)) for i in range(8)] + [SeedMessage(simple_message(99, size=200_000))]
+    seed(src_client, "Work", messages)
+    setup = make_setup(
+        source_server, src_user, dest_server, small_destination, pair_options="deletions: {source: after_copy}"
+    )
+    report = setup.sync()
+    assert report.copied == 8 and report.failed == 1 and report.total("source_deleted") == 8
+    assert message_count(src_client, "Work") == 1  # the refused one stays where it is
+    with dest_server.connect(small_destination) as client:
+        assert message_count(client, "Work") == 8
+    again = setup.sync()
+    assert again.copied == 0 and again.total("source_deleted") == 0
+
+
+def test_servers_without_condstore_and_list_status_take_the_slow_path_correctly(
+    make_server: MakeServer,
+    dest_server: DovecotServer,
+    dst_user: LabUser,
+    dst_client: IMAPClient,
+) -> None:
+    plain = make_server(drop_capabilities=("CONDSTORE", "QRESYNC", "LIST-STATUS", "LIST-EXTENDED"))
+    user = plain.add_user()
+    with plain.connect(user) as client:
+        uids = seed(client, "INBOX", [SeedMessage(simple_message(i)) for i in range(20)])
+        setup = make_setup(plain, user, dest_server, dst_user, pair_options="deletions: {destination: mirror}")
+        assert setup.sync().copied == 20
+        assert setup.sync().copied == 0
+        client.select_folder("INBOX")
+        client.add_flags(uids[:2], ["\\Answered"])
+        client.delete_messages(uids[-2:])
+        client.expunge()
+        seed(client, "INBOX", [SeedMessage(simple_message(100 + i)) for i in range(3)])
+    report = setup.sync()
+    assert (report.copied, report.total("flags_updated"), report.total("deleted")) == (3, 2, 2)
+    assert message_count(dst_client) == 21
+    assert setup.verify().clean
+
+
+def test_full_pass_rereads_everything_and_finds_nothing_to_do(
+    source_server: DovecotServer,
+    dest_server: DovecotServer,
+    src_user: LabUser,
+    dst_user: LabUser,
+    src_client: IMAPClient,
+) -> None:
+    seed_folders(src_client, folders=2, per_folder=10)
+    setup: Setup = make_setup(source_server, src_user, dest_server, dst_user)
+    setup.sync()
+    result = setup.run("sync", "--full")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 messages copied" in result.stdout

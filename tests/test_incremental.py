@@ -210,3 +210,25 @@ def test_full_pass_rereads_everything_and_finds_nothing_to_do(
     result = setup.run("sync", "--full")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 messages copied" in result.stdout
+
+
+def test_folder_renamed_on_the_source_is_renamed_on_the_destination_not_copied_again(
+    source_server: DovecotServer,
+    dest_server: DovecotServer,
+    src_user: LabUser,
+    dst_user: LabUser,
+    src_client: IMAPClient,
+    dst_client: IMAPClient,
+) -> None:
+    seed(src_client, "Projects", [SeedMessage(simple_message(i)) for i in range(12)])
+    seed(src_client, "Projects/Old", [SeedMessage(simple_message(100 + i)) for i in range(4)])
+    setup = make_setup(source_server, src_user, dest_server, dst_user)
+    setup.sync()
+    src_client.rename_folder("Projects", "Clients")
+    report = setup.sync()
+    assert report.copied == 0
+    assert [f.renamed_from for f in report.folders if f.source == "Clients"] == ["Projects"]
+    names = {name for _flags, _delimiter, name in dst_client.list_folders()}
+    assert {"Clients", "Clients/Old"} <= names and "Projects" not in names
+    assert message_count(dst_client, "Clients") == 12 and message_count(dst_client, "Clients/Old") == 4
+    assert setup.verify().clean

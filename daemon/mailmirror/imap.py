@@ -302,6 +302,15 @@ class Session:
                     return
                 raise self._refused(f"to create folder '{name}'", error) from None
 
+    def rename_folder(self, old: str, new: str) -> None:
+        with self._talking(f"renaming folder '{old}'"):
+            try:
+                self.client.rename_folder(old, new)
+            except IMAPClientAbortError:
+                raise
+            except IMAPClientError as error:
+                raise self._refused(f"to rename folder '{old}' to '{new}'", error) from None
+
     def subscribe(self, name: str) -> None:
         with self._talking(f"subscribing folder '{name}'"):
             try:

@@ -82,9 +82,10 @@ def print_pass(console: Console, report: PairReport, source: str, destination: s
     for column in (verb, "Present", "Flags", "Skipped", "Failed"):
         table.add_column(column, justify="right")
     for folder in report.folders:
-        notes = [
-            note for note in (folder.rule if folder.rule != "default" else "", "new" if folder.created else "") if note
-        ]
+        notes = [folder.rule] if folder.rule != "default" else []
+        notes += ["new"] if folder.created else []
+        notes += [f"renamed from {folder.renamed_from}"] if folder.renamed_from else []
+        notes += ["unchanged"] if folder.unchanged else []
         table.add_row(
             folder.source,
             folder.destination + (f" ({', '.join(notes)})" if notes else ""),

@@ -210,6 +210,27 @@ class StateStore:
             ],
         )
 
+    def folders(self, pair: str) -> list[FolderState]:
+        rows = self.db.execute(
+            "SELECT pair, src_folder, dst_folder, src_uidvalidity, dst_uidvalidity, src_uidnext, "
+            "src_messages, src_highestmodseq, dst_uidnext FROM folders WHERE pair = ? ORDER BY src_folder",
+            [pair],
+        )
+        return [FolderState(*row) for row in rows]
+
+    def rename_folder(self, pair: str, old: FolderState, new_src_folder: str, new_dst_folder: str) -> None:
+        """A folder renamed on the source (and by us on the destination): its state follows it."""
+        with self.transaction():
+            for table in ("messages", "failures"):
+                self.db.execute(
+                    f"UPDATE {table} SET src_folder = ? WHERE pair = ? AND src_folder = ?",
+                    [new_src_folder, pair, old.src_folder],
+                )
+            self.db.execute(
+                "UPDATE folders SET src_folder = ?, dst_folder = ?, updated_at = ? WHERE pair = ? AND src_folder = ?",
+                [new_src_folder, new_dst_folder, _now(), pair, old.src_folder],
+            )
+
     def forget_folder(self, pair: str, src_folder: str) -> None:
         """Drop the UID map of a folder (after a UIDVALIDITY change: it is rebuilt by fingerprint)."""
         with self.transaction():

@@ -32,6 +32,7 @@ from mailmirror.planner import (
     plan_destination_deletions,
     plan_folder,
 )
+from mailmirror.renames import follow_renames
 from mailmirror.state import FolderState, StateStore, SyncedMessage
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ class FolderReport:
     deleted: int = 0  # on the destination (deletions.destination: mirror)
     source_deleted: int = 0  # on the source after a confirmed copy (deletions.source: after_copy)
     unchanged: bool = False  # skipped by the fast path: both sides as the last pass left them
+    renamed_from: str | None = None  # the source folder's previous name (renamed on the destination too)
 
     @property
     def complete(self) -> bool:
@@ -250,11 +252,23 @@ class PairPass:
         destination_view = FolderView(*destination.list_folders_with_status())
         mappings = pair_mappings(rules, source, destination, source_view.folders, destination_view.folders)
         existing = {folder.name for folder in destination_view.folders}
+        renamed = follow_renames(
+            self.name,
+            self.store,
+            source,
+            destination,
+            mappings,
+            source_view,
+            existing,
+            self.pair.messages.identity_headers,
+            dry_run=self.dry_run,
+        )
         needs_attention = self.store.folders_needing_attention(self.name)
         for mapping in mappings:
             if not mapping.selectable:  # a \Noselect parent: its children imply it on the destination
                 continue
             report = FolderReport(mapping.source, mapping.destination, mapping.rule)
+            report.renamed_from = renamed.get(mapping.source)
             self.report.folders.append(report)
             try:
                 if mapping.destination not in existing:

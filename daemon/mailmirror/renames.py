@@ -1,0 +1,101 @@
+"""Folders renamed on the source: rename them on the destination too, instead of copying them again.
+
+A rename keeps a folder's UIDVALIDITY and UIDs on the servers that matter (Dovecot, Cyrus, ...). So a
+source folder the state does not know, whose UIDVALIDITY equals that of a known folder that disappeared
+from the source, is that folder under a new name — once one of its messages is checked by fingerprint.
+Then the destination folder is renamed (RENAME moves its subfolders along) and the state follows, so the
+pass stays incremental. Without a confident match nothing is renamed: the folder is treated as new, and
+fingerprint matching still prevents duplicates inside each destination folder.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Protocol
+
+from mailmirror.identity import fingerprint, header_fields_to_fetch
+from mailmirror.imap import MailboxStatus, Session
+from mailmirror.mapping import FolderMapping
+from mailmirror.state import FolderState, StateStore
+
+log = logging.getLogger(__name__)
+
+
+class StatusSource(Protocol):
+    def status(self, session: Session, name: str) -> MailboxStatus: ...
+
+
+def follow_renames(
+    pair: str,
+    store: StateStore,
+    source: Session,
+    destination: Session,
+    mappings: Sequence[FolderMapping],
+    source_statuses: StatusSource,
+    existing_destination: set[str],
+    identity_headers: Sequence[str],
+    *,
+    dry_run: bool,
+) -> dict[str, str]:
+    """Detect and apply renames; returns {new source name: old source name}. Updates existing_destination."""
+    listed = {mapping.source for mapping in mappings}
+    orphans = [state for state in store.folders(pair) if state.src_folder not in listed]
+    renamed: dict[str, str] = {}
+    for mapping in mappings:
+        if not orphans:
+            break
+        if not mapping.selectable or mapping.destination in existing_destination:
+            continue
+        if store.folder(pair, mapping.source) is not None:
+            continue
+        status = source_statuses.status(source, mapping.source)
+        matches = [
+            o for o in orphans if o.src_uidvalidity == status.uidvalidity and o.dst_folder in existing_destination
+        ]
+        if len(matches) != 1 or not _same_folder(store, pair, matches[0], source, mapping.source, identity_headers):
+            continue
+        old = matches[0]
+        orphans.remove(old)
+        renamed[mapping.source] = old.src_folder
+        log.warning(
+            "%s: source folder '%s' was renamed to '%s': %s the destination folder '%s' to '%s' (nothing is copied "
+            "again)",
+            pair,
+            old.src_folder,
+            mapping.source,
+            "would rename" if dry_run else "renaming",
+            old.dst_folder,
+            mapping.destination,
+        )
+        if dry_run:
+            continue
+        destination.rename_folder(old.dst_folder, mapping.destination)
+        store.rename_folder(pair, old, mapping.source, mapping.destination)
+        _moved_along(existing_destination, old.dst_folder, mapping.destination, destination.separator)
+    return renamed
+
+
+def _same_folder(
+    store: StateStore,
+    pair: str,
+    old: FolderState,
+    source: Session,
+    candidate: str,
+    identity_headers: Sequence[str],
+) -> bool:
+    """Check one message: the newest the state knows in the old folder must be in the candidate, the same."""
+    known = [m for m in store.messages(pair, old.src_folder).values() if m.status == "done"]
+    if not known:
+        return False
+    newest = max(known, key=lambda m: m.src_uid)
+    source.select(candidate, readonly=True)
+    metas = source.fetch_meta([newest.src_uid], header_fields_to_fetch(identity_headers))
+    return bool(metas) and fingerprint(metas[0].header, metas[0].size, identity_headers) == newest.fingerprint
+
+
+def _moved_along(existing: set[str], old: str, new: str, separator: str) -> None:
+    for name in list(existing):
+        if name == old or name.startswith(old + separator):
+            existing.discard(name)
+            existing.add(new + name[len(old) :])

@@ -573,7 +573,17 @@ class MessageRules(_Section):
     )
     skip_cross_folder_duplicates: bool = Field(
         default=False,
-        description="Copy a message only once even if it is in several folders (Gmail labels).",
+        description=(
+            "Copy a message only once even if it is in several folders (Gmail labels): the first folder in "
+            "duplicate_priority order keeps it, the others skip it."
+        ),
+    )
+    duplicate_priority: list[FolderPattern] = Field(
+        default_factory=lambda: ["INBOX"],
+        description=(
+            "With skip_cross_folder_duplicates: folders (patterns) whose copy wins, in order; the other "
+            "folders follow alphabetically, and the All Mail folder (\\All) always comes last."
+        ),
     )
 
     @model_validator(mode="after")

@@ -378,6 +378,17 @@ class Session:
         with self._talking(f"searching '{self.selected}'"):
             return sorted(int(uid) for uid in self.client.search(["ALL"]))
 
+    def search(self, criteria: str) -> list[int]:
+        """UIDs matching raw IMAP SEARCH criteria (e.g. ``NOT DELETED SINCE 1-Jan-2024``)."""
+        with self._talking(f"searching '{self.selected}'"):
+            try:
+                found = self.client.search(criteria)
+            except IMAPClientAbortError:
+                raise
+            except IMAPClientError as error:
+                raise self._refused(f"the search criteria {criteria!r} (messages.search)", error) from None
+        return sorted(int(uid) for uid in found)
+
     def uids_between(self, first_uid: int, last_uid: int) -> list[int]:
         """UIDs present in [first_uid, last_uid] of the selected folder."""
         if last_uid < first_uid:

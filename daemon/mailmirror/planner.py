@@ -15,10 +15,11 @@ flags last synced, so flags set by a user on the destination alone are left alon
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from mailmirror.state import SyncedMessage
 
@@ -69,6 +70,9 @@ class Skip:
     src_uid: int
     size: int
     reason: str
+    #: the verdict can change later (min_age: the message gets old enough; search: its flags change)
+    deferred: bool = False
+    eligible_at: datetime | None = None  # min_age: when the message becomes old enough
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,12 @@ class FolderPlan:
 
 
 @dataclass(frozen=True)
+class FlagRules:
+    drop: tuple[re.Pattern[str], ...] = ()
+    rename: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Policy:
     sync_flags: bool = True
     append_limit: int | None = None
@@ -100,20 +110,47 @@ class Policy:
     min_size: int | None = None
     #: PERMANENTFLAGS of the destination folder; None = unknown (accept everything)
     destination_permanent_flags: frozenset[str] | None = None
+    now: datetime | None = None  # needed with max_age / min_age
+    max_age: timedelta | None = None
+    min_age: timedelta | None = None
+    #: UIDs matching messages.search in this folder; None when the pair has no search rule
+    search_matches: frozenset[int] | None = None
+    #: fingerprints kept by folders that come first (messages.skip_cross_folder_duplicates)
+    kept_elsewhere: frozenset[str] = frozenset()
+    flag_rules: FlagRules = FlagRules()
 
 
-def destination_flags(flags: Iterable[str], permanent: frozenset[str] | None) -> tuple[frozenset[str], set[str]]:
-    """Flags to set on the destination: \\Recent never; keywords only where the destination keeps them."""
+def destination_flags(
+    flags: Iterable[str], permanent: frozenset[str] | None, rules: FlagRules | None = None
+) -> tuple[frozenset[str], set[str]]:
+    """Flags to set on the destination: \\Recent never; the pair's drop and rename rules applied; keywords
+    only where the destination keeps them (the second value: keywords dropped for that reason)."""
     kept: set[str] = set()
     dropped: set[str] = set()
-    for flag in flags:
-        if flag.lower() == RECENT.lower():
+    rules = rules or FlagRules()
+    for original in flags:
+        if original.lower() == RECENT.lower() or any(p.search(original) for p in rules.drop):
             continue
+        flag = rules.rename.get(original, original)
         if permanent is None or flag in permanent or "\\*" in permanent or flag in SYSTEM_FLAGS:
             kept.add(flag)
         else:
             dropped.add(flag)
     return frozenset(kept), dropped
+
+
+def _age_and_search_rules(message: SourceMessage, policy: Policy) -> Skip | None:
+    if policy.search_matches is not None and message.uid not in policy.search_matches:
+        return Skip(message.uid, message.size, "does not match messages.search", deferred=True)
+    if policy.now is not None and policy.max_age is not None and message.internaldate < policy.now - policy.max_age:
+        return Skip(message.uid, message.size, "older than messages.max_age")
+    if policy.now is not None and policy.min_age is not None:
+        eligible_at = message.internaldate + policy.min_age
+        if eligible_at > policy.now:
+            return Skip(message.uid, message.size, "younger than messages.min_age", True, eligible_at)
+    if message.fingerprint in policy.kept_elsewhere:
+        return Skip(message.uid, message.size, "already copied from another folder (skip_cross_folder_duplicates)")
+    return None
 
 
 def _size_rule(message: SourceMessage, policy: Policy) -> Skip | Fail | None:
@@ -151,14 +188,14 @@ def plan_folder(
         plan.flag_changes = _flag_changes(current_flags, synced, policy, dropped)
     unclaimed = _unclaimed_destination(destination or (), synced)
     for message in sorted(new_messages, key=lambda m: m.uid):
-        verdict = _size_rule(message, policy)
+        verdict = _age_and_search_rules(message, policy) or _size_rule(message, policy)
         if isinstance(verdict, Skip):
             plan.skip.append(verdict)
             continue
         if isinstance(verdict, Fail):
             plan.fail.append(verdict)
             continue
-        wanted, lost = destination_flags(message.flags, policy.destination_permanent_flags)
+        wanted, lost = destination_flags(message.flags, policy.destination_permanent_flags, policy.flag_rules)
         dropped |= lost
         candidates = unclaimed.get(message.fingerprint)
         if candidates:
@@ -184,7 +221,7 @@ def _flag_changes(
     for uid, entry in sorted(synced.items()):
         if entry.status != "done" or entry.dst_uid is None or uid not in current_flags:
             continue
-        wanted, lost = destination_flags(current_flags[uid], policy.destination_permanent_flags)
+        wanted, lost = destination_flags(current_flags[uid], policy.destination_permanent_flags, policy.flag_rules)
         dropped |= lost
         if wanted != entry.flags:
             changes.append(FlagChange(uid, entry.dst_uid, wanted - entry.flags, entry.flags - wanted, wanted))

@@ -27,7 +27,7 @@ import sqlite_utils
 
 from mailmirror.errors import ConfigError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS folders (
@@ -86,8 +86,20 @@ _SCHEMA_V2 = """
 ALTER TABLE folders ADD COLUMN dst_uidnext INTEGER;
 """
 
+# v3: messages skipped by a rule whose verdict can change (min_age: time passes; search: flags change).
+_SCHEMA_V3 = """
+CREATE TABLE IF NOT EXISTS deferred (
+    pair TEXT NOT NULL,
+    src_folder TEXT NOT NULL,
+    src_uid INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    eligible_at TEXT,
+    PRIMARY KEY (pair, src_folder, src_uid)
+);
+"""
+
 #: Forward migrations: MIGRATIONS[n] brings a database from version n-1 to n.
-MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
+MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3}
 
 
 def _now() -> str:
@@ -293,10 +305,9 @@ class StateStore:
                     for e in entries
                 ],
             )
-            self.db.conn.executemany(
-                "DELETE FROM failures WHERE pair = ? AND src_folder = ? AND src_uid = ?",
-                [(pair, src_folder, e.src_uid) for e in entries],
-            )
+            keys = [(pair, src_folder, e.src_uid) for e in entries]
+            self.db.conn.executemany("DELETE FROM failures WHERE pair = ? AND src_folder = ? AND src_uid = ?", keys)
+            self.db.conn.executemany("DELETE FROM deferred WHERE pair = ? AND src_folder = ? AND src_uid = ?", keys)
 
     def drop_pending(self, pair: str, src_folder: str, src_uids: Iterable[int]) -> None:
         """Pending appends that never reached the destination: forget them so they are copied again."""
@@ -317,8 +328,8 @@ class StateStore:
         """Rows of messages gone from the source (expunged, or moved away by mailmirror itself)."""
         keys = [(pair, src_folder, uid) for uid in src_uids]
         with self.transaction():
-            self.db.conn.executemany("DELETE FROM messages WHERE pair = ? AND src_folder = ? AND src_uid = ?", keys)
-            self.db.conn.executemany("DELETE FROM failures WHERE pair = ? AND src_folder = ? AND src_uid = ?", keys)
+            for table in ("messages", "failures", "deferred"):
+                self.db.conn.executemany(f"DELETE FROM {table} WHERE pair = ? AND src_folder = ? AND src_uid = ?", keys)
 
     def clear_failures(self, pair: str, src_folder: str, src_uids: Iterable[int]) -> None:
         self.db.conn.executemany(
@@ -331,16 +342,55 @@ class StateStore:
         """Source folders with unconfirmed appends or failed messages: never skipped by the fast path."""
         rows = self.db.execute(
             "SELECT src_folder FROM messages WHERE pair = ? AND status = 'pending' "
-            "UNION SELECT src_folder FROM failures WHERE pair = ?",
-            [pair, pair],
+            "UNION SELECT src_folder FROM failures WHERE pair = ? "
+            "UNION SELECT src_folder FROM deferred WHERE pair = ? AND eligible_at <= ?",
+            [pair, pair, pair, _now()],
         )
         return {row[0] for row in rows}
+
+    def fingerprints(self, pair: str, src_folders: Iterable[str]) -> frozenset[str]:
+        folders = list(src_folders)
+        if not folders:
+            return frozenset()
+        marks = ", ".join("?" for _ in folders)
+        rows = self.db.execute(
+            f"SELECT fingerprint FROM messages WHERE pair = ? AND status = 'done' AND src_folder IN ({marks})",
+            [pair, *folders],
+        )
+        return frozenset(row[0] for row in rows)
 
     def failed_uids(self, pair: str, src_folder: str) -> list[int]:
         rows = self.db.execute(
             "SELECT src_uid FROM failures WHERE pair = ? AND src_folder = ? ORDER BY src_uid", [pair, src_folder]
         )
         return [row[0] for row in rows]
+
+    def record_deferred(self, pair: str, src_folder: str, entries: Iterable[tuple[int, str, datetime | None]]) -> None:
+        """Skipped messages to look at again: (src_uid, reason, eligible_at or None)."""
+        with self.transaction():
+            self.db.conn.executemany(
+                "INSERT OR REPLACE INTO deferred (pair, src_folder, src_uid, reason, eligible_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [
+                    (
+                        pair,
+                        src_folder,
+                        uid,
+                        reason,
+                        when.astimezone(UTC).isoformat(timespec="seconds") if when else None,
+                    )
+                    for uid, reason, when in entries
+                ],
+            )
+
+    def deferred_uids(self, pair: str, src_folder: str) -> tuple[list[int], list[int]]:
+        """(UIDs waiting for messages.search to match, UIDs old enough for min_age by now)."""
+        rows = self.db.execute(
+            "SELECT src_uid, eligible_at FROM deferred WHERE pair = ? AND src_folder = ? ORDER BY src_uid",
+            [pair, src_folder],
+        ).fetchall()
+        now = _now()
+        return [uid for uid, at in rows if at is None], [uid for uid, at in rows if at is not None and at <= now]
 
     # -- failures ----------------------------------------------------------------------------------------
 

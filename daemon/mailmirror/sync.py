@@ -11,20 +11,23 @@ Safety rules enforced here:
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 
 from mailmirror import __version__
 from mailmirror.errors import ConfigError, ConnectionFailure, MailmirrorError, ServerRefused
 from mailmirror.identity import fingerprint, header_fields_to_fetch, without_size
 from mailmirror.imap import AppendRefused, Folder, FolderMissing, MailboxStatus, MessageToAppend, Session
-from mailmirror.mapping import FolderMapping, pair_mappings
+from mailmirror.mapping import FolderMapping, pair_mappings, pattern_matches
 from mailmirror.planner import (
     Copy,
     Deletions,
     DestinationMessage,
+    FlagRules,
     FolderPlan,
     Policy,
     SourceMessage,
@@ -173,13 +176,6 @@ NOT_YET_SUPPORTED: dict[str, Callable[[Pair], bool]] = {
     "folders.from_under": lambda p: p.folders.from_under is not None,
     "folders.rename": lambda p: bool(p.folders.rename),
     "folders.subscribed_only": lambda p: p.folders.subscribed_only,
-    "folders.skip_empty": lambda p: p.folders.skip_empty,
-    "messages.max_age": lambda p: p.messages.max_age is not None,
-    "messages.min_age": lambda p: p.messages.min_age is not None,
-    "messages.search": lambda p: p.messages.search is not None,
-    "messages.skip_cross_folder_duplicates": lambda p: p.messages.skip_cross_folder_duplicates,
-    "flags.drop": lambda p: bool(p.flags.drop),
-    "flags.rename": lambda p: bool(p.flags.rename),
     "deletions.delete_missing_folders": lambda p: p.deletions.delete_missing_folders,
 }
 
@@ -219,6 +215,14 @@ class PairPass:
         self.dry_run = dry_run
         self.header_fields = header_fields_to_fetch(pair.messages.identity_headers)
         self.report = PairReport(name, dry_run=dry_run)
+        self.flag_rules = FlagRules(tuple(re.compile(p) for p in pair.flags.drop), dict(pair.flags.rename))
+        self.processed: list[str] = []  # source folders done in this pass, in order
+
+    def kept_before(self, src_folder: str) -> frozenset[str]:
+        """skip_cross_folder_duplicates: fingerprints copied from the folders processed before this one."""
+        if not self.pair.messages.skip_cross_folder_duplicates:
+            return frozenset()
+        return self.store.fingerprints(self.name, [f for f in self.processed if f != src_folder])
 
     def run(self) -> PairReport:
         run_id = None if self.dry_run else self.store.start_run(self.name)
@@ -251,6 +255,8 @@ class PairPass:
         source_view = FolderView(*source.list_folders_with_status())
         destination_view = FolderView(*destination.list_folders_with_status())
         mappings = pair_mappings(rules, source, destination, source_view.folders, destination_view.folders)
+        if self.pair.messages.skip_cross_folder_duplicates:
+            mappings = duplicate_priority_order(mappings, source_view.folders, self.pair.messages.duplicate_priority)
         existing = {folder.name for folder in destination_view.folders}
         renamed = follow_renames(
             self.name,
@@ -266,6 +272,12 @@ class PairPass:
         needs_attention = self.store.folders_needing_attention(self.name)
         for mapping in mappings:
             if not mapping.selectable:  # a \Noselect parent: its children imply it on the destination
+                continue
+            if (
+                rules.skip_empty
+                and mapping.destination not in existing
+                and not self._has_messages(source_view, source, mapping)
+            ):
                 continue
             report = FolderReport(mapping.source, mapping.destination, mapping.rule)
             report.renamed_from = renamed.get(mapping.source)
@@ -289,10 +301,18 @@ class PairPass:
                     or not self._unchanged(mapping, report, source, destination, source_view, destination_view)
                 ):
                     FolderPass(self, source, destination, mapping, report).run()
+                self.processed.append(mapping.source)
             except (ServerRefused, FolderMissing) as error:
                 report.error = str(error)
                 log.error("%s: folder %s: %s", self.name, mapping.source, error)
             self.progress.folder_finished(self.name, report)
+
+    @staticmethod
+    def _has_messages(view: FolderView, session: Session, mapping: FolderMapping) -> bool:
+        try:
+            return view.status(session, mapping.source).messages > 0
+        except FolderMissing:
+            return False
 
     def _unchanged(
         self,
@@ -326,6 +346,24 @@ class PairPass:
             report.unchanged = True
             report.source_messages = src.messages
         return unchanged
+
+
+def duplicate_priority_order(
+    mappings: Sequence[FolderMapping], source_folders: Sequence[Folder], priority: Sequence[str]
+) -> list[FolderMapping]:
+    """skip_cross_folder_duplicates: the folders named in duplicate_priority first (in that order), then the
+    others in the usual order, and the All Mail folder (\\All) last: its copy of a message loses."""
+    all_mail = {folder.name for folder in source_folders if folder.special_use == "\\All"}
+
+    def rank(mapping: FolderMapping) -> tuple[int, int]:
+        if mapping.source in all_mail:
+            return (2, 0)
+        for index, pattern in enumerate(priority):
+            if pattern_matches(pattern, mapping.source):
+                return (0, index)
+        return (1, 0)
+
+    return sorted(mappings, key=rank)  # stable: ties keep INBOX-first, alphabetical order
 
 
 def _outcome(report: PairReport) -> str:
@@ -379,6 +417,7 @@ class FolderPass:
         self.destination = destination
         self.mapping = mapping
         self.report = report
+        self._search_cache: frozenset[int] | None = None
 
     def run(self) -> None:
         moving = self.owner.pair.deletions.source == "after_copy" and not self.owner.dry_run
@@ -444,7 +483,11 @@ class FolderPass:
         flags come from CONDSTORE ``CHANGEDSINCE`` when offered; expunges are looked for (UID SEARCH)
         only when the message count says something vanished.
         """
-        retry = [uid for uid in self.store.failed_uids(self.pair, self.mapping.source) if uid not in synced]
+        waiting_for_search, old_enough = self.store.deferred_uids(self.pair, self.mapping.source)
+        matches = self._search_matches() or frozenset()
+        retry = [
+            uid for uid in (*self.store.failed_uids(self.pair, self.mapping.source), *old_enough) if uid not in synced
+        ] + [uid for uid in waiting_for_search if uid in matches and uid not in synced]
         if (
             known is None
             or not known.src_uidnext
@@ -525,6 +568,11 @@ class FolderPass:
         for failure in plan.fail:
             self.store.record_failure(self.pair, self.mapping.source, failure.src_uid, failure.reason)
         self.store.clear_failures(self.pair, self.mapping.source, [skip.src_uid for skip in plan.skip])
+        self.store.record_deferred(
+            self.pair,
+            self.mapping.source,
+            [(skip.src_uid, skip.reason, skip.eligible_at) for skip in plan.skip if skip.deferred],
+        )
 
     # -- deleting (opt-in) ---------------------------------------------------------------------------
 
@@ -650,7 +698,22 @@ class FolderPass:
             max_size=rules.max_size,
             min_size=rules.min_size,
             destination_permanent_flags=permanent_flags,
+            now=datetime.now(UTC),
+            max_age=rules.max_age,
+            min_age=rules.min_age,
+            search_matches=self._search_matches(),
+            kept_elsewhere=self.owner.kept_before(self.mapping.source),
+            flag_rules=self.owner.flag_rules,
         )
+
+    def _search_matches(self) -> frozenset[int] | None:
+        """UIDs matching messages.search in the (selected) source folder: one UID SEARCH, cached."""
+        criteria = self.owner.pair.messages.search
+        if criteria is None:
+            return None
+        if self._search_cache is None:
+            self._search_cache = frozenset(self.source.search(criteria))
+        return self._search_cache
 
     # -- dry run -------------------------------------------------------------------------------------
 

@@ -16,17 +16,18 @@ difference: a destination may legitimately hold more (mail delivered to it after
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from mailmirror.errors import MailmirrorError
 from mailmirror.imap import FolderMissing, MessageDigest, Session
 from mailmirror.mapping import FolderMapping, pair_mappings
-from mailmirror.planner import destination_flags
-from mailmirror.sync import refuse_unsupported_options
+from mailmirror.planner import FlagRules, destination_flags
+from mailmirror.sync import duplicate_priority_order, refuse_unsupported_options
 
 if TYPE_CHECKING:
     from mailmirror.config import Config, Pair
@@ -85,6 +86,7 @@ def compare_folder(
     permanent_flags: frozenset[str] | None,
     *,
     compare_flags: bool = True,
+    flag_rules: FlagRules | None = None,
 ) -> None:
     """Fill `verdict` from both sides' digests (pure; exposed for unit tests)."""
     by_hash_source: dict[str, list[MessageDigest]] = defaultdict(list)
@@ -100,7 +102,7 @@ def compare_folder(
         verdict.missing.extend(m.uid for m in originals[len(copies) :])
         verdict.duplicates.extend(m.uid for m in copies[len(originals) :])
         for original, copy in zip(originals, copies, strict=False):
-            _compare_message(verdict, original, copy, permanent_flags, compare_flags)
+            _compare_message(verdict, original, copy, permanent_flags, compare_flags, flag_rules)
     for digest, copies in by_hash_destination.items():
         if digest not in by_hash_source:
             verdict.extra.extend(m.uid for m in copies)
@@ -117,9 +119,10 @@ def _compare_message(
     copy: MessageDigest,
     permanent_flags: frozenset[str] | None,
     compare_flags: bool,
+    flag_rules: FlagRules | None,
 ) -> None:
     if compare_flags:
-        expected, _dropped = destination_flags(original.flags, permanent_flags)
+        expected, _dropped = destination_flags(original.flags, permanent_flags, flag_rules)
         actual, _ = destination_flags(copy.flags, None)
         if expected != actual:
             verdict.flag_differences.append(
@@ -131,20 +134,44 @@ def _compare_message(
         )
 
 
-def _digests(session: Session, folder: str, pair: Pair) -> tuple[list[MessageDigest], int, frozenset[str] | None]:
+class _Expectations:
+    """Which source messages a pass is meant to copy: the pair's message rules, as the sync applies them."""
+
+    def __init__(self, pair: Pair) -> None:
+        self.pair = pair
+        self.rules = pair.messages
+        self.now = datetime.now(UTC)
+        self.kept: set[str] = set()  # skip_cross_folder_duplicates: digests of folders verified before
+
+    def select(self, session: Session, digests: list[MessageDigest], sizes: dict[int, int]) -> list[MessageDigest]:
+        rules = self.rules
+        matches = frozenset(session.search(rules.search)) if rules.search is not None else None
+        chosen = []
+        for message in digests:
+            size = sizes.get(message.uid, 0)
+            if (
+                (rules.max_size is not None and size > rules.max_size)
+                or (rules.min_size is not None and size < rules.min_size)
+                or (rules.max_age is not None and message.internaldate < self.now - rules.max_age)
+                or (rules.min_age is not None and message.internaldate > self.now - rules.min_age)
+                or (matches is not None and message.uid not in matches)
+                or (rules.skip_cross_folder_duplicates and message.sha256 in self.kept)
+            ):
+                continue
+            chosen.append(message)
+        if rules.skip_cross_folder_duplicates:
+            self.kept |= {message.sha256 for message in chosen}
+        return chosen
+
+
+def _source_digests(session: Session, folder: str, expectations: _Expectations) -> tuple[list[MessageDigest], int]:
     status = session.select(folder, readonly=True)
     if status.messages == 0:
-        return [], 0, status.permanent_flags
+        return [], 0
     sizes = session.fetch_sizes()
-    rules = pair.messages
-    skipped = {
-        uid
-        for uid, size in sizes.items()
-        if (rules.max_size is not None and size > rules.max_size)
-        or (rules.min_size is not None and size < rules.min_size)
-    }
-    uids = sorted(uid for uid in sizes if uid not in skipped)
-    return list(session.fetch_digests(uids, sizes, BATCH_BYTES)), len(skipped), status.permanent_flags
+    everything = list(session.fetch_digests(sorted(sizes), sizes, BATCH_BYTES))
+    chosen = expectations.select(session, everything, sizes)
+    return chosen, len(everything) - len(chosen)
 
 
 def verify_pair(name: str, pair: Pair, config: Config) -> PairVerdict:
@@ -155,26 +182,35 @@ def verify_pair(name: str, pair: Pair, config: Config) -> PairVerdict:
             Session.open(pair.source, config.accounts[pair.source]) as source,
             Session.open(pair.destination, config.accounts[pair.destination]) as destination,
         ):
+            expectations = _Expectations(pair)
             for mapping in _mappings(pair, source, destination):
-                verdict.folders.append(_verify_folder(pair, mapping, source, destination))
+                verdict.folders.append(_verify_folder(pair, mapping, source, destination, expectations))
     except MailmirrorError as error:
         verdict.error = error
     return verdict
 
 
 def _mappings(pair: Pair, source: Session, destination: Session) -> list[FolderMapping]:
-    return [mapping for mapping in pair_mappings(pair.folders, source, destination) if mapping.selectable]
+    source_folders = source.list_folders()
+    mappings = [
+        mapping for mapping in pair_mappings(pair.folders, source, destination, source_folders) if mapping.selectable
+    ]
+    if pair.messages.skip_cross_folder_duplicates:
+        mappings = duplicate_priority_order(mappings, source_folders, pair.messages.duplicate_priority)
+    return mappings
 
 
-def _verify_folder(pair: Pair, mapping: FolderMapping, source: Session, destination: Session) -> FolderVerdict:
+def _verify_folder(
+    pair: Pair, mapping: FolderMapping, source: Session, destination: Session, expectations: _Expectations
+) -> FolderVerdict:
     verdict = FolderVerdict(mapping.source, mapping.destination)
-    source_digests, skipped, _ = _digests(source, mapping.source, pair)
+    source_digests, skipped = _source_digests(source, mapping.source, expectations)
     verdict.source_messages = len(source_digests)
     verdict.skipped_by_rule = skipped
     try:
         destination_status = destination.select(mapping.destination, readonly=True)
     except FolderMissing:
-        verdict.folder_missing = True
+        verdict.folder_missing = bool(source_digests) or not pair.folders.skip_empty
         verdict.missing = [m.uid for m in source_digests]
         return verdict
     destination_digests: list[MessageDigest] = []
@@ -188,5 +224,6 @@ def _verify_folder(pair: Pair, mapping: FolderMapping, source: Session, destinat
         destination_digests,
         destination_status.permanent_flags,
         compare_flags=pair.flags.sync,
+        flag_rules=FlagRules(tuple(re.compile(p) for p in pair.flags.drop), dict(pair.flags.rename)),
     )
     return verdict

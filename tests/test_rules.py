@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -159,3 +160,32 @@ def test_deferred_rows_hold_no_secret_and_are_inspectable(
     store.close()
     assert (waiting, due) == ([], [])  # deferred with a date: not due yet
     assert setup.run("status").returncode == 0
+
+
+def test_plan_shows_mapping_sizes_and_work_and_changes_nothing(
+    source_server: DovecotServer,
+    dest_server: DovecotServer,
+    src_user: LabUser,
+    dst_user: LabUser,
+    src_client: IMAPClient,
+    dst_client: IMAPClient,
+) -> None:
+    seed(src_client, "INBOX", [SeedMessage(simple_message(i)) for i in range(4)])
+    seed(src_client, "Projects/Client Work", [SeedMessage(simple_message(10 + i)) for i in range(2)])
+    seed(dst_client, "INBOX", [SeedMessage(simple_message(0))])
+    setup = make_setup(
+        source_server, src_user, dest_server, dst_user, pair_options="folders: {map: {INBOX: Inbox-Old}}"
+    )
+    before = {name for _f, _d, name in dst_client.list_folders()}
+    result = setup.run("plan", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    [pair] = json.loads(result.stdout)["pairs"]
+    folders = {f["source"]: f for f in pair["folders"]}
+    assert folders["INBOX"]["destination"] == "Inbox-Old" and folders["INBOX"]["rule"] == "map"
+    assert folders["INBOX"]["create"] and folders["INBOX"]["copy"] == 4
+    assert folders["INBOX"]["source_size"]["messages"] == 4
+    assert folders["Projects/Client Work"]["copy"] == 2
+    assert {name for _f, _d, name in dst_client.list_folders()} == before
+    text = setup.run("plan")
+    assert text.returncode == 0 and "Inbox-Old (to create)" in text.stdout and "Nothing was changed" in text.stdout
+    assert not (setup.directory / "state.db").exists() or setup.run("status").returncode == 0

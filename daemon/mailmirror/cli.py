@@ -231,6 +231,46 @@ def sync(
         sys.exit(ExitCode.TEMPFAIL)
 
 
+# -- plan -----------------------------------------------------------------------------------------------
+
+
+@cli.command(short_help="Folder mapping, sizes and what a pass would do; changes nothing.")
+@click.argument("pairs", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (one JSON document).")
+@pass_context
+def plan(context: Context, pairs: tuple[str, ...], as_json: bool) -> None:
+    """Show, for PAIRS (all by default), each source folder → destination folder with the rule that chose
+    the name (map, automap, rename, under, default), message count and size on both sides, and what a pass
+    would copy, update and delete. Reads both servers; changes nothing and records nothing.
+    """
+    from mailmirror.report import plan_json, print_plan
+    from mailmirror.state import StateStore
+    from mailmirror.sync import PairPass
+
+    _apply_log_config(context)
+    names = context.pair_names(pairs)
+    config = context.config
+    store = StateStore(config.state.path)
+    documents = []
+    errors: list[MailmirrorError] = []
+    try:
+        for name in names:
+            pair = config.effective_pairs()[name]
+            report = PairPass(name, pair, config, store, dry_run=True, measure=True).run()
+            if report.error is not None:
+                errors.append(report.error)
+            if as_json:
+                documents.append(plan_json(report, pair.source, pair.destination))
+            else:
+                print_plan(context.stdout, report, pair.source, pair.destination)
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps({"pairs": documents}, indent=2, ensure_ascii=False))
+    if errors:
+        sys.exit(_exit_code_for(errors))
+
+
 # -- verify -----------------------------------------------------------------------------------------------
 
 

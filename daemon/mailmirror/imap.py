@@ -331,6 +331,21 @@ class Session:
                 raise FolderMissing(f"{name}: {error}") from None
         return _status_from({_text(k).upper(): int(v) for k, v in result.items()})
 
+    def folder_size(self, name: str) -> tuple[int, int]:
+        """(messages, bytes) of a folder: STATUS SIZE (RFC 8438) when offered, else the sum of RFC822.SIZE."""
+        if self.has("STATUS=SIZE"):
+            with self._talking(f"asking the size of '{name}'"):
+                try:
+                    result = self.client.folder_status(name, ["MESSAGES", "SIZE"])
+                except IMAPClientAbortError:
+                    raise
+                except IMAPClientError as error:
+                    raise FolderMissing(f"{name}: {error}") from None
+            return int(result[b"MESSAGES"]), int(result[b"SIZE"])
+        status = self.select(name, readonly=True)
+        sizes = self.fetch_sizes() if status.messages else {}
+        return len(sizes), sum(sizes.values())
+
     def select(self, name: str, *, readonly: bool) -> MailboxStatus:
         """SELECT (or EXAMINE when readonly: the source is never opened read-write)."""
         with self._talking(f"opening '{name}'"):

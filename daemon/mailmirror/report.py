@@ -175,3 +175,74 @@ def print_verdict(console: Console, verdict: PairVerdict) -> None:
 
 def _count(value: int) -> str:
     return f"[red]{value}[/red]" if value else "0"
+
+
+def _size_text(size: tuple[int, int] | None) -> str:
+    return "-" if size is None else f"{size[0]} ({human_bytes(size[1])})"
+
+
+def print_plan(console: Console, report: PairReport, source: str, destination: str) -> None:
+    """`mailmirror plan`: the mapping, the rule behind each destination name, sizes, what a pass would do."""
+    table = Table(title=f"Plan of pair '{report.pair}': {source} → {destination}", title_justify="left")
+    for column in ("Source folder", "Destination folder", "Rule", "Source", "Destination"):
+        table.add_column(column)
+    for column in ("Copy", "Present", "Flags", "Delete", "Skip", "Fail"):
+        table.add_column(column, justify="right")
+    for folder in report.folders:
+        rule = folder.rule + (f", renamed from {folder.renamed_from}" if folder.renamed_from else "")
+        table.add_row(
+            folder.source,
+            folder.destination + (" (to create)" if folder.created else ""),
+            rule,
+            _size_text(folder.source_size),
+            _size_text(folder.destination_size),
+            f"{folder.copied} ({human_bytes(folder.bytes_copied)})" if folder.copied else "0",
+            str(folder.adopted),
+            str(folder.flags_updated),
+            str(folder.deleted),
+            str(len(folder.skipped)),
+            str(len(folder.failed)),
+        )
+    console.print(table)
+    for folder in report.folders:
+        if folder.error:
+            console.print(f"  [red]Folder {folder.source}: {folder.error}[/red]")
+    if report.error is not None:
+        console.print(f"  [red]Plan stopped: {report.error}[/red]")
+    else:
+        console.print(
+            f"  A pass would copy {report.copied} messages ({human_bytes(report.bytes_copied)}), update flags of "
+            f"{report.total('flags_updated')}, delete {report.total('deleted')}. Nothing was changed."
+        )
+
+
+def plan_json(report: PairReport, source: str, destination: str) -> dict[str, object]:
+    def size(value: tuple[int, int] | None) -> dict[str, int] | None:
+        return None if value is None else {"messages": value[0], "bytes": value[1]}
+
+    return {
+        "pair": report.pair,
+        "source": source,
+        "destination": destination,
+        "error": str(report.error) if report.error else None,
+        "folders": [
+            {
+                "source": folder.source,
+                "destination": folder.destination,
+                "rule": folder.rule,
+                "create": folder.created,
+                "renamed_from": folder.renamed_from,
+                "source_size": size(folder.source_size),
+                "destination_size": size(folder.destination_size),
+                "copy": folder.copied,
+                "copy_bytes": folder.bytes_copied,
+                "present": folder.adopted,
+                "flag_updates": folder.flags_updated,
+                "delete": folder.deleted,
+                "skip": [{"uid": uid, "reason": why} for uid, why in folder.skipped],
+                "fail": [{"uid": uid, "reason": why} for uid, why in folder.failed],
+                "error": folder.error,
+            }
+            for folder in report.folders
+        ],
+    }

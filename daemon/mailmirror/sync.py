@@ -67,6 +67,9 @@ class FolderReport:
     source_deleted: int = 0  # on the source after a confirmed copy (deletions.source: after_copy)
     unchanged: bool = False  # skipped by the fast path: both sides as the last pass left them
     renamed_from: str | None = None  # the source folder's previous name (renamed on the destination too)
+    #: measured for `mailmirror plan`: (messages, bytes) on each side; None when not measured or absent
+    source_size: tuple[int, int] | None = None
+    destination_size: tuple[int, int] | None = None
 
     @property
     def complete(self) -> bool:
@@ -204,8 +207,10 @@ class PairPass:
         dry_run: bool = False,
         full: bool = False,
         force_deletions: bool = False,
+        measure: bool = False,
     ) -> None:
         self.name = name
+        self.measure = measure
         self.full = full
         self.force_deletions = force_deletions
         self.pair = pair
@@ -295,6 +300,10 @@ class PairPass:
                     and not self.dry_run
                 ):
                     destination.subscribe(mapping.destination)
+                if self.measure:
+                    report.source_size = source.folder_size(mapping.source)
+                    if not report.created:
+                        report.destination_size = destination.folder_size(mapping.destination)
                 if (
                     report.created
                     or mapping.source in needs_attention

@@ -232,3 +232,31 @@ def test_folder_renamed_on_the_source_is_renamed_on_the_destination_not_copied_a
     assert {"Clients", "Clients/Old"} <= names and "Projects" not in names
     assert message_count(dst_client, "Clients") == 12 and message_count(dst_client, "Clients/Old") == 4
     assert setup.verify().clean
+
+
+def test_destination_folder_of_a_deleted_source_folder_goes_only_when_asked_and_safe(
+    source_server: DovecotServer,
+    dest_server: DovecotServer,
+    src_user: LabUser,
+    dst_user: LabUser,
+    src_client: IMAPClient,
+    dst_client: IMAPClient,
+) -> None:
+    for index, name in enumerate(("A", "B", "C", "D", "E", "F")):
+        seed(src_client, name, [SeedMessage(simple_message(10 * index + i)) for i in range(2)])
+    options = "deletions: {delete_missing_folders: true, max_share: 0.3}"
+    setup = make_setup(source_server, src_user, dest_server, dst_user, pair_options=options)
+    setup.sync()
+    seed(dst_client, "B", [SeedMessage(simple_message(999))])  # someone else's message in B
+    src_client.delete_folder("A")
+    src_client.delete_folder("B")
+    result = setup.run("sync")
+    names = {name for _flags, _delimiter, name in dst_client.list_folders()}
+    assert "A" not in names and "B" in names, result.stdout + result.stderr
+    assert result.returncode == 75 and "holds 1 messages mailmirror did not copy" in result.stdout
+
+    for name in ("C", "D", "E"):
+        src_client.delete_folder(name)
+    refused = setup.run("sync")
+    assert refused.returncode == 75 and "refusing to delete" in refused.stdout + refused.stderr
+    assert {"C", "D", "E"} <= {name for _flags, _delimiter, name in dst_client.list_folders()}

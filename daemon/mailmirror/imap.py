@@ -302,6 +302,19 @@ class Session:
                     return
                 raise self._refused(f"to create folder '{name}'", error) from None
 
+    def delete_folder(self, name: str) -> None:
+        if self.selected == name:
+            with self._talking(f"closing '{name}'"):
+                self.client.unselect_folder() if self.has("UNSELECT") else self.client.close_folder()
+            self.selected = None
+        with self._talking(f"deleting folder '{name}'"):
+            try:
+                self.client.delete_folder(name)
+            except IMAPClientAbortError:
+                raise
+            except IMAPClientError as error:
+                raise self._refused(f"to delete folder '{name}'", error) from None
+
     def rename_folder(self, old: str, new: str) -> None:
         with self._talking(f"renaming folder '{old}'"):
             try:

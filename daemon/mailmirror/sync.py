@@ -179,7 +179,6 @@ NOT_YET_SUPPORTED: dict[str, Callable[[Pair], bool]] = {
     "folders.from_under": lambda p: p.folders.from_under is not None,
     "folders.rename": lambda p: bool(p.folders.rename),
     "folders.subscribed_only": lambda p: p.folders.subscribed_only,
-    "deletions.delete_missing_folders": lambda p: p.deletions.delete_missing_folders,
 }
 
 
@@ -315,6 +314,55 @@ class PairPass:
                 report.error = str(error)
                 log.error("%s: folder %s: %s", self.name, mapping.source, error)
             self.progress.folder_finished(self.name, report)
+        if self.pair.deletions.delete_missing_folders:
+            self._delete_missing_folders(source_view, destination, existing)
+
+    def _delete_missing_folders(self, source_view: FolderView, destination: Session, existing: set[str]) -> None:
+        """deletions.delete_missing_folders: destination folders whose source folder is gone.
+
+        Only folders this pair synced (known to the state), never INBOX, never one holding messages
+        mailmirror did not copy; and not more than deletions.max_share of the pair's folders at once
+        unless forced: a source that suddenly lists nothing must not empty the destination.
+        """
+        listed = {folder.name for folder in source_view.folders}
+        known = self.store.folders(self.name)
+        gone = [f for f in known if f.src_folder not in listed and f.dst_folder.upper() != "INBOX"]
+        gone = [f for f in gone if f.dst_folder in existing]
+        if not gone:
+            return
+        rules = self.pair.deletions
+        if len(gone) > rules.max_share * len(known) and not (rules.force or self.force_deletions):
+            report = FolderReport(gone[0].src_folder, gone[0].dst_folder, "delete folder")
+            report.error = (
+                f"refusing to delete {len(gone)} of {len(known)} destination folders whose source folder is gone: "
+                f"more than deletions.max_share ({rules.max_share:.0%}); check the source account, then use "
+                "--force-deletions"
+            )
+            log.error("%s: %s", self.name, report.error)
+            self.report.folders.append(report)
+            return
+        for state in gone:
+            report = FolderReport(state.src_folder, state.dst_folder, "delete folder")
+            self.report.folders.append(report)
+            copied = sum(1 for m in self.store.messages(self.name, state.src_folder).values() if m.status == "done")
+            held = destination.status(state.dst_folder).messages
+            if held > copied:
+                report.error = (
+                    f"not deleting destination folder '{state.dst_folder}': it holds {held - copied} messages "
+                    "mailmirror did not copy"
+                )
+                log.warning("%s: %s", self.name, report.error)
+                continue
+            if not self.dry_run:
+                destination.delete_folder(state.dst_folder)
+                self.store.forget_folder(self.name, state.src_folder)
+                log.warning(
+                    "%s: deleted destination folder '%s' (its source folder '%s' is gone)",
+                    self.name,
+                    state.dst_folder,
+                    state.src_folder,
+                )
+            report.deleted = held
 
     @staticmethod
     def _has_messages(view: FolderView, session: Session, mapping: FolderMapping) -> bool:

@@ -123,11 +123,3 @@ def test_passwords_never_appear_in_debug_logs_output_or_state(
     for secret in (src_user.password, dst_user.password):
         assert secret not in result.stdout + result.stderr + status.stdout
         assert secret.encode() not in state
-
-
-def test_option_not_applied_yet_is_refused_not_ignored(setup: Setup, dst_client: IMAPClient) -> None:
-    broken(setup, "    destination: dst\n", "    destination: dst\n    messages: {max_age: 30d}\n")
-    result = setup.run("sync")
-    assert result.returncode == 78, result.stdout + result.stderr
-    assert "messages.max_age" in result.stderr and "not supported" in result.stderr
-    assert_destination_untouched(dst_client)

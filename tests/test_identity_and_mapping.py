@@ -1,12 +1,8 @@
-"""Pure logic: message fingerprints, folder name translation and selection."""
+"""Pure logic: message fingerprints and journal matching (folder mapping: test_mapping.py)."""
 
 from __future__ import annotations
 
-import pytest
-
 from mailmirror.identity import fingerprint, parse_headers, without_size
-from mailmirror.imap import Folder
-from mailmirror.mapping import Namespace, map_folders, pattern_matches, sync_order
 from mailmirror.planner import DestinationMessage
 from mailmirror.state import SyncedMessage
 from mailmirror.sync import match_pending
@@ -42,47 +38,3 @@ def test_match_pending_finds_each_journalled_append_once() -> None:
     found, missing = match_pending(pending, candidates)
     assert [(m.src_uid, m.dst_uid) for m in found] == [(1, 50), (3, 51)]
     assert [m.src_uid for m in missing] == [2]
-
-
-@pytest.mark.parametrize(
-    ("server_name", "source_ns", "destination_ns", "expected"),
-    [
-        ("INBOX", Namespace("/", ""), Namespace(".", "INBOX."), "INBOX"),
-        ("Archive/2024", Namespace("/", ""), Namespace(".", "INBOX."), "INBOX.Archive.2024"),
-        ("INBOX.Archive.2024", Namespace(".", "INBOX."), Namespace("/", ""), "Archive/2024"),
-        ("Reçus/Été", Namespace("/", ""), Namespace("/", ""), "Reçus/Été"),
-        ("a.b/c", Namespace("/", ""), Namespace(".", ""), "a_b.c"),
-        ("Sent Items", Namespace("/", ""), Namespace(".", "INBOX."), "INBOX.Sent Items"),
-    ],
-)
-def test_names_translate_between_separators_and_prefixes(
-    server_name: str, source_ns: Namespace, destination_ns: Namespace, expected: str
-) -> None:
-    assert destination_ns.to_server(source_ns.to_neutral(server_name)) == expected
-
-
-def folder(name: str, *flags: str) -> Folder:
-    return Folder(name, "/", frozenset(flags))
-
-
-def test_inbox_first_then_alphabetical() -> None:
-    assert sync_order(["b", "INBOX", "a/x", "a"]) == ["INBOX", "a", "a/x", "b"]
-
-
-def test_selection_then_explicit_map_then_special_use_automap() -> None:
-    source = [folder("INBOX"), folder("Sent Messages", "\\Sent"), folder("Junk"), folder("Old", "\\HasChildren")]
-    destination = [folder("INBOX"), folder("Sent", "\\Sent")]
-    mappings = map_folders(
-        source, destination, Namespace("/", ""), Namespace("/", ""), exclude=["Junk"], explicit={"Old": "Archive/Old"}
-    )
-    assert [(m.source, m.destination, m.rule) for m in mappings] == [
-        ("INBOX", "INBOX", "default"),
-        ("Old", "Archive/Old", "map"),
-        ("Sent Messages", "Sent", "automap"),
-    ]
-
-
-def test_patterns_are_globs_or_regexes() -> None:
-    assert pattern_matches("Archive/*", "Archive/2024")
-    assert not pattern_matches("Archive", "Archive/2024")
-    assert pattern_matches("re:^Arch", "Archive/2024")

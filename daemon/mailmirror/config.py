@@ -502,17 +502,28 @@ class FolderRules(_Section):
     include: list[FolderPattern] = Field(
         default=[],
         description=(
-            "Sync only folders matching one of these (empty: every folder). Each entry is a shell-style glob "
-            "(*, ?, [abc]) matched against the whole folder name, or a regular expression written 're:...'."
+            "Sync only folders matching one of these (empty: every folder). Names are written with '/' between "
+            "levels and without the server's prefix ('Archive/2024', never 'INBOX.Archive.2024'); INBOX is "
+            "always 'INBOX'. Each entry is a glob matched against the whole name, case-sensitive: * and ? (and "
+            "[abc]) stay within one level and ** crosses levels: 'Archive/*' is Archive's direct subfolders, "
+            "'Archive/**' is Archive with all its subfolders, '**/Old' is Old at any depth; bracketed names such "
+            "as '[Gmail]/All Mail' also match as written. Or a regular expression written 're:...', searched "
+            "anywhere in the name. With from_under, this applies to the full source name."
         ),
     )
     exclude: list[FolderPattern] = Field(
         default=[],
-        description="Skip folders matching one of these (globs or 're:...' regexes); wins over include.",
+        description=(
+            "Skip folders matching one of these (same patterns as include: globs, e.g. 'Trash/**' for Trash "
+            "with all its subfolders, or 're:...' regexes); wins over include."
+        ),
     )
     map: dict[FolderName, FolderName] = Field(
         default={},
-        description="Explicit source → destination folder names; wins over automap and rename.",
+        description=(
+            "Explicit source → destination folder names; wins over automap, rename and under. Keys are "
+            "source names (with from_under, the full source name); the value is final."
+        ),
     )
     automap: bool = Field(
         default=True,
@@ -533,7 +544,10 @@ class FolderRules(_Section):
     )
     rename: list[RenameRule] = Field(
         default=[],
-        description="Regular-expression renames of destination names, applied in order.",
+        description=(
+            "Regular-expression renames of folder names, applied in order (each to the result of the previous "
+            "one), after from_under and before under; not to map or automap results."
+        ),
     )
     separator: Annotated[str, Field(min_length=1, max_length=1)] | None = Field(
         default=None,

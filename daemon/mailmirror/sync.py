@@ -13,16 +13,15 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 
-from mailmirror import __version__
-from mailmirror.errors import ConfigError, ConnectionFailure, MailmirrorError, ServerRefused
+from mailmirror.errors import ConnectionFailure, MailmirrorError, ServerRefused
 from mailmirror.identity import fingerprint, header_fields_to_fetch, without_size
 from mailmirror.imap import AppendRefused, Folder, FolderMissing, MailboxStatus, MessageToAppend, Session
-from mailmirror.mapping import FolderMapping, pair_mappings, pattern_matches
+from mailmirror.mapping import FolderMapping, Namespace, pair_mappings, pattern_matches
 from mailmirror.planner import (
     Copy,
     Deletions,
@@ -172,26 +171,6 @@ def _batches(copies: Sequence[Copy], max_bytes: int, max_count: int) -> Iterator
         yield batch
 
 
-#: Options the config accepts (they are part of the design) but this version's engine does not apply
-#: yet. A pair using one is refused rather than synced as if the option were not there.
-NOT_YET_SUPPORTED: dict[str, Callable[[Pair], bool]] = {
-    "folders.under": lambda p: p.folders.under is not None,
-    "folders.from_under": lambda p: p.folders.from_under is not None,
-    "folders.rename": lambda p: bool(p.folders.rename),
-    "folders.subscribed_only": lambda p: p.folders.subscribed_only,
-}
-
-
-def refuse_unsupported_options(name: str, pair: Pair) -> None:
-    used = [option for option, is_set in NOT_YET_SUPPORTED.items() if is_set(pair)]
-    if used:
-        raise ConfigError(
-            f"pairs.{name}: {', '.join(used)}: not supported by mailmirror {__version__} yet. Remove "
-            f"{'it' if len(used) == 1 else 'them'} from the pair (and from defaults), or upgrade: this pair is "
-            "not synced rather than synced without the rule."
-        )
-
-
 class PairPass:
     """One pass of one pair: open both accounts, map folders, sync each folder, report."""
 
@@ -231,7 +210,6 @@ class PairPass:
     def run(self) -> PairReport:
         run_id = None if self.dry_run else self.store.start_run(self.name)
         try:
-            refuse_unsupported_options(self.name, self.pair)
             source_account = self.config.accounts[self.pair.source]
             destination_account = self.config.accounts[self.pair.destination]
             with (
@@ -258,9 +236,21 @@ class PairPass:
         rules = self.pair.folders
         source_view = FolderView(*source.list_folders_with_status())
         destination_view = FolderView(*destination.list_folders_with_status())
-        mappings = pair_mappings(rules, source, destination, source_view.folders, destination_view.folders)
+        mappings = pair_mappings(
+            rules,
+            source,
+            destination,
+            source_view.folders,
+            destination_view.folders,
+            subscribed=source_view.subscribed(source) if rules.subscribed_only else None,
+        )
         if self.pair.messages.skip_cross_folder_duplicates:
-            mappings = duplicate_priority_order(mappings, source_view.folders, self.pair.messages.duplicate_priority)
+            mappings = duplicate_priority_order(
+                mappings,
+                source_view.folders,
+                self.pair.messages.duplicate_priority,
+                Namespace(source.separator, source.prefix),
+            )
         existing = {folder.name for folder in destination_view.folders}
         renamed = follow_renames(
             self.name,
@@ -406,7 +396,10 @@ class PairPass:
 
 
 def duplicate_priority_order(
-    mappings: Sequence[FolderMapping], source_folders: Sequence[Folder], priority: Sequence[str]
+    mappings: Sequence[FolderMapping],
+    source_folders: Sequence[Folder],
+    priority: Sequence[str],
+    source_ns: Namespace,
 ) -> list[FolderMapping]:
     """skip_cross_folder_duplicates: the folders named in duplicate_priority first (in that order), then the
     others in the usual order, and the All Mail folder (\\All) last: its copy of a message loses."""
@@ -416,7 +409,7 @@ def duplicate_priority_order(
         if mapping.source in all_mail:
             return (2, 0)
         for index, pattern in enumerate(priority):
-            if pattern_matches(pattern, mapping.source):
+            if pattern_matches(pattern, source_ns.to_neutral(mapping.source)):
                 return (0, index)
         return (1, 0)
 

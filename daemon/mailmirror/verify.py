@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING
 
 from mailmirror.errors import MailmirrorError
 from mailmirror.imap import FolderMissing, MessageDigest, Session
-from mailmirror.mapping import FolderMapping, pair_mappings
+from mailmirror.mapping import FolderMapping, Namespace, pair_mappings
 from mailmirror.planner import FlagRules, destination_flags
-from mailmirror.sync import duplicate_priority_order, refuse_unsupported_options
+from mailmirror.sync import duplicate_priority_order
 
 if TYPE_CHECKING:
     from mailmirror.config import Config, Pair
@@ -177,14 +177,13 @@ def _source_digests(session: Session, folder: str, expectations: _Expectations) 
 def verify_pair(name: str, pair: Pair, config: Config) -> PairVerdict:
     verdict = PairVerdict(name)
     try:
-        refuse_unsupported_options(name, pair)
         with (
             Session.open(pair.source, config.accounts[pair.source]) as source,
             Session.open(pair.destination, config.accounts[pair.destination]) as destination,
         ):
             expectations = _Expectations(pair)
-            for mapping in _mappings(pair, source, destination):
-                verdict.folders.append(_verify_folder(pair, mapping, source, destination, expectations))
+            for group in _grouped_by_destination(_mappings(pair, source, destination)):
+                verdict.folders.append(_verify_folder(pair, group, source, destination, expectations))
     except MailmirrorError as error:
         verdict.error = error
     return verdict
@@ -196,19 +195,32 @@ def _mappings(pair: Pair, source: Session, destination: Session) -> list[FolderM
         mapping for mapping in pair_mappings(pair.folders, source, destination, source_folders) if mapping.selectable
     ]
     if pair.messages.skip_cross_folder_duplicates:
-        mappings = duplicate_priority_order(mappings, source_folders, pair.messages.duplicate_priority)
+        mappings = duplicate_priority_order(
+            mappings, source_folders, pair.messages.duplicate_priority, Namespace(source.separator, source.prefix)
+        )
     return mappings
 
 
+def _grouped_by_destination(mappings: list[FolderMapping]) -> list[list[FolderMapping]]:
+    """Source folders merged into one destination folder (case variants) are compared together."""
+    groups: dict[str, list[FolderMapping]] = {}
+    for mapping in mappings:
+        groups.setdefault(mapping.destination, []).append(mapping)
+    return list(groups.values())
+
+
 def _verify_folder(
-    pair: Pair, mapping: FolderMapping, source: Session, destination: Session, expectations: _Expectations
+    pair: Pair, group: list[FolderMapping], source: Session, destination: Session, expectations: _Expectations
 ) -> FolderVerdict:
-    verdict = FolderVerdict(mapping.source, mapping.destination)
-    source_digests, skipped = _source_digests(source, mapping.source, expectations)
+    verdict = FolderVerdict(" + ".join(m.source for m in group), group[0].destination)
+    source_digests: list[MessageDigest] = []
+    for mapping in group:
+        digests, skipped = _source_digests(source, mapping.source, expectations)
+        source_digests += digests
+        verdict.skipped_by_rule += skipped
     verdict.source_messages = len(source_digests)
-    verdict.skipped_by_rule = skipped
     try:
-        destination_status = destination.select(mapping.destination, readonly=True)
+        destination_status = destination.select(verdict.destination, readonly=True)
     except FolderMissing:
         verdict.folder_missing = bool(source_digests) or not pair.folders.skip_empty
         verdict.missing = [m.uid for m in source_digests]

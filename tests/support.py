@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,7 +86,7 @@ def make_setup(
         + account_yaml("src", source, source_user, directory, tls=source_tls)
         + account_yaml("dst", destination, destination_user, directory)
         + "pairs:\n  test:\n    source: src\n    destination: dst\n"
-        + "".join(f"    {line}\n" for line in pair_options.splitlines() if line.strip())
+        + "".join(f"    {line}\n" for line in textwrap.dedent(pair_options).splitlines() if line.strip())
     )
     config_path = directory / "mailmirror.yaml"
     config_path.write_text(text, encoding="utf-8")

@@ -248,6 +248,8 @@ def plan(context: Context, pairs: tuple[str, ...], as_json: bool) -> None:
     from mailmirror.sync import PairPass
 
     _apply_log_config(context)
+    if not context.verbose:
+        logging.getLogger("mailmirror.sync").setLevel(logging.WARNING)  # the table says it all
     names = context.pair_names(pairs)
     config = context.config
     store = StateStore(config.state.path)

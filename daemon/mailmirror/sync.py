@@ -65,6 +65,7 @@ class FolderReport:
     deleted: int = 0  # on the destination (deletions.destination: mirror)
     source_deleted: int = 0  # on the source after a confirmed copy (deletions.source: after_copy)
     unchanged: bool = False  # skipped by the fast path: both sides as the last pass left them
+    dry_run: bool = False
     renamed_from: str | None = None  # the source folder's previous name (renamed on the destination too)
     #: measured for `mailmirror plan`: (messages, bytes) on each side; None when not measured or absent
     source_size: tuple[int, int] | None = None
@@ -137,11 +138,12 @@ class LogProgress:
 
     def folder_finished(self, pair: str, report: FolderReport) -> None:
         log.info(
-            "%s: %s -> %s: %d copied, %d already there, %d flags updated, %d skipped, %d failed%s",
+            "%s: %s -> %s: %d %s, %d already there, %d flags updated, %d skipped, %d failed%s",
             pair,
             report.source,
             report.destination,
             report.copied,
+            "to copy (dry run)" if report.dry_run else "copied",
             report.adopted,
             report.flags_updated,
             len(report.skipped),
@@ -273,7 +275,7 @@ class PairPass:
                 and not self._has_messages(source_view, source, mapping)
             ):
                 continue
-            report = FolderReport(mapping.source, mapping.destination, mapping.rule)
+            report = FolderReport(mapping.source, mapping.destination, mapping.rule, dry_run=self.dry_run)
             report.renamed_from = renamed.get(mapping.source)
             self.report.folders.append(report)
             try:

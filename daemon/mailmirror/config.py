@@ -320,6 +320,24 @@ class MetricsConfig(_Section):
         return _split_listen_address(self.listen)[1]
 
 
+class DaemonConfig(_Section):
+    """How `mailmirror run` shares its work: concurrency, backoff of failing pairs, shutdown."""
+
+    max_parallel_passes: int = Field(
+        default=4, ge=1, le=256, description="Passes running at the same time, over all pairs."
+    )
+    backoff_max: Duration = Field(
+        default=timedelta(minutes=30),
+        json_schema_extra={"default": "30m"},
+        description="A failing pair is retried after 30s, 1m, 2m, ... up to this, whatever its schedule.",
+    )
+    stop_timeout: Duration = Field(
+        default=timedelta(seconds=30),
+        json_schema_extra={"default": "30s"},
+        description="On SIGTERM: time to finish the batch in flight, record it and log out before exiting.",
+    )
+
+
 class LogConfig(_Section):
     """Logging on standard error (journald picks it up under systemd)."""
 
@@ -702,6 +720,7 @@ class Config(_Section):
     state: StateConfig = Field(default_factory=StateConfig, description="The state database.")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus metrics and health.")
     log: LogConfig = Field(default_factory=LogConfig, description="Logging.")
+    daemon: DaemonConfig = Field(default_factory=DaemonConfig, description="`mailmirror run`: concurrency, backoff.")
     defaults: PairDefaults = Field(
         default_factory=PairDefaults,
         description="Inherited by every pair, key by key; a pair overrides what it sets.",

@@ -15,6 +15,7 @@ SECTIONS = [
     ("state", "StateConfig"),
     ("metrics", "MetricsConfig"),
     ("log", "LogConfig"),
+    ("daemon", "DaemonConfig"),
     ("accounts.NAME", "Account"),
     ("Secrets ({env: …} | {file: …} | {command: […]})", "Secret"),
     ("pairs.NAME (and defaults)", "Pair"),

@@ -79,5 +79,11 @@ class LockedError(MailmirrorError):
     exit_code = ExitCode.TEMPFAIL
 
 
+class Stopped(MailmirrorError):
+    """A pass ended early because the daemon is stopping; its state is consistent."""
+
+    exit_code = ExitCode.OK
+
+
 class InternalError(MailmirrorError):
     exit_code = ExitCode.SOFTWARE

@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 
-from mailmirror.errors import ConnectionFailure, MailmirrorError, ServerRefused
+from mailmirror.errors import ConnectionFailure, LockedError, MailmirrorError, ServerRefused, Stopped
 from mailmirror.identity import fingerprint, header_fields_to_fetch, without_size
 from mailmirror.imap import AppendRefused, Folder, FolderMissing, MailboxStatus, MessageToAppend, Session
+from mailmirror.locks import PairLock
 from mailmirror.mapping import FolderMapping, Namespace, pair_mappings, pattern_matches
 from mailmirror.planner import (
     Copy,
@@ -188,9 +190,13 @@ class PairPass:
         full: bool = False,
         force_deletions: bool = False,
         measure: bool = False,
+        only_folders: Collection[str] | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         self.name = name
         self.measure = measure
+        self.only_folders = set(only_folders) if only_folders is not None else None
+        self.stop = stop
         self.full = full
         self.force_deletions = force_deletions
         self.pair = pair
@@ -210,6 +216,26 @@ class PairPass:
         return self.store.fingerprints(self.name, [f for f in self.processed if f != src_folder])
 
     def run(self) -> PairReport:
+        lock = None if self.dry_run else PairLock(self.config.state.path, self.name)
+        try:
+            if lock is not None:
+                lock.acquire()
+        except LockedError as error:
+            self.report.error = error
+            self.report.finished = time.monotonic()
+            return self.report
+        try:
+            return self._run_locked()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def check_stop(self) -> None:
+        """Between batches and folders: a stop request (SIGTERM) ends the pass here, state consistent."""
+        if self.stop is not None and self.stop.is_set():
+            raise Stopped(f"pair '{self.name}': pass stopped (shutdown requested); the next pass goes on")
+
+    def _run_locked(self) -> PairReport:
         run_id = None if self.dry_run else self.store.start_run(self.name)
         try:
             source_account = self.config.accounts[self.pair.source]
@@ -269,6 +295,9 @@ class PairPass:
         for mapping in mappings:
             if not mapping.selectable:  # a \Noselect parent: its children imply it on the destination
                 continue
+            if self.only_folders is not None and mapping.source not in self.only_folders:
+                continue
+            self.check_stop()
             if (
                 rules.skip_empty
                 and mapping.destination not in existing
@@ -306,7 +335,7 @@ class PairPass:
                 report.error = str(error)
                 log.error("%s: folder %s: %s", self.name, mapping.source, error)
             self.progress.folder_finished(self.name, report)
-        if self.pair.deletions.delete_missing_folders:
+        if self.pair.deletions.delete_missing_folders and self.only_folders is None:
             self._delete_missing_folders(source_view, destination, existing)
 
     def _delete_missing_folders(self, source_view: FolderView, destination: Session, existing: set[str]) -> None:
@@ -419,6 +448,8 @@ def duplicate_priority_order(
 
 
 def _outcome(report: PairReport) -> str:
+    if isinstance(report.error, Stopped):
+        return "stopped"
     if report.error is not None:
         return "error"
     return "ok" if report.complete else "partial"
@@ -809,6 +840,7 @@ class FolderPass:
         self.owner.progress.folder_started(self.pair, self.mapping, len(plan.copy), plan.copy_bytes)
         unconfirmed = False
         for batch in _batches(plan.copy, BATCH_BYTES, BATCH_MESSAGES):
+            self.owner.check_stop()
             unconfirmed |= self._copy_batch(batch, floor)
         if unconfirmed:
             self._resolve_pending()

@@ -221,8 +221,8 @@ BROKEN: list[tuple[str, str, str]] = [
     (
         "top_level_not_a_mapping",
         "- old\n- new\n",
-        "config.yaml:1: the top level must be a mapping of the sections state, metrics, log, defaults, accounts, "
-        "pairs (got a list)",
+        "config.yaml:1: the top level must be a mapping of the sections state, metrics, log, daemon, defaults, "
+        "accounts, pairs (got a list)",
     ),
     (
         "missing_required_key_points_at_the_parent",

@@ -231,6 +231,30 @@ def sync(
         sys.exit(ExitCode.TEMPFAIL)
 
 
+# -- run ------------------------------------------------------------------------------------------------
+
+
+@cli.command(short_help="The daemon: every pair on its schedule, IDLE push, reload on SIGHUP.")
+@pass_context
+def run(context: Context) -> None:
+    """Run every pair on its schedule, in the foreground (for systemd: Type=notify).
+
+    Each pair starts a first pass right away, then follows its schedule (every / cron); folders listed
+    in schedule.idle are watched with IDLE and synced within seconds of new mail. A failing pair is
+    retried with growing delays without holding up the others. SIGHUP (systemctl reload) re-reads the
+    config (an invalid one is refused, the old one keeps running); SIGTERM finishes the batch in flight
+    and exits 0. Logs go to stderr (journald).
+    """
+    from mailmirror.daemon import Daemon
+
+    _apply_log_config(context)
+    code = Daemon(context.config_path).run()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # do not wait for a pass stuck in network I/O: the journal keeps the state consistent
+
+
 # -- plan -----------------------------------------------------------------------------------------------
 
 

@@ -139,7 +139,8 @@ class LogProgress:
         pass
 
     def folder_finished(self, pair: str, report: FolderReport) -> None:
-        log.info(
+        log.log(
+            logging.DEBUG if report.unchanged else logging.INFO,
             "%s: %s -> %s: %d %s, %d already there, %d flags updated, %d skipped, %d failed%s",
             pair,
             report.source,

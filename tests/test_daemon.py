@@ -1,0 +1,220 @@
+"""`mailmirror run`, as a subprocess, against real Dovecot servers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from imapclient import IMAPClient
+
+from mailmirror.lab import DovecotServer, LabUser, SeedMessage, seed
+from mailmirror.locks import PairLock
+from tests.support import ROOT, Setup, account_yaml, make_setup, message_count, simple_message
+
+pytestmark = pytest.mark.dovecot
+
+
+class RunningDaemon:
+    def __init__(self, config_path: Path) -> None:
+        self.log_path = config_path.parent / "daemon.log"
+        self.log = self.log_path.open("w", encoding="utf-8")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mailmirror", "-c", str(config_path), "run"],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(ROOT / "daemon")},
+        )
+
+    def text(self) -> str:
+        return self.log_path.read_text(encoding="utf-8")
+
+    def wait_for(self, condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if condition():
+                return
+            assert self.process.poll() is None, f"the daemon exited ({self.process.returncode}):\n{self.text()}"
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {what}; daemon log:\n{self.text()}")
+
+    def wait_for_log(self, fragment: str, count: int = 1, timeout: float = 30.0) -> None:
+        self.wait_for(lambda: self.text().count(fragment) >= count, repr(fragment), timeout)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=60)
+        finally:
+            self.log.close()
+
+
+@pytest.fixture
+def start_daemon() -> Iterator[Callable[[Path], RunningDaemon]]:
+    started: list[RunningDaemon] = []
+
+    def start(config_path: Path) -> RunningDaemon:
+        daemon = RunningDaemon(config_path)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        if daemon.process.poll() is None:
+            daemon.process.kill()
+            daemon.process.wait()
+        daemon.log.close()
+
+
+def test_new_mail_in_a_watched_folder_arrives_within_seconds(
+    start_daemon: Callable[[Path], RunningDaemon],
+    source_server: DovecotServer,
+    dest_server: DovecotServer,
+    src_user: LabUser,
+    dst_user: LabUser,
+    src_client: IMAPClient,
+    dst_client: IMAPClient,
+) -> None:
+    seed(src_client, "INBOX", [SeedMessage(simple_message(i)) for i in range(3)])
+    setup = make_setup(
+        source_server, src_user, dest_server, dst_user, pair_options="schedule: {idle: [INBOX], every: 1h}"
+    )
+    daemon = start_daemon(setup.config_path)
+    daemon.wait_for_log("watching INBOX with IDLE")
+    daemon.wait_for(lambda: message_count(dst_client) == 3, "the first pass")
+    seed(src_client, "INBOX", [SeedMessage(simple_message(100))])
+    arrived = time.monotonic()
+    daemon.wait_for(lambda: message_count(dst_client) == 4, "the pushed message", timeout=5)
+    print(f"push latency {time.monotonic() - arrived:.2f} s")
+    assert daemon.stop() == 0
+
+
+def test_an_every_pair_runs_on_schedule(
+    start_daemon: Callable[[Path], RunningDaemon],
+    source_server: DovecotServer,
+    dest_server: DovecotServer,
+    src_user: LabUser,
+    dst_user: LabUser,
+    src_client: IMAPClient,
+    dst_client: IMAPClient,
+) -> None:
+    setup = make_setup(source_server, src_user, dest_server, dst_user, pair_options="schedule: {every: 1s}")
+    daemon = start_daemon(setup.config_path)
+    daemon.wait_for_log("test: pass ok")
+    seed(src_client, "Later", [SeedMessage(simple_message(1))])
+    daemon.wait_for(lambda: "Later" in {n for _f, _d, n in dst_client.list_folders()}, "the next scheduled pass")
+    daemon.wait_for(lambda: message_count(dst_client, "Later") == 1, "the message")
+    assert daemon.stop() == 0
+
+
+def test_sigterm_during_a_large_copy_exits_0_and_the_next_pass_completes(
+    start_daemon: Callable[[Path], RunningDaemon],
+    source_server: DovecotServer,
+    dest_server: DovecotServer,
+    src_user: LabUser,
+    dst_user: LabUser,
+    src_client: IMAPClient,
+    dst_client: IMAPClient,
+) -> None:
+    messages = [SeedMessage(simple_message(i, size=60_000 if i % 10 == 0 else 2_000)) for i in range(600)]
+    for start in range(0, len(messages), 100):
+        seed(src_client, "Big", messages[start : start + 100])
+    setup = make_setup(source_server, src_user, dest_server, dst_user)
+    daemon = start_daemon(setup.config_path)
+    daemon.wait_for(
+        lambda: "Big" in {n for _f, _d, n in dst_client.list_folders()} and message_count(dst_client, "Big") > 0,
+        "the copy to start",
+    )
+    assert daemon.stop() == 0
+    assert "stopped" in daemon.text()
+    assert message_count(dst_client, "Big") <= 600
+    setup.sync()
+    assert message_count(dst_client, "Big") == 600
+    assert setup.verify().clean
+
+
+def test_sighup_adds_and_removes_pairs_and_refuses_an_invalid_config(
+    start_daemon: Callable[[Path], RunningDaemon],
+    source_server: DovecotServer,
+    dest_server: DovecotServer,
+    src_user: LabUser,
+    dst_user: LabUser,
+    src_client: IMAPClient,
+    dst_client: IMAPClient,
+) -> None:
+    other_source = source_server.add_user()
+    other_destination = dest_server.add_user()
+    setup = make_setup(source_server, src_user, dest_server, dst_user, pair_options="schedule: {every: 1s}")
+    daemon = start_daemon(setup.config_path)
+    daemon.wait_for_log("test: pass ok")
+
+    text = setup.config_path.read_text(encoding="utf-8")
+    accounts = account_yaml("src2", source_server, other_source, setup.directory) + account_yaml(
+        "dst2", dest_server, other_destination, setup.directory
+    )
+    text = text.replace("pairs:\n", accounts + "pairs:\n")
+    text = text.replace(
+        "  test:\n    source: src\n    destination: dst\n", "  other:\n    source: src2\n    destination: dst2\n"
+    )
+    setup.config_path.write_text(text, encoding="utf-8")
+    daemon.process.send_signal(signal.SIGHUP)
+    daemon.wait_for_log("config reloaded: 1 pairs (1 added, 1 removed, 0 changed)")
+    with source_server.connect(other_source) as client:
+        seed(client, "INBOX", [SeedMessage(simple_message(7))])
+    seed(src_client, "INBOX", [SeedMessage(simple_message(8))])
+    with dest_server.connect(other_destination) as client:
+        daemon.wait_for(lambda: message_count(client) == 1, "the added pair to sync")
+
+    setup.config_path.write_text(text + "  broken: {source: nowhere, destination: dst2}\n", encoding="utf-8")
+    daemon.process.send_signal(signal.SIGHUP)
+    daemon.wait_for_log("config reload refused")
+    assert "unknown account 'nowhere'" in daemon.text()
+    with source_server.connect(other_source) as client:
+        seed(client, "INBOX", [SeedMessage(simple_message(9))])
+    with dest_server.connect(other_destination) as client:
+        daemon.wait_for(lambda: message_count(client) == 2, "syncing to go on with the old config")
+    assert message_count(dst_client) == 0  # the removed pair stopped
+    assert daemon.stop() == 0
+
+
+def test_a_pair_with_a_wrong_password_backs_off_while_another_keeps_syncing(
+    start_daemon: Callable[[Path], RunningDaemon],
+    source_server: DovecotServer,
+    dest_server: DovecotServer,
+    src_user: LabUser,
+    dst_user: LabUser,
+    src_client: IMAPClient,
+    dst_client: IMAPClient,
+) -> None:
+    setup = make_setup(source_server, src_user, dest_server, dst_user, pair_options="schedule: {every: 1s}")
+    bad = account_yaml("bad", source_server, src_user, setup.directory)
+    (setup.directory / "bad.password").write_text("Xyzzy-not-it-42\n", encoding="utf-8")
+    text = setup.config_path.read_text(encoding="utf-8").replace("pairs:\n", bad + "pairs:\n")
+    text += "  failing:\n    source: bad\n    destination: dst\n    schedule: {every: 1s}\n"
+    setup.config_path.write_text(text, encoding="utf-8")
+    daemon = start_daemon(setup.config_path)
+    daemon.wait_for_log("failing: pass failed")
+    for index in range(3):
+        seed(src_client, "INBOX", [SeedMessage(simple_message(50 + index))])
+        daemon.wait_for(lambda i=index: message_count(dst_client) == i + 1, "the healthy pair")
+    log = daemon.text()
+    assert log.count("failing: pass failed") == 1, "backs off: no retry within the first 30 s"
+    assert "retrying in" in log and "Xyzzy-not-it-42" not in log
+    assert daemon.stop() == 0
+
+
+def test_a_manual_sync_of_a_pair_in_use_gives_up_with_a_clear_message(
+    source_server: DovecotServer, dest_server: DovecotServer, src_user: LabUser, dst_user: LabUser
+) -> None:
+    setup: Setup = make_setup(source_server, src_user, dest_server, dst_user)
+    with PairLock(setup.directory / "state.db", "test"):
+        result = setup.run("sync")
+    assert result.returncode == 75, result.stdout + result.stderr
+    assert "is being synced by mailmirror pid" in result.stdout + result.stderr
+    assert setup.run("sync").returncode == 0

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import imaplib
 import os
 import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,7 +110,15 @@ def folder_contents(client: IMAPClient) -> dict[str, list[tuple[bytes, frozenset
 
 
 def message_count(client: IMAPClient, folder: str = "INBOX") -> int:
-    return int(client.folder_status(folder, ["MESSAGES"])[b"MESSAGES"])
+    try:
+        return int(client.folder_status(folder, ["MESSAGES"])[b"MESSAGES"])
+    except imaplib.IMAP4.error as error:
+        # Dovecot creates a new user's INBOX on first access; two sessions doing that at once (a test
+        # polling while the daemon logs in) make one of them fail with ALREADYEXISTS. Ask again.
+        if "ALREADYEXISTS" not in str(error):
+            raise
+        time.sleep(0.2)
+        return int(client.folder_status(folder, ["MESSAGES"])[b"MESSAGES"])
 
 
 def simple_message(index: int, *, size: int = 0, message_id: bool = True, tag: str = "") -> bytes:

@@ -49,7 +49,7 @@ from mailmirror.sync import PairPass, PairReport
 log = logging.getLogger(__name__)
 
 IDLE_RENEW_SECONDS = 25 * 60  # RFC 2177: servers may drop an IDLE after 30 minutes
-PUSH_DEBOUNCE_SECONDS = 0.3
+PUSH_DEBOUNCE_SECONDS = 0.1
 FIRST_BACKOFF_SECONDS = 30.0
 DAYS = ["sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 

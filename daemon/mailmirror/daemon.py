@@ -188,6 +188,7 @@ class Daemon:
         self.health: dict[str, PairHealth] = {}
         self.watchers: dict[str, list[IdleWatcher]] = {}
         self.pair_mutex: dict[str, threading.Lock] = {}
+        self.pair_stop: dict[str, threading.Event] = {}  # set when the pair is removed or changed, or on stop
         self.scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(self.config.daemon.max_parallel_passes)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
@@ -230,6 +231,8 @@ class Daemon:
         for watchers in self.watchers.values():
             for watcher in watchers:
                 watcher.stop()
+        for event in self.pair_stop.values():
+            event.set()
         self.scheduler.shutdown(wait=False)
         deadline = time.monotonic() + self.config.daemon.stop_timeout.total_seconds()
         for name, mutex in list(self.pair_mutex.items()):
@@ -248,6 +251,7 @@ class Daemon:
         pair = self.config.effective_pairs()[name]
         self.health.setdefault(name, PairHealth())
         self.pair_mutex.setdefault(name, threading.Lock())
+        self.pair_stop[name] = threading.Event()
         self.scheduler.add_job(
             self._scheduled_pass,
             trigger=pair_trigger(pair),
@@ -264,6 +268,8 @@ class Daemon:
             self.watchers[name].append(watcher)
 
     def _stop_pair(self, name: str) -> None:
+        if name in self.pair_stop:
+            self.pair_stop[name].set()  # a pass in flight ends after its current batch
         for job_id in (f"pair:{name}", f"push:{name}", f"retry:{name}"):
             with contextlib.suppress(Exception):
                 self.scheduler.remove_job(job_id)
@@ -310,17 +316,20 @@ class Daemon:
     def _pass(self, name: str, folders: set[str] | None) -> None:
         config = self.config
         pair = config.effective_pairs().get(name)
-        if pair is None:
+        stop = self.pair_stop.get(name)
+        if pair is None or stop is None or stop.is_set():
             return
         with self.limits.for_pair(config, pair):
             store = StateStore(config.state.path)
             try:
-                report = PairPass(name, pair, config, store, only_folders=folders, stop=self.stop_requested).run()
+                report = PairPass(name, pair, config, store, only_folders=folders, stop=stop).run()
             finally:
                 store.close()
         self._after_pass(name, report, pushed=folders is not None)
 
     def _after_pass(self, name: str, report: PairReport, *, pushed: bool) -> None:
+        if name not in self.config.effective_pairs():
+            return  # removed by a reload while this pass ran
         health = self.health.setdefault(name, PairHealth())
         health.last_report = report
         error = report.error

@@ -119,7 +119,7 @@ def test_passwords_never_appear_in_debug_logs_output_or_state(
     assert result.returncode == 0, result.stdout + result.stderr
     status = setup.run("status")
     assert status.returncode == 0 and "test" in status.stdout
-    state = b"".join(path.read_bytes() for path in setup.directory.glob("state.db*"))
+    state = b"".join(path.read_bytes() for path in setup.directory.glob("state.db*") if path.is_file())
     for secret in (src_user.password, dst_user.password):
         assert secret not in result.stdout + result.stderr + status.stdout
         assert secret.encode() not in state

@@ -168,12 +168,16 @@ class Session:
         client = _connect_client(account, what)
         try:
             _login(client, account, what)
+            client.normalise_times = False
+            session = cls(account_name, account, client)  # asks CAPABILITY and NAMESPACE
+        except (IMAPClientAbortError, OSError, EOFError) as error:
+            with contextlib.suppress(Exception):
+                client.shutdown()
+            raise ConnectionFailure(f"{what}: connection lost right after login: {error}") from None
         except BaseException:
             with contextlib.suppress(Exception):
                 client.shutdown()
             raise
-        client.normalise_times = False
-        session = cls(account_name, account, client)
         log.debug("%s: logged in, capabilities %s", what, " ".join(sorted(session.capabilities)))
         return session
 

@@ -214,6 +214,8 @@ class Session:
             raise ConnectionFailure(
                 f"account '{self.account_name}' ({self.server}): connection lost while {doing}: {error}"
             ) from None
+        except IMAPClientError as error:  # a NO or BAD the caller did not handle itself
+            raise self._refused(doing, error) from None
 
     def _refused(self, doing: str, error: Exception) -> ServerRefused:
         return ServerRefused(
@@ -697,8 +699,8 @@ def _login(client: IMAPClient, account: Account, what: str) -> None:
         password = account.password.reveal()
         if account.authuser:
             client.plain_login(account.authuser, password, authorization_identity=account.username)
-        elif account.auth == "plain":
-            client.plain_login(account.username, password)
+        elif account.auth == "plain" or not password.isascii():
+            client.plain_login(account.username, password)  # SASL PLAIN carries UTF-8; LOGIN only ASCII
         else:
             client.login(account.username, password)
     except LoginError as error:
@@ -707,6 +709,8 @@ def _login(client: IMAPClient, account: Account, what: str) -> None:
         raise ConnectionFailure(f"{what}: connection lost during login: {error}") from None
     except IMAPClientError as error:
         raise AuthenticationFailure(f"{what}: login as {who} failed: {_text(error)}") from None
+    except (UnicodeError, ValueError, TypeError) as error:  # never let such an error carry the secret
+        raise AuthenticationFailure(f"{what}: login as {who} failed: {type(error).__name__}") from None
 
 
 @contextlib.contextmanager

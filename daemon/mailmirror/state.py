@@ -233,7 +233,7 @@ class StateStore:
     def rename_folder(self, pair: str, old: FolderState, new_src_folder: str, new_dst_folder: str) -> None:
         """A folder renamed on the source (and by us on the destination): its state follows it."""
         with self.transaction():
-            for table in ("messages", "failures"):
+            for table in ("messages", "failures", "deferred"):
                 self.db.execute(
                     f"UPDATE {table} SET src_folder = ? WHERE pair = ? AND src_folder = ?",
                     [new_src_folder, pair, old.src_folder],
@@ -246,8 +246,8 @@ class StateStore:
     def forget_folder(self, pair: str, src_folder: str) -> None:
         """Drop the UID map of a folder (after a UIDVALIDITY change: it is rebuilt by fingerprint)."""
         with self.transaction():
-            self.db.execute("DELETE FROM messages WHERE pair = ? AND src_folder = ?", [pair, src_folder])
-            self.db.execute("DELETE FROM folders WHERE pair = ? AND src_folder = ?", [pair, src_folder])
+            for table in ("messages", "failures", "deferred", "folders"):
+                self.db.execute(f"DELETE FROM {table} WHERE pair = ? AND src_folder = ?", [pair, src_folder])
 
     # -- messages ----------------------------------------------------------------------------------------
 

@@ -19,7 +19,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 
-from mailmirror.errors import ConnectionFailure, LockedError, MailmirrorError, ServerRefused, Stopped
+from mailmirror.errors import (
+    ConnectionFailure,
+    InternalError,
+    LockedError,
+    MailmirrorError,
+    ServerRefused,
+    Stopped,
+)
 from mailmirror.identity import fingerprint, header_fields_to_fetch, without_size
 from mailmirror.imap import AppendRefused, Folder, FolderMissing, MailboxStatus, MessageToAppend, Session
 from mailmirror.locks import PairLock
@@ -208,13 +215,13 @@ class PairPass:
         self.header_fields = header_fields_to_fetch(pair.messages.identity_headers)
         self.report = PairReport(name, dry_run=dry_run)
         self.flag_rules = FlagRules(tuple(re.compile(p) for p in pair.flags.drop), dict(pair.flags.rename))
-        self.processed: list[str] = []  # source folders done in this pass, in order
+        self.order: list[str] = []  # every mapped source folder, in the order a full pass takes them
 
     def kept_before(self, src_folder: str) -> frozenset[str]:
         """skip_cross_folder_duplicates: fingerprints copied from the folders processed before this one."""
-        if not self.pair.messages.skip_cross_folder_duplicates:
+        if not self.pair.messages.skip_cross_folder_duplicates or src_folder not in self.order:
             return frozenset()
-        return self.store.fingerprints(self.name, [f for f in self.processed if f != src_folder])
+        return self.store.fingerprints(self.name, self.order[: self.order.index(src_folder)])
 
     def run(self) -> PairReport:
         lock = None if self.dry_run else PairLock(self.config.state.path, self.name)
@@ -248,6 +255,12 @@ class PairPass:
                 self._run(source, destination)
         except MailmirrorError as error:
             self.report.error = error
+        except Exception as error:  # a bug: recorded as such, so that the daemon backs off and goes on
+            log.debug("%s: internal error", self.name, exc_info=True)
+            self.report.error = InternalError(
+                f"pair '{self.name}': internal error ({type(error).__name__}: {error}); this is a bug, please "
+                "report it (mailmirror -v shows the traceback)"
+            )
         finally:
             self.report.finished = time.monotonic()
             if run_id is not None:
@@ -280,6 +293,12 @@ class PairPass:
                 self.pair.messages.duplicate_priority,
                 Namespace(source.separator, source.prefix),
             )
+        self.order = [mapping.source for mapping in mappings]
+        if self.only_folders is not None and self.pair.messages.skip_cross_folder_duplicates:
+            # a folder's copies depend on the folders that come before it: a push pass takes them too
+            # (unchanged ones cost nothing), so that a message is kept by the folder that ranks first
+            last = max((self.order.index(f) for f in self.only_folders if f in self.order), default=-1)
+            self.only_folders |= set(self.order[: last + 1])
         existing = {folder.name for folder in destination_view.folders}
         renamed = follow_renames(
             self.name,
@@ -331,7 +350,6 @@ class PairPass:
                     or not self._unchanged(mapping, report, source, destination, source_view, destination_view)
                 ):
                     FolderPass(self, source, destination, mapping, report).run()
-                self.processed.append(mapping.source)
             except (ServerRefused, FolderMissing) as error:
                 report.error = str(error)
                 log.error("%s: folder %s: %s", self.name, mapping.source, error)
@@ -346,6 +364,9 @@ class PairPass:
         mailmirror did not copy; and not more than deletions.max_share of the pair's folders at once
         unless forced: a source that suddenly lists nothing must not empty the destination.
         """
+        if any(report.error for report in self.report.folders):
+            log.warning("%s: destination folders of deleted source folders are kept: this pass had errors", self.name)
+            return
         listed = {folder.name for folder in source_view.folders}
         known = self.store.folders(self.name)
         gone = [f for f in known if f.src_folder not in listed and f.dst_folder.upper() != "INBOX"]
@@ -366,11 +387,13 @@ class PairPass:
         for state in gone:
             report = FolderReport(state.src_folder, state.dst_folder, "delete folder")
             self.report.folders.append(report)
-            copied = sum(1 for m in self.store.messages(self.name, state.src_folder).values() if m.status == "done")
-            held = destination.status(state.dst_folder).messages
-            if held > copied:
+            ours = {m.dst_uid for m in self.store.messages(self.name, state.src_folder).values() if m.dst_uid}
+            destination.select(state.dst_folder, readonly=True)
+            held = destination.all_uids()
+            others = set(held) - ours
+            if others:
                 report.error = (
-                    f"not deleting destination folder '{state.dst_folder}': it holds {held - copied} messages "
+                    f"not deleting destination folder '{state.dst_folder}': it holds {len(others)} messages "
                     "mailmirror did not copy"
                 )
                 log.warning("%s: %s", self.name, report.error)
@@ -384,7 +407,7 @@ class PairPass:
                     state.dst_folder,
                     state.src_folder,
                 )
-            report.deleted = held
+            report.deleted = len(held)
 
     @staticmethod
     def _has_messages(view: FolderView, session: Session, mapping: FolderMapping) -> bool:
@@ -518,6 +541,9 @@ class FolderPass:
         }
         listing = self._list_source(known, source_status, synced)
         new_messages = self._source_messages(listing.new_uids)
+        for uid in sorted(set(listing.new_uids) - {m.uid for m in new_messages}):
+            if not self.owner.dry_run:
+                self._failed(uid, "the source did not return the message's size and headers (expunged meanwhile?)")
         destination_listing = (
             self._destination_candidates(known, synced) if new_messages and destination_status.messages else None
         )
@@ -582,18 +608,20 @@ class FolderPass:
             last = status.uidnext - 1 if status.uidnext else None
             everything = self.source.fetch_flags_changed(last, None) if status.messages else {}
             return SourceListing(sorted(uid for uid in everything if uid not in synced), everything, set(everything))
-        fresh = [u for u in self.source.uids_between(known.src_uidnext, status.uidnext - 1) if u not in synced]
+        # Every UID above the last pass's UIDNEXT: new ones, and ones an interrupted pass already copied
+        # (those have 'done' rows, are not new, but are present: never count them as expunged).
+        in_range = self.source.uids_between(known.src_uidnext, status.uidnext - 1)
+        fresh = [uid for uid in in_range if uid not in synced]
         flags: dict[int, frozenset[str]] = {}
         present: set[int] | None = None
-        last_known = min(known.src_uidnext, status.uidnext) - 1
         if self.owner.pair.flags.sync:
             condstore = self.source.has("CONDSTORE") and known.src_highestmodseq and status.highestmodseq
             if not condstore:
-                flags = self.source.fetch_flags_changed(last_known, None)
-                present = set(flags) | set(fresh)
+                flags = self.source.fetch_flags_changed(status.uidnext - 1, None)
+                present = set(flags) | set(in_range)
             elif status.highestmodseq != known.src_highestmodseq:
-                flags = self.source.fetch_flags_changed(last_known, known.src_highestmodseq)
-        if present is None and known.src_messages + len(fresh) != status.messages:
+                flags = self.source.fetch_flags_changed(status.uidnext - 1, known.src_highestmodseq)
+        if present is None and known.src_messages + len(in_range) != status.messages:
             present = set(self.source.all_uids())
         if present is not None:
             gone = [uid for uid in retry if uid not in present]
@@ -634,8 +662,8 @@ class FolderPass:
         )
 
     def _report_plan(self, plan: FolderPlan, deletions: Deletions) -> None:
-        self.report.skipped = [(s.src_uid, s.reason) for s in plan.skip]
-        self.report.failed = [(f.src_uid, f.reason) for f in plan.fail]
+        self.report.skipped += [(s.src_uid, s.reason) for s in plan.skip]
+        self.report.failed += [(f.src_uid, f.reason) for f in plan.fail]
         self.report.dropped_keywords = plan.dropped_keywords
         if plan.dropped_keywords:
             log.warning(
@@ -696,8 +724,9 @@ class FolderPass:
             return status
         self.store.forget_messages(self.pair, self.mapping.source, done)
         self.report.source_deleted = len(done)
-        after = self.source.status(self.mapping.source)
-        return MailboxStatus(after.uidvalidity, after.uidnext, after.messages, status.highestmodseq)
+        # The markers stay those of when the folder was opened, less what we deleted: mail that arrived
+        # during the pass is above that UIDNEXT and is picked up by the next pass.
+        return MailboxStatus(status.uidvalidity, status.uidnext, max(0, status.messages - len(done)), None)
 
     # -- state ---------------------------------------------------------------------------------------
 
@@ -735,7 +764,7 @@ class FolderPass:
         floor = min((m.dst_uid_floor or 1) for m in pending)
         arrived = [uid for uid in self.destination.uids_from(floor) if uid not in claimed]
         candidates = self._destination_messages_for(arrived)
-        found, missing = match_pending(pending, candidates)
+        found, missing = match_pending(pending, candidates, loose=self.owner.pair.deletions.source == "keep")
         self.store.mark_done(self.pair, self.mapping.source, found)
         self.store.drop_pending(self.pair, self.mapping.source, [m.src_uid for m in missing])
         if found or missing:
@@ -853,8 +882,8 @@ class FolderPass:
         for action in batch:
             if action.message.uid in bodies:
                 ready.append(action)
-            else:
-                self.report.skipped.append((action.message.uid, "expunged on the source during the pass"))
+            else:  # expunged meanwhile, or unreadable: a failure, retried (and cleared once it is gone)
+                self._failed(action.message.uid, "the source did not return the message (expunged meanwhile?)")
         entries = {
             a.message.uid: SyncedMessage(
                 a.message.uid, None, "pending", a.message.fingerprint, a.message.size, a.flags, floor
@@ -863,7 +892,10 @@ class FolderPass:
         }
         self.store.journal_pending(self.pair, self.mapping.source, entries.values())
         unconfirmed = False
-        for group in [ready] if ready else []:
+        # MULTIAPPEND is atomic, so a whole batch can go in one command. Without it, one APPEND per message:
+        # a refusal in the middle of a series must not hide the UIDs of the messages appended before it.
+        groups = ([ready] if ready else []) if self.destination.has("MULTIAPPEND") else [[a] for a in ready]
+        for group in groups:
             try:
                 uids = self.destination.append(
                     self.mapping.destination,
@@ -888,6 +920,11 @@ class FolderPass:
             self._refused(action, refusal.reason)
             return False
         return self._confirm([action], uids, entries)
+
+    def _failed(self, uid: int, reason: str) -> None:
+        self.store.record_failure(self.pair, self.mapping.source, uid, reason)
+        self.report.failed.append((uid, reason))
+        log.warning("%s: %s: message UID %d: %s", self.pair, self.mapping.source, uid, reason)
 
     def _refused(self, action: Copy, reason: str) -> None:
         uid = action.message.uid
@@ -918,14 +955,16 @@ class FolderPass:
 
 
 def match_pending(
-    pending: Sequence[SyncedMessage], candidates: Sequence[DestinationMessage]
+    pending: Sequence[SyncedMessage], candidates: Sequence[DestinationMessage], *, loose: bool = True
 ) -> tuple[list[SyncedMessage], list[SyncedMessage]]:
-    """Pending appends found among destination messages (exact fingerprint first, then without size)."""
+    """Pending appends found among destination messages: exact fingerprint first, then (loose) without the
+    size, for servers that change a message when storing it. Never loose in move mode: a wrong match there
+    would delete a source message that was not copied."""
     exact: dict[str, list[int]] = {}
-    loose: dict[str, list[int]] = {}
+    by_headers: dict[str, list[int]] = {}
     for candidate in sorted(candidates, key=lambda m: m.uid):
         exact.setdefault(candidate.fingerprint, []).append(candidate.uid)
-        loose.setdefault(without_size(candidate.fingerprint), []).append(candidate.uid)
+        by_headers.setdefault(without_size(candidate.fingerprint), []).append(candidate.uid)
     taken: set[int] = set()
 
     def take(pool: dict[str, list[int]], key: str) -> int | None:
@@ -946,8 +985,10 @@ def match_pending(
         else:
             found.append(_done(entry, uid))
     missing: list[SyncedMessage] = []
+    if not loose:
+        return found, remaining
     for entry in remaining:
-        uid = take(loose, without_size(entry.fingerprint))
+        uid = take(by_headers, without_size(entry.fingerprint))
         if uid is None:
             missing.append(entry)
         else:

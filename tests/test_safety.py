@@ -1,0 +1,247 @@
+"""Regressions from an independent safety review: each reproduced a way to lose, duplicate or wrongly
+delete mail, or to leak a secret, before it was fixed. Against real Dovecot servers."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from datetime import UTC, datetime
+
+import pytest
+from imapclient.exceptions import IMAPClientError
+
+import mailmirror.sync as sync
+from mailmirror.config import load_config
+from mailmirror.errors import ConnectionFailure, ServerRefused
+from mailmirror.imap import Session
+from mailmirror.lab import SeedMessage, seed
+from mailmirror.state import StateStore
+from tests.support import make_setup, message_count, simple_message
+
+pytestmark = pytest.mark.dovecot
+
+
+def seed_inbox(client, messages, folder="INBOX"):
+    return seed(client, folder, [SeedMessage(m, (), datetime(2024, 1, 2, tzinfo=UTC)) for m in messages])
+
+
+# 1. No MULTIAPPEND on the destination + one refused message in a batch -> the messages before it twice.
+def test_refused_message_duplicates_batch_without_multiappend(source_server, make_server, src_client, src_user):
+    dest = make_server(drop_capabilities=["MULTIAPPEND"])
+    dst_user = dest.add_user(max_mail_size=20_000)
+    seed_inbox(src_client, [simple_message(1), simple_message(2), simple_message(3, size=50_000), simple_message(4)])
+    setup = make_setup(source_server, src_user, dest, dst_user)
+    report = setup.sync()
+    client = dest.connect(dst_user)
+    # expected: 3 messages (1, 2, 4) on the destination and UID 3 failed
+    assert message_count(client) == 3, f"destination holds {message_count(client)} (report copied={report.copied})"
+
+
+# 2. Source without CONDSTORE + mirror deletions: a pass cut after its first batch; the next pass
+#    takes the copied-but-unsaved messages for expunged, deletes their copies and never copies them again.
+def test_cut_pass_then_mirror_deletes_live_messages(make_server, dest_server, dst_user, dst_client, monkeypatch):
+    source = make_server(drop_capabilities=["CONDSTORE", "QRESYNC"])
+    src_user = source.add_user()
+    src = source.connect(src_user)
+    seed_inbox(src, [simple_message(i, tag="old") for i in range(40)])
+    setup = make_setup(source, src_user, dest_server, dst_user, pair_options="deletions: {destination: mirror}")
+    assert setup.sync().complete
+    seed_inbox(src, [simple_message(i, tag="new") for i in range(6)])
+
+    monkeypatch.setattr(sync, "BATCH_MESSAGES", 3)
+    real = sync.FolderPass._copy_batch
+    calls = {"n": 0}
+
+    def cut_on_second(self, batch, floor):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise ConnectionFailure("simulated: connection cut")
+        return real(self, batch, floor)
+
+    monkeypatch.setattr(sync.FolderPass, "_copy_batch", cut_on_second)
+    assert setup.sync().error is not None  # the cut pass: 3 of 6 new copied (done), markers not saved
+    monkeypatch.setattr(sync.FolderPass, "_copy_batch", real)
+    report = setup.sync()
+    print("deleted:", report.total("deleted"), "copied:", report.copied)
+    setup.sync()
+    assert message_count(src) == 46
+    assert message_count(dst_client) == 46, f"destination holds {message_count(dst_client)} of 46"
+
+
+# 3. Move (source: after_copy): a message arriving during the pass is skipped for ever.
+def test_move_loses_message_arriving_during_pass(
+    source_server, src_user, src_client, dest_server, dst_user, dst_client, monkeypatch
+):
+    seed_inbox(src_client, [simple_message(i, tag="a") for i in range(5)])
+    setup = make_setup(source_server, src_user, dest_server, dst_user, pair_options="deletions: {source: after_copy}")
+    real = sync.FolderPass._copy
+
+    def copy_then_new_mail(self, plan, *, floor):
+        real(self, plan, floor=floor)
+        seed_inbox(src_client, [simple_message(99, tag="late")])  # new mail while the pass runs
+
+    monkeypatch.setattr(sync.FolderPass, "_copy", copy_then_new_mail)
+    setup.sync()
+    monkeypatch.setattr(sync.FolderPass, "_copy", real)
+    for _ in range(3):
+        setup.sync()
+    assert message_count(dst_client) == 6, (
+        f"destination {message_count(dst_client)}, source {message_count(src_client)}"
+    )
+
+
+# 4. A renamed folder loses its deferred rows (messages.search): the message is never copied.
+def test_rename_drops_deferred(source_server, src_user, src_client, dest_server, dst_user, dst_client):
+    seed(src_client, "Work", [SeedMessage(simple_message(1), ()), SeedMessage(simple_message(2), ("\\Flagged",))])
+    setup = make_setup(source_server, src_user, dest_server, dst_user, pair_options="messages: {search: FLAGGED}")
+    setup.sync()
+    src_client.rename_folder("Work", "Work2")
+    setup.sync()  # rename followed on the destination
+    src_client.select_folder("Work2")
+    src_client.add_flags(src_client.search(["UNFLAGGED"]), ["\\Flagged"])
+    src_client.unselect_folder()
+    setup.sync()
+    db = sqlite3.connect(setup.directory / "state.db")
+    print("deferred rows:", db.execute("select src_folder, src_uid from deferred").fetchall())
+    assert message_count(dst_client, "Work2") == 2, f"Work2 holds {message_count(dst_client, 'Work2')} of 2"
+
+
+# 5. A FETCH answered NO escapes as a raw imaplib error; the run is recorded "ok".
+def test_fetch_no_escapes_and_run_recorded_ok(source_server, src_user, src_client, dest_server, dst_user, monkeypatch):
+    seed_inbox(src_client, [simple_message(i) for i in range(3)])
+    setup = make_setup(source_server, src_user, dest_server, dst_user)
+
+    def no(self, uids):
+        raise IMAPClientError("fetch failed: [UNAVAILABLE] simulated")
+
+    monkeypatch.setattr(Session, "fetch_bodies", no)
+    report = setup.sync()
+    assert report.error is not None and "internal error" in str(report.error)
+    db = sqlite3.connect(setup.directory / "state.db")
+    outcome = db.execute("select outcome from runs").fetchall()
+    assert outcome != [("ok",)], outcome
+
+
+# 6. A body the source leaves out of one FETCH answer is "skipped" and never looked at again.
+def test_body_missing_from_one_fetch_is_never_copied(
+    source_server, src_user, src_client, dest_server, dst_user, dst_client, monkeypatch
+):
+    seed_inbox(src_client, [simple_message(i) for i in range(3)])
+    setup = make_setup(source_server, src_user, dest_server, dst_user)
+    setup.sync()
+    seed_inbox(src_client, [simple_message(i, tag="n") for i in range(3)])
+    real = Session.fetch_bodies
+
+    def drop_one(self, uids):
+        bodies = real(self, uids)
+        bodies.pop(max(bodies))
+        return bodies
+
+    monkeypatch.setattr(Session, "fetch_bodies", drop_one)
+    report = setup.sync()
+    print("complete:", report.complete, "skipped:", report.folders[0].skipped)
+    monkeypatch.setattr(Session, "fetch_bodies", real)
+    setup.sync()
+    setup.sync()
+    assert message_count(dst_client) == 6, f"destination {message_count(dst_client)} of 6"
+
+
+# 7. delete_missing_folders runs although the folder the mail moved to could not be created.
+def test_folder_deleted_although_its_successor_failed(
+    source_server, src_user, src_client, dest_server, dst_user, dst_client, monkeypatch
+):
+    seed_inbox(src_client, [simple_message(i, tag="p") for i in range(5)], folder="Projects")
+    seed_inbox(src_client, [simple_message(i, tag="i") for i in range(5)])
+    seed_inbox(src_client, [simple_message(i, tag="a") for i in range(5)], folder="Archive")
+    seed_inbox(src_client, [simple_message(i, tag="s") for i in range(5)], folder="Sent")
+    seed_inbox(src_client, [simple_message(i, tag="t") for i in range(5)], folder="Notes")
+    setup = make_setup(
+        source_server, src_user, dest_server, dst_user, pair_options="deletions: {delete_missing_folders: true}"
+    )
+    setup.sync()
+    # the user moves the mail to a new folder and deletes the old one (UIDVALIDITY changes: no rename)
+    src_client.create_folder("Projects-2024")
+    src_client.select_folder("Projects")
+    src_client.copy(src_client.search(), "Projects-2024")
+    src_client.unselect_folder()
+    src_client.delete_folder("Projects")
+    real = Session.create_folder
+
+    def refuse(self, name):
+        if name == "Projects-2024":
+            raise ServerRefused("simulated: NO [LIMIT] too many folders")
+        return real(self, name)
+
+    monkeypatch.setattr(Session, "create_folder", refuse)
+    report = setup.sync()
+    print([(f.source, f.destination, f.error, f.deleted) for f in report.folders])
+    names = [n for _f, _d, n in dst_client.list_folders()]
+    assert "Projects" in names or "Projects-2024" in names, (
+        f"the 5 Projects messages are on no destination folder: {names}"
+    )
+
+
+# 8. A push pass (only_folders) ignores skip_cross_folder_duplicates' priority: the message is copied twice.
+def test_push_pass_breaks_cross_folder_duplicates(
+    source_server, src_user, src_client, dest_server, dst_user, dst_client
+):
+    setup = make_setup(
+        source_server,
+        src_user,
+        dest_server,
+        dst_user,
+        pair_options="messages: {skip_cross_folder_duplicates: true, duplicate_priority: [Work]}",
+    )
+    seed_inbox(src_client, [simple_message(1, tag="x")], folder="Work")
+    setup.sync()
+    msg = simple_message(2, tag="labelled")
+    seed_inbox(src_client, [msg], folder="Work")
+    seed_inbox(src_client, [msg])  # the same message under two labels
+    config = load_config(setup.config_path)
+    store = StateStore(config.state.path)
+    sync.PairPass("test", config.effective_pairs()["test"], config, store, only_folders={"INBOX"}).run()  # push
+    store.close()
+    setup.sync()
+    total = message_count(dst_client) + message_count(dst_client, "Work")
+    assert total == 2, f"{total} copies on the destination (a full pass alone makes 2)"
+
+
+def test_non_ascii_password_reaches_error_text(source_server, dest_server, dst_user):
+    user = source_server.add_user(password="Sécret-pässwörd")
+    setup = make_setup(source_server, user, dest_server, dst_user)
+    config = load_config(setup.config_path)
+    try:
+        Session.open("src", config.accounts["src"]).close()
+    except Exception as error:
+        print("\nEXC:", type(error).__name__, repr(error), "object=", getattr(error, "object", None))
+        raise
+
+
+# 2b. Same as 2 with the daemon's own graceful stop (SIGTERM / reload) between batches; real batch size.
+def test_graceful_stop_then_mirror_deletes_live_messages(make_server, dest_server, dst_user, dst_client, monkeypatch):
+    source = make_server(drop_capabilities=["CONDSTORE", "QRESYNC"])
+    src_user = source.add_user()
+    src = source.connect(src_user)
+    seed_inbox(src, [simple_message(i, tag="old") for i in range(1000)])
+    setup = make_setup(source, src_user, dest_server, dst_user, pair_options="deletions: {destination: mirror}")
+    assert setup.sync().complete
+    seed_inbox(src, [simple_message(i, tag="new") for i in range(150)])
+    stop = threading.Event()
+    real = sync.FolderPass._copy_batch
+
+    def then_stop(self, batch, floor):
+        result = real(self, batch, floor)
+        stop.set()  # SIGTERM arrives while the first batch is in flight
+        return result
+
+    monkeypatch.setattr(sync.FolderPass, "_copy_batch", then_stop)
+    config = load_config(setup.config_path)
+    store = StateStore(config.state.path)
+    report = sync.PairPass("test", config.effective_pairs()["test"], config, store, stop=stop).run()
+    store.close()
+    print("stopped pass:", report.error, report.copied)
+    monkeypatch.setattr(sync.FolderPass, "_copy_batch", real)
+    report = setup.sync()
+    print("next pass: deleted", report.total("deleted"), "copied", report.copied)
+    setup.sync()
+    assert message_count(dst_client) == 1150, f"destination {message_count(dst_client)} of 1150"

@@ -116,6 +116,7 @@ class PairHealth:
     last_success: float | None = None
     last_report: PairReport | None = None
     push_folders: set[str] = field(default_factory=set)
+    full_pass_due: bool = False  # a scheduled pass found a push pass running: run it right after
 
 
 class IdleWatcher(threading.Thread):
@@ -163,6 +164,7 @@ class IdleWatcher(threading.Thread):
             session.select(self.folder, readonly=True)
             client = session.client
             log.info("%s: watching %s with IDLE", self.pair_name, self.folder)
+            self.changed()  # mail may have arrived while this watcher was (re)connecting
             while not self.stopping.is_set():
                 client.idle()
                 started = time.monotonic()
@@ -172,8 +174,8 @@ class IdleWatcher(threading.Thread):
                     if any(len(r) > 1 and r[1] in (b"EXISTS", b"EXPUNGE", b"FETCH") for r in responses):
                         news = True
                         break
-                client.idle_done()
-                if news:
+                _text, late = client.idle_done()
+                if news or any(len(r) > 1 and r[1] in (b"EXISTS", b"EXPUNGE", b"FETCH") for r in late):
                     self.changed()
 
 
@@ -279,7 +281,9 @@ class Daemon:
     def push(self, name: str, folder: str) -> None:
         """A watcher saw news in `folder`: a pass of that folder shortly (bursts make one pass)."""
         with self._lock:
-            self.health.setdefault(name, PairHealth()).push_folders.add(folder)
+            if name not in self.health:
+                return  # the pair was removed by a reload
+            self.health[name].push_folders.add(folder)
         self.scheduler.add_job(
             self._push_pass,
             trigger=DateTrigger(datetime.now(UTC) + timedelta(seconds=PUSH_DEBOUNCE_SECONDS)),
@@ -291,10 +295,13 @@ class Daemon:
     def _scheduled_pass(self, name: str) -> None:
         mutex = self.pair_mutex[name]
         if not mutex.acquire(blocking=False):
-            log.info("%s: the previous pass is still running; this one is skipped", name)
+            with self._lock:  # the pass holding the pair runs this one when it is done
+                self.health.setdefault(name, PairHealth()).full_pass_due = True
+            log.info("%s: a pass is running; the scheduled one follows it", name)
             return
         try:
             self._pass(name, None)
+            self._run_due_full_pass(name)
         finally:
             mutex.release()
 
@@ -304,14 +311,29 @@ class Daemon:
             return
         with mutex:  # waits for a running pass: the pushed message must not wait for the next schedule
             with self._lock:
-                folders = set(self.health[name].push_folders)
-                self.health[name].push_folders.clear()
+                health = self.health.get(name)
+                folders = set(health.push_folders) if health else set()
+                if health:
+                    health.push_folders.clear()
             if folders and not self.stop_requested.is_set():
                 self._pass(name, folders)
+            self._run_due_full_pass(name)
         with self._lock:
-            more = bool(self.health[name].push_folders)
-        if more and not self.stop_requested.is_set():  # news arrived while this pass ran
-            self.push(name, next(iter(self.health[name].push_folders)))
+            health = self.health.get(name)
+            pending = sorted(health.push_folders) if health else []
+        if pending and not self.stop_requested.is_set():  # news arrived while this pass ran
+            self.push(name, pending[0])
+
+    def _run_due_full_pass(self, name: str) -> None:
+        """With the pair's mutex held: the scheduled pass that found it busy (a busy push folder must not
+        starve the pair's other folders)."""
+        with self._lock:
+            health = self.health.get(name)
+            due = health is not None and health.full_pass_due
+            if health is not None:
+                health.full_pass_due = False
+        if due and not self.stop_requested.is_set():
+            self._pass(name, None)
 
     def _pass(self, name: str, folders: set[str] | None) -> None:
         config = self.config
@@ -326,6 +348,16 @@ class Daemon:
             finally:
                 store.close()
         self._after_pass(name, report, pushed=folders is not None)
+        if folders and isinstance(report.error, LockedError):  # another process has the pair: try again
+            with self._lock:
+                self.health.setdefault(name, PairHealth()).push_folders |= folders
+            self.scheduler.add_job(
+                self._push_pass,
+                trigger=DateTrigger(datetime.now(UTC) + timedelta(seconds=5)),
+                args=[name],
+                id=f"push:{name}",
+                replace_existing=True,
+            )
 
     def _after_pass(self, name: str, report: PairReport, *, pushed: bool) -> None:
         if name not in self.config.effective_pairs():
@@ -404,8 +436,9 @@ class Daemon:
         self.limits = ConnectionLimits(new)
         for name in sorted(added | changed):
             self._start_pair(name)
-        for name in removed:
-            self.health.pop(name, None)
+        with self._lock:
+            for name in removed:
+                self.health.pop(name, None)
         log.info(
             "config reloaded: %d pairs (%d added, %d removed, %d changed)",
             len(new_pairs),
@@ -417,8 +450,10 @@ class Daemon:
         self._update_status()
 
     def _update_status(self) -> None:
-        failing = sorted(name for name, health in self.health.items() if health.failures)
-        reports = [(name, h.last_report) for name, h in self.health.items() if h.last_report is not None]
+        with self._lock:
+            entries = list(self.health.items())
+        failing = sorted(name for name, health in entries if health.failures)
+        reports = [(name, h.last_report) for name, h in entries if h.last_report is not None]
         text = f"{len(self.health)} pairs, {len(failing)} failing"
         if failing:
             text += f" ({', '.join(failing[:5])})"

@@ -1,0 +1,264 @@
+"""A small threaded loopback TCP proxy that breaks connections on purpose, for fault tests.
+
+    with FaultProxy("127.0.0.1", server.port) as proxy:          # listens on 127.0.0.1:proxy.port
+        proxy.inject(Fault("up", pattern=b" APPEND ", after=500_000))
+        ...                                                    # every new connection is cut there
+        proxy.heal()                                           # new connections are left alone
+
+A :class:`Fault` names a direction (``"up"``: client → server, ``"down"``: server → client) and a point
+in that direction's byte stream: ``after`` bytes past the end of the ``count``-th occurrence of
+``pattern`` (or past the start of the connection when ``pattern`` is None). Every byte before that point
+is forwarded, none after it; ``Fault("down", pattern=b"\r\n", count=k)`` lets the client read exactly k
+lines. Then, by ``action``:
+
+* ``"cut"``: both sockets are shut down and closed (the peer sees the connection drop half-way);
+* ``"blackhole"``: that direction is silently swallowed from then on (read and dropped) while the
+  connection stays open -- e.g. the server's ``OK [APPENDUID ...]`` never reaches the client, which
+  waits; the connection ends when either side closes it.
+
+A fault applies to connections accepted after :meth:`FaultProxy.inject`, each counted on its own.
+With ``record=True`` the proxy keeps what went through each connection (:meth:`FaultProxy.transcripts`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Literal
+
+__all__ = ["Fault", "FaultProxy"]
+
+Direction = Literal["up", "down"]
+
+
+@dataclass(frozen=True)
+class Fault:
+    direction: Direction
+    after: int = 0
+    pattern: bytes | None = None
+    action: Literal["cut", "blackhole"] = "cut"
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if self.direction not in ("up", "down"):
+            raise ValueError(f"direction must be 'up' or 'down', not {self.direction!r}")
+        if self.action not in ("cut", "blackhole"):
+            raise ValueError(f"action must be 'cut' or 'blackhole', not {self.action!r}")
+        if self.after < 0 or self.count < 1 or (self.pattern is not None and not self.pattern):
+            raise ValueError("after must be >= 0, count >= 1 and pattern non-empty")
+
+
+class _Trigger:
+    """Finds the fault's point in one direction of one connection, chunk by chunk."""
+
+    def __init__(self, fault: Fault) -> None:
+        self.fault = fault
+        self.seen = 0  # bytes of the stream before the current chunk
+        self.limit: int | None = fault.after if fault.pattern is None else None  # stream offset of the point
+        self.tail = b""  # end of the stream so far, for a pattern split across chunks
+        self.found = 0  # occurrences of the pattern so far
+        self.resume = 0  # stream offset where the search goes on (the end of the last occurrence)
+
+    def split(self, chunk: bytes) -> tuple[bytes, bool]:
+        """The part of ``chunk`` to forward, and whether the point is reached after it."""
+        pattern = self.fault.pattern
+        if self.limit is None and pattern is not None:
+            window = self.tail + chunk
+            base = self.seen - len(self.tail)  # stream offset of window[0]
+            while (index := window.find(pattern, max(self.resume - base, 0))) >= 0:
+                self.found += 1
+                self.resume = base + index + len(pattern)
+                if self.found == self.fault.count:
+                    self.limit = self.resume + self.fault.after
+                    break
+            keep = len(pattern) - 1
+            self.tail = window[-keep:] if keep else b""
+        start = self.seen
+        self.seen += len(chunk)
+        if self.limit is not None and self.seen >= self.limit:
+            return chunk[: max(self.limit - start, 0)], True
+        return chunk, False
+
+
+class _Connection:
+    def __init__(self, proxy: FaultProxy, client: socket.socket, server: socket.socket, fault: Fault | None) -> None:
+        self.proxy = proxy
+        self.client = client
+        self.server = server
+        self.fault = fault
+        self.transcript: dict[Direction, bytearray] | None = (
+            {"up": bytearray(), "down": bytearray()} if proxy.record else None
+        )
+        self.closed = threading.Event()
+        self._close_lock = threading.Lock()
+        self.threads = [
+            threading.Thread(target=self._pump, args=("up", client, server), daemon=True),
+            threading.Thread(target=self._pump, args=("down", server, client), daemon=True),
+        ]
+
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def _pump(self, direction: Direction, source: socket.socket, sink: socket.socket) -> None:
+        trigger = _Trigger(self.fault) if self.fault is not None and self.fault.direction == direction else None
+        swallowing = False
+        try:
+            while not self.closed.is_set():
+                data = source.recv(65536)
+                if not data:
+                    break
+                if swallowing:
+                    continue
+                if self.transcript is not None:
+                    self.transcript[direction] += data
+                if trigger is not None:
+                    data, reached = trigger.split(data)
+                    if data:
+                        sink.sendall(data)
+                    if reached:
+                        self.proxy._fired()
+                        if trigger.fault.action == "cut":
+                            break
+                        swallowing = True
+                    continue
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        with self._close_lock:
+            if self.closed.is_set():
+                return
+            self.closed.set()
+            for sock in (self.client, self.server):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+    def join(self, timeout: float) -> None:
+        for thread in self.threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout)
+
+
+class FaultProxy:
+    """Forwards 127.0.0.1:<port> (a random free port) to ``target_host:target_port``, both ways."""
+
+    def __init__(self, target_host: str, target_port: int, *, record: bool = False) -> None:
+        self.target = (target_host, target_port)
+        self.record = record
+        self.host = "127.0.0.1"
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind((self.host, 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._lock = threading.Condition()
+        self._fault: Fault | None = None
+        self._connections: list[_Connection] = []
+        self._all: list[_Connection] = []  # kept only when recording
+        self._accepted = 0
+        self._triggered = 0
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._accept_loop, name=f"fault-proxy-{self.port}", daemon=True)
+
+    # -- control ---------------------------------------------------------------------------------------
+
+    def start(self) -> FaultProxy:
+        self._listener.listen(64)
+        self._thread.start()
+        return self
+
+    def inject(self, fault: Fault | None) -> None:
+        """Apply ``fault`` to every connection accepted from now on (None: forward faithfully)."""
+        with self._lock:
+            self._fault = fault
+
+    def heal(self) -> None:
+        self.inject(None)
+
+    @property
+    def accepted(self) -> int:
+        """Connections accepted so far."""
+        with self._lock:
+            return self._accepted
+
+    @property
+    def triggered(self) -> int:
+        """Connections whose fault point was reached so far."""
+        with self._lock:
+            return self._triggered
+
+    def transcripts(self) -> list[dict[Direction, bytes]]:
+        """With ``record=True``: the bytes received from each side of every connection, oldest first."""
+        with self._lock:
+            connections = list(self._all)
+        return [{k: bytes(v) for k, v in c.transcript.items()} for c in connections if c.transcript is not None]
+
+    def wait_triggered(self, count: int = 1, timeout: float = 30) -> bool:
+        with self._lock:
+            return self._lock.wait_for(lambda: self._triggered >= count, timeout)
+
+    def close_all(self) -> None:
+        """Drop every open connection now (the listener stays)."""
+        with self._lock:
+            connections = list(self._connections)
+        for connection in connections:
+            connection.close()
+        for connection in connections:
+            connection.join(5)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            self._listener.close()
+        if self._thread.is_alive():
+            self._thread.join(5)
+        self.close_all()
+
+    def __enter__(self) -> FaultProxy:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # -- internals -------------------------------------------------------------------------------------
+
+    def _fired(self) -> None:
+        with self._lock:
+            self._triggered += 1
+            self._lock.notify_all()
+
+    def _accept_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                client, _address = self._listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(self.target, timeout=10)
+                server.settimeout(None)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    client.close()
+                continue
+            for sock in (client, server):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self._lock:
+                connection = _Connection(self, client, server, self._fault)
+                self._connections = [c for c in self._connections if not c.closed.is_set()]
+                self._connections.append(connection)
+                if self.record:
+                    self._all.append(connection)
+                self._accepted += 1
+            connection.start()

@@ -4,7 +4,9 @@
 
 SPEC names both accounts and a state file.  Without a state file (the first pass): for every folder,
 ``UID FETCH 1:* (RFC822.SIZE)``, then batches of at most 8 MiB / 100 messages (mailmirror's batch
-bounds): ``UID FETCH (BODY.PEEK[] FLAGS INTERNALDATE)`` and one MULTIAPPEND per batch.  The APPENDUIDs
+bounds): ``UID FETCH (BODY.PEEK[] FLAGS INTERNALDATE)`` and one MULTIAPPEND per batch.  With
+``"pipelined": true`` (the ``floor`` tool) a thread fetches the next batches while the previous one is
+appended; ``false`` (``floor-seq``) fetches and appends in turn, like mailmirror's executor.  The APPENDUIDs
 give a src → dst UID map, saved with each folder's UIDVALIDITY, UIDNEXT and HIGHESTMODSEQ.
 
 With a state file (later passes): one ``LIST ... RETURN (STATUS ...)`` per account; folders whose
@@ -20,8 +22,10 @@ Prints one JSON line: what it copied and how many IMAP commands it sent.
 from __future__ import annotations
 
 import json
+import queue
 import ssl
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 from imapclient import IMAPClient
-
 from imaputil import list_status, uid_fetch, uid_set
 
 BATCH_BYTES = 8 * 1024 * 1024
@@ -53,6 +56,9 @@ def connect(spec: dict[str, Any]) -> IMAPClient:
     password = Path(spec["password_file"]).read_text().rstrip("\n")
     client.login(spec["username"], password)
     client.normalise_times = False
+    # imapclient sets imaplib's debug level to 5 and routes it to a logger: imaplib then formats every
+    # untagged response with %r -- each message body, twice -- whether or not the logger is enabled.
+    client._imap.debug = 0
     return client
 
 
@@ -84,12 +90,47 @@ def appended_uids(data: Sequence[Any], count: int) -> list[int]:
     return uids
 
 
-def copy_uids(src: IMAPClient, dst: IMAPClient, folder: str, message_set: str, stats: Stats) -> dict[int, int]:
+Fetched = tuple[list[int], dict[int, dict[bytes, Any]]]
+
+
+def fetched_batches(src: IMAPClient, sizes: dict[int, int], pipelined: bool) -> Iterator[Fetched]:
+    """Bodies, batch by batch; pipelined: a thread fetches the next batches (at most 2 ahead) while the
+    caller appends, so source and destination work overlap (as mbsync's pipelining does)."""
+    plan = list(batches(sizes))
+
+    def fetch(batch: list[int]) -> Fetched:
+        return batch, uid_fetch(src, uid_set(batch), ["BODY.PEEK[]", "FLAGS", "INTERNALDATE"])
+
+    if not pipelined or len(plan) < 2:
+        for batch in plan:
+            yield fetch(batch)
+        return
+    ahead: queue.Queue[Fetched | BaseException | None] = queue.Queue(maxsize=2)
+
+    def produce() -> None:
+        try:
+            for batch in plan:
+                ahead.put(fetch(batch))
+        except BaseException as error:
+            ahead.put(error)
+        ahead.put(None)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    while (item := ahead.get()) is not None:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+    thread.join()
+
+
+def copy_uids(
+    src: IMAPClient, dst: IMAPClient, folder: str, message_set: str, stats: Stats, pipelined: bool
+) -> dict[int, int]:
     """Copy the messages of ``message_set`` (source folder selected); returns src UID → dst UID."""
     sizes = {uid: int(d[b"RFC822.SIZE"]) for uid, d in uid_fetch(src, message_set, ["RFC822.SIZE"]).items()}
     mapping: dict[int, int] = {}
-    for batch in batches(sizes):
-        data = uid_fetch(src, uid_set(batch), ["BODY.PEEK[]", "FLAGS", "INTERNALDATE"])
+    for batch, data in fetched_batches(src, sizes, pipelined):
         uids = [uid for uid in batch if uid in data]
         messages = [
             {
@@ -108,8 +149,9 @@ def copy_uids(src: IMAPClient, dst: IMAPClient, folder: str, message_set: str, s
     return mapping
 
 
-def first_pass(src: IMAPClient, dst: IMAPClient, stats: Stats) -> dict[str, Any]:
+def first_pass(src: IMAPClient, dst: IMAPClient, stats: Stats, pipelined: bool) -> dict[str, Any]:
     state: dict[str, Any] = {}
+    src.enable("CONDSTORE")  # so that EXAMINE reports HIGHESTMODSEQ
     existing = {name for _flags, _delim, name in dst.list_folders()}
     for flags, _delimiter, folder in src.list_folders():
         if b"\\Noselect" in flags or b"\\NonExistent" in flags:
@@ -118,7 +160,7 @@ def first_pass(src: IMAPClient, dst: IMAPClient, stats: Stats) -> dict[str, Any]
             dst.create_folder(folder)
         info = src.select_folder(folder, readonly=True)
         stats.folders_opened += 1
-        mapping = copy_uids(src, dst, folder, "1:*", stats) if int(info[b"EXISTS"]) else {}
+        mapping = copy_uids(src, dst, folder, "1:*", stats, pipelined) if int(info[b"EXISTS"]) else {}
         state[folder] = {
             "uidvalidity": int(info[b"UIDVALIDITY"]),
             "uidnext": int(info[b"UIDNEXT"]),
@@ -128,7 +170,9 @@ def first_pass(src: IMAPClient, dst: IMAPClient, stats: Stats) -> dict[str, Any]
     return state
 
 
-def later_pass(src: IMAPClient, dst: IMAPClient, state: dict[str, Any], stats: Stats) -> dict[str, Any]:
+def later_pass(
+    src: IMAPClient, dst: IMAPClient, state: dict[str, Any], stats: Stats, pipelined: bool
+) -> dict[str, Any]:
     source_status = list_status(src, STATUS_ITEMS)
     list_status(dst, ("MESSAGES", "UIDNEXT", "UIDVALIDITY"))  # what a real tool must check too
     changed = [
@@ -149,12 +193,10 @@ def later_pass(src: IMAPClient, dst: IMAPClient, state: dict[str, Any], stats: S
         stats.folders_opened += 1
         uidnext = int(info[b"UIDNEXT"])
         if uidnext > known["uidnext"]:
-            new = copy_uids(src, dst, folder, f"{known['uidnext']}:*", stats)
+            new = copy_uids(src, dst, folder, f"{known['uidnext']}:*", stats, pipelined)
             known["map"].update({str(k): v for k, v in new.items() if k >= known["uidnext"]})
         if known["highestmodseq"] and known["uidnext"] > 1:
-            changes = uid_fetch(
-                src, f"1:{known['uidnext'] - 1}", ["FLAGS"], [f"CHANGEDSINCE {known['highestmodseq']}"]
-            )
+            changes = uid_fetch(src, f"1:{known['uidnext'] - 1}", ["FLAGS"], [f"CHANGEDSINCE {known['highestmodseq']}"])
             groups: dict[tuple[bytes, ...], list[int]] = {}
             for uid, data in changes.items():
                 dst_uid = known["map"].get(str(uid))
@@ -183,10 +225,11 @@ def main(argv: Sequence[str]) -> int:
     state_path = Path(spec["state"])
     stats = Stats()
     src, dst = connect(spec["source"]), connect(spec["destination"])
+    pipelined = bool(spec.get("pipelined", True))
     if state_path.exists():
-        state = later_pass(src, dst, json.loads(state_path.read_text()), stats)
+        state = later_pass(src, dst, json.loads(state_path.read_text()), stats, pipelined)
     else:
-        state = first_pass(src, dst, stats)
+        state = first_pass(src, dst, stats, pipelined)
     for client in (src, dst):
         client.logout()
     tmp = state_path.with_suffix(".tmp")

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from imapclient import IMAPClient
-
 from imaputil import uid_fetch
+
 from mailmirror.corpus import DEFAULT_SIZE_MIX, LazyFolder, SizeBand, corpus, generated_message
 from mailmirror.lab import DovecotServer, LabCA, LabUser
 
@@ -127,6 +127,9 @@ class Endpoint:
 
                 client.starttls(ssl.create_default_context(cafile=str(self.ca)))
             client.login(self.username, self.password)
+            # imapclient sets imaplib's debug level to 5 (routed to a logger): imaplib then formats every
+            # response with %r, message bodies included, whether or not anything is logged.
+            client._imap.debug = 0
         except BaseException:
             with contextlib.suppress(Exception):
                 client.shutdown()
@@ -192,6 +195,10 @@ _worker_corpus: dict[str, LazyFolder] = {}
 
 def _init_worker(seed: int, count: int, folders: Sequence[str], mix: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and terminates the pool
+    # mailmirror.lab turns SIGTERM into SystemExit in the parent (to stop its servers); a worker
+    # inherits that handler, and one blocked on the pool's queue lock was seen to survive
+    # Pool.terminate() that way.  Workers have nothing to clean up: let SIGTERM end them.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _worker_corpus.clear()
     _worker_corpus.update(corpus(seed, count, folders, SIZE_MIXES[mix]))
 
@@ -266,7 +273,8 @@ def seed_source(
             for start, stop in _plan_batches(lazy.sizes, SEED_BATCH_BYTES, SEED_BATCH_MESSAGES)
         ]
         ctx = multiprocessing.get_context("fork")
-        with ctx.Pool(workers, _init_worker, (CORPUS_SEED, count, tuple(folders), mix)) as pool:
+        pool = ctx.Pool(workers, _init_worker, (CORPUS_SEED, count, tuple(folders), mix))
+        try:
             pending: deque[tuple[str, AsyncResult[Built]]] = deque()
             queue = deque(tasks)
             last_note = time.monotonic()
@@ -285,8 +293,16 @@ def seed_source(
                 report.per_folder[name] = report.per_folder.get(name, 0) + len(batch)
                 if time.monotonic() - last_note > 15:
                     last_note = time.monotonic()
-                    log(f"  seeding: {report.messages}/{count} messages, {report.bytes / MIB:.0f} MiB, "
-                        f"{last_note - began:.0f}s")  # fmt: skip
+                    log(
+                        f"  seeding: {report.messages}/{count} messages, {report.bytes / MIB:.0f} MiB, "
+                        f"{last_note - began:.0f}s"
+                    )
+            pool.close()  # workers finish on their own: no signals on the normal path
+        except BaseException:
+            pool.terminate()
+            raise
+        finally:
+            pool.join()
     finally:
         with contextlib.suppress(Exception):
             client.logout()
@@ -406,7 +422,8 @@ def snapshot(endpoint: Endpoint) -> Snapshot:
 
 
 def differences(source: Snapshot, destination: Snapshot) -> list[str]:
-    """What differs, folder by folder (destination folders the source lacks are ignored)."""
+    """What differs, folder by folder: message count, \\Seen, \\Flagged and \\Answered counts.
+    Destination folders the source lacks are ignored.  Sizes: see :func:`size_delta`."""
     found: list[str] = []
     for name, want in sorted(source.items()):
         have = destination.get(name)
@@ -420,11 +437,23 @@ def differences(source: Snapshot, destination: Snapshot) -> list[str]:
     return found
 
 
+def size_delta(source: Snapshot, destination: Snapshot) -> int:
+    """Destination bytes minus source bytes over the source's folders (STATUS SIZE): not 0 when a tool
+    alters the messages it copies (mbsync adds an X-TUID header) or copies some twice."""
+    return sum(destination[name].size - counts.size for name, counts in source.items() if name in destination)
+
+
 def totals(snap: Snapshot) -> tuple[int, int]:
     return sum(c.messages for c in snap.values()), sum(c.size for c in snap.values())
 
 
 # ------------------------------------------------------------------------------------ measured runs
+
+
+#: GNU time (Debian package ``time``): the most exact peak RSS of a process.  The tool is its child, and
+#: its own RSS is ~2 MiB.  (``wait4`` on a child forked from this Python process would report *this*
+#: process's RSS as a floor: the high-water mark survives fork and exec.)
+GNU_TIME = Path("/usr/bin/time")
 
 
 @dataclass
@@ -437,6 +466,7 @@ class Measured:
     sys: float
     timed_out: bool
     log_path: Path
+    rss_method: str = "GNU time"
 
     def log_tail(self, lines: int = 15) -> str:
         try:
@@ -446,16 +476,36 @@ class Measured:
         return "\n".join(text.splitlines()[-lines:])
 
 
-def run_measured(argv: Sequence[str], *, log_path: Path, timeout: float, env: Mapping[str, str] | None = None) -> Measured:
-    """Run a tool to completion: wall time around fork/exec/wait, rusage of exactly this child (wait4),
-    output to ``log_path``; the process group is killed after ``timeout`` seconds."""
+def _vm_hwm_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def run_measured(
+    argv: Sequence[str], *, log_path: Path, timeout: float, env: Mapping[str, str] | None = None
+) -> Measured:
+    """Run a tool to completion: wall time around it, peak RSS and CPU time of exactly this tool (GNU
+    time when installed, else polling /proc/PID/status VmHWM every 10 ms), output to ``log_path``.
+    The process group is killed after ``timeout`` seconds."""
+    use_time = GNU_TIME.is_file() and os.access(GNU_TIME, os.X_OK)
+    rusage_path = log_path.with_name(log_path.name + ".rusage")
+    command = list(argv)
+    if use_time:
+        command = [str(GNU_TIME), "-f", "%M %U %S", "-o", str(rusage_path), *command]
     timed_out = threading.Event()
+    done = threading.Event()
+    hwm = [0]
     with log_path.open("ab") as log:
         log.write(f"$ {' '.join(argv)}\n".encode())
         log.flush()
         began = time.perf_counter()
         proc = subprocess.Popen(
-            list(argv),
+            command,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -468,9 +518,16 @@ def run_measured(argv: Sequence[str], *, log_path: Path, timeout: float, env: Ma
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
 
+        def poll() -> None:
+            while not done.wait(0.01):
+                hwm[0] = max(hwm[0], _vm_hwm_kib(proc.pid))
+
         timer = threading.Timer(timeout, kill)
         timer.daemon = True
         timer.start()
+        poller = None if use_time else threading.Thread(target=poll, daemon=True)
+        if poller is not None:
+            poller.start()
         try:
             _pid, status, usage = os.wait4(proc.pid, 0)
         except BaseException:
@@ -479,15 +536,23 @@ def run_measured(argv: Sequence[str], *, log_path: Path, timeout: float, env: Ma
             raise
         finally:
             timer.cancel()
+            done.set()
         wall = time.perf_counter() - began
         proc.returncode = os.waitstatus_to_exitcode(status)
+    max_rss, user, system = hwm[0], usage.ru_utime, usage.ru_stime
+    if use_time:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # "Command exited with non-zero status N" may come first; the format line is the last.
+            fields = rusage_path.read_text().strip().splitlines()[-1].split()
+            max_rss, user, system = int(fields[0]), float(fields[1]), float(fields[2])
     return Measured(
         argv=list(argv),
         wall=wall,
         returncode=proc.returncode,
-        max_rss_kib=int(usage.ru_maxrss),
-        user=usage.ru_utime,
-        sys=usage.ru_stime,
+        max_rss_kib=max_rss,
+        user=user,
+        sys=system,
         timed_out=timed_out.is_set(),
         log_path=log_path,
+        rss_method="GNU time" if use_time else "VmHWM polling",
     )

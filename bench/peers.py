@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -27,6 +28,10 @@ class Peer(ABC):
     @abstractmethod
     def command(self, source: Endpoint, destination: Endpoint, state_dir: Path) -> list[str]: ...
 
+    def env(self) -> dict[str, str]:
+        """Variables to set in the tool's environment (on top of the bench's)."""
+        return {}
+
     def version(self) -> str:
         return ""
 
@@ -36,12 +41,41 @@ def _yaml_str(value: str) -> str:
 
 
 class Mailmirror(Peer):
-    """``mailmirror -c CFG sync --no-progress -q``: one pair, the state DB in ``state_dir``."""
+    """``mailmirror -q -c CFG sync --no-progress``: one pair, the state DB in ``state_dir``.
 
-    name = "mailmirror"
+    ``mailmirror`` is the working tree (the venv's editable install).  ``mailmirror@REF`` is the code of
+    a git commit, exported with ``git archive`` into ``export_dir`` and run as ``python -m mailmirror``
+    with that ``daemon/`` first on PYTHONPATH: an engine pinned to a commit, unaffected by edits in
+    progress, and comparable with the working tree in the same run.
+    """
 
-    def __init__(self, executable: Path) -> None:
+    def __init__(self, executable: Path, *, ref: str | None = None, export_dir: Path | None = None) -> None:
         self.executable = executable
+        self.ref = ref
+        self.name = "mailmirror" if ref is None else f"mailmirror@{ref}"
+        self.commit = ""
+        self.pythonpath: Path | None = None
+        if ref is not None:
+            if export_dir is None:
+                raise ValueError("mailmirror@REF needs an export directory")
+            self.commit = _git("rev-parse", "--short", f"{ref}^{{commit}}")
+            target = export_dir / f"mailmirror-{self.commit}"
+            target.mkdir(parents=True, exist_ok=True)
+            archive = subprocess.run(
+                ["git", "-C", str(REPO), "archive", "--format=tar", self.commit, "daemon"],
+                capture_output=True,
+                check=True,
+            )
+            subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+            self.pythonpath = target / "daemon"
+
+    def base_argv(self) -> list[str]:
+        if self.pythonpath is None:
+            return [str(self.executable)]
+        return [sys.executable, "-m", "mailmirror"]
+
+    def env(self) -> dict[str, str]:
+        return {} if self.pythonpath is None else {"PYTHONPATH": str(self.pythonpath)}
 
     @staticmethod
     def account(endpoint: Endpoint) -> str:
@@ -75,16 +109,24 @@ class Mailmirror(Peer):
 
     def command(self, source: Endpoint, destination: Endpoint, state_dir: Path) -> list[str]:
         config = self.write_config(source, destination, state_dir)
-        return [str(self.executable), "-c", str(config), "sync", "--no-progress", "-q"]
+        # -q is a global option: before the subcommand.
+        return [*self.base_argv(), "-q", "-c", str(config), "sync", "--no-progress"]
 
     def verify_command(self, source: Endpoint, destination: Endpoint, state_dir: Path) -> list[str]:
         config = self.write_config(source, destination, state_dir)
-        return [str(self.executable), "-c", str(config), "verify"]
+        return [*self.base_argv(), "-c", str(config), "verify"]
 
     def version(self) -> str:
-        from mailmirror import __version__
+        if self.pythonpath is not None:
+            return f"commit {self.commit} ({self.ref})"
+        return f"working tree {_git('describe', '--always', '--dirty')}"
 
-        return __version__
+
+def _git(*args: str) -> str:
+    proc = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise FileNotFoundError(f"git {' '.join(args)}: {proc.stderr.strip()}")
+    return proc.stdout.strip()
 
 
 class Mbsync(Peer):
@@ -144,8 +186,6 @@ class Mbsync(Peer):
         return [self.executable, "-c", str(path), "-q", "bench"]
 
     def version(self) -> str:
-        import subprocess
-
         out = subprocess.run([self.executable, "--version"], capture_output=True, text=True, check=False)
         return out.stdout.strip()
 
@@ -184,25 +224,26 @@ class Imapsync(Peer):
         ]  # fmt: skip
 
     def version(self) -> str:
-        import subprocess
-
         out = subprocess.run([self.executable, "--version"], capture_output=True, text=True, check=False)
         return out.stdout.strip()
 
 
 class Floor(Peer):
-    """bench/floor.py: FETCH every body and MULTIAPPEND it, no sync logic (see its docstring)."""
+    """bench/floor.py: FETCH every body and MULTIAPPEND it, no sync logic (see its docstring).
+    ``floor`` overlaps fetching and appending (two stages, like mbsync's pipelining); ``floor-seq``
+    does one after the other, as mailmirror's executor does."""
 
-    name = "floor"
-
-    def __init__(self, python: str = sys.executable) -> None:
+    def __init__(self, python: str = sys.executable, *, pipelined: bool = True) -> None:
         self.python = python
+        self.pipelined = pipelined
+        self.name = "floor" if pipelined else "floor-seq"
 
     def command(self, source: Endpoint, destination: Endpoint, state_dir: Path) -> list[str]:
         spec = {
             "source": _endpoint_json(source),
             "destination": _endpoint_json(destination),
             "state": str(state_dir / "floor-state.json"),
+            "pipelined": self.pipelined,
         }
         path = state_dir / "floor.json"
         path.write_text(json.dumps(spec, indent=2))

@@ -284,11 +284,15 @@ class Daemon:
             if name not in self.health:
                 return  # the pair was removed by a reload
             self.health[name].push_folders.add(folder)
+        self._once(self._push_pass, f"push:{name}", name, PUSH_DEBOUNCE_SECONDS)
+
+    def _once(self, function: Callable[[str], None], job_id: str, name: str, delay: float) -> None:
+        """Run function(name) once, `delay` seconds from now (replacing a pending run with the same id)."""
         self.scheduler.add_job(
-            self._push_pass,
-            trigger=DateTrigger(datetime.now(UTC) + timedelta(seconds=PUSH_DEBOUNCE_SECONDS)),
+            function,
+            trigger=DateTrigger(datetime.now(UTC) + timedelta(seconds=delay)),
             args=[name],
-            id=f"push:{name}",
+            id=job_id,
             replace_existing=True,
         )
 
@@ -351,13 +355,7 @@ class Daemon:
         if folders and isinstance(report.error, LockedError):  # another process has the pair: try again
             with self._lock:
                 self.health.setdefault(name, PairHealth()).push_folders |= folders
-            self.scheduler.add_job(
-                self._push_pass,
-                trigger=DateTrigger(datetime.now(UTC) + timedelta(seconds=5)),
-                args=[name],
-                id=f"push:{name}",
-                replace_existing=True,
-            )
+            self._once(self._push_pass, f"push:{name}", name, 5.0)
 
     def _after_pass(self, name: str, report: PairReport, *, pushed: bool) -> None:
         if name not in self.config.effective_pairs():
@@ -391,13 +389,7 @@ class Daemon:
             FIRST_BACKOFF_SECONDS * 2 ** (health.failures - 1),
         ) * random.uniform(0.9, 1.1)
         log.error("%s: %s failed (%s); retrying in %.0f s", name, kind, error, delay)
-        self.scheduler.add_job(
-            self._scheduled_pass,
-            trigger=DateTrigger(datetime.now(UTC) + timedelta(seconds=delay)),
-            args=[name],
-            id=f"retry:{name}",
-            replace_existing=True,
-        )
+        self._once(self._scheduled_pass, f"retry:{name}", name, delay)
         job = self.scheduler.get_job(f"pair:{name}")
         if job is not None and job.next_run_time is not None:
             soonest = datetime.now(UTC) + timedelta(seconds=delay)

@@ -29,6 +29,7 @@ import pytest
 from imapclient import IMAPClient
 
 from mailmirror.lab import DOVECOT_BINARY, DovecotServer, LabCA, LabUser, dovecot_available
+from tests.support import RunningDaemon
 
 SERVER_FIXTURES = frozenset(
     {"dovecot", "source_server", "dest_server", "make_server", "src_user", "dst_user", "src_client", "dst_client"}
@@ -162,3 +163,20 @@ def src_client(source_server: DovecotServer, src_user: LabUser) -> Iterator[IMAP
 @pytest.fixture
 def dst_client(dest_server: DovecotServer, dst_user: LabUser) -> Iterator[IMAPClient]:
     yield from _client(dest_server, dst_user)
+
+
+@pytest.fixture
+def start_daemon() -> Iterator[Callable[[Path], RunningDaemon]]:
+    started: list[RunningDaemon] = []
+
+    def start(config_path: Path) -> RunningDaemon:
+        daemon = RunningDaemon(config_path)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        if daemon.process.poll() is None:
+            daemon.process.kill()
+            daemon.process.wait()
+        daemon.log.close()

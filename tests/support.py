@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import imaplib
 import os
+import re
+import signal
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,6 +89,7 @@ def make_setup(
     directory = Path(tempfile.mkdtemp(prefix="mailmirror-test-"))
     text = (
         f"state: {{path: {directory / 'state.db'}}}\n"
+        'metrics: {listen: "127.0.0.1:0"}\n'  # a free port: tests run daemons side by side
         "accounts:\n"
         + account_yaml("src", source, source_user, directory, tls=source_tls)
         + account_yaml("dst", destination, destination_user, directory)
@@ -132,3 +138,63 @@ def simple_message(index: int, *, size: int = 0, message_id: bool = True, tag: s
         headers.append(f"Message-ID: <msg-{index}-{tag}@example.org>")
     body = f"Hello {index}\r\n" + ("x" * 76 + "\r\n") * (size // 78)
     return ("\r\n".join(headers) + "\r\n\r\n" + body).encode()
+
+
+class RunningDaemon:
+    def __init__(self, config_path: Path) -> None:
+        self.log_path = config_path.parent / "daemon.log"
+        self.log = self.log_path.open("w", encoding="utf-8")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mailmirror", "-c", str(config_path), "run"],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(ROOT / "daemon")},
+        )
+
+    def text(self) -> str:
+        return self.log_path.read_text(encoding="utf-8")
+
+    def wait_for(self, condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if condition():
+                return
+            assert self.process.poll() is None, f"the daemon exited ({self.process.returncode}):\n{self.text()}"
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {what}; daemon log:\n{self.text()}")
+
+    def wait_for_log(self, fragment: str, count: int = 1, timeout: float = 30.0) -> None:
+        self.wait_for(lambda: self.text().count(fragment) >= count, repr(fragment), timeout)
+
+    def metrics_url(self, path: str = "/metrics") -> str:
+        """The daemon's HTTP endpoint (its config listens on port 0: the log names the port)."""
+        self.wait_for_log("metrics and health checks on http://")
+        match = re.search(r"metrics and health checks on (http://[^/\s]+)/metrics", self.text())
+        assert match, self.text()
+        return match.group(1) + path
+
+    def get(self, path: str) -> tuple[int, str]:
+        """GET an endpoint of the daemon: (status, body)."""
+        try:
+            with urllib.request.urlopen(self.metrics_url(path), timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=60)
+        finally:
+            self.log.close()
+
+
+def fresh_count(server: DovecotServer, user: LabUser, folder: str = "INBOX") -> int:
+    """On a new connection each time: a test session kept open for long can be dropped by Dovecot while
+    the daemon creates the same new user's INBOX."""
+    try:
+        with server.connect(user) as client:
+            return message_count(client, folder)
+    except imaplib.IMAP4.error:  # e.g. NO [ALREADYEXISTS] while the daemon's session creates the INBOX
+        return -1

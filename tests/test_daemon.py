@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import imaplib
-import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,71 +12,17 @@ from imapclient import IMAPClient
 
 from mailmirror.lab import DovecotServer, LabUser, SeedMessage, seed
 from mailmirror.locks import PairLock
-from tests.support import ROOT, Setup, account_yaml, make_setup, message_count, simple_message
+from tests.support import (
+    RunningDaemon,
+    Setup,
+    account_yaml,
+    fresh_count,
+    make_setup,
+    message_count,
+    simple_message,
+)
 
 pytestmark = pytest.mark.dovecot
-
-
-class RunningDaemon:
-    def __init__(self, config_path: Path) -> None:
-        self.log_path = config_path.parent / "daemon.log"
-        self.log = self.log_path.open("w", encoding="utf-8")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "mailmirror", "-c", str(config_path), "run"],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONPATH": str(ROOT / "daemon")},
-        )
-
-    def text(self) -> str:
-        return self.log_path.read_text(encoding="utf-8")
-
-    def wait_for(self, condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if condition():
-                return
-            assert self.process.poll() is None, f"the daemon exited ({self.process.returncode}):\n{self.text()}"
-            time.sleep(0.1)
-        raise AssertionError(f"timed out waiting for {what}; daemon log:\n{self.text()}")
-
-    def wait_for_log(self, fragment: str, count: int = 1, timeout: float = 30.0) -> None:
-        self.wait_for(lambda: self.text().count(fragment) >= count, repr(fragment), timeout)
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=60)
-        finally:
-            self.log.close()
-
-
-def fresh_count(server: DovecotServer, user: LabUser, folder: str = "INBOX") -> int:
-    """On a new connection each time: a test session kept open for long can be dropped by Dovecot while
-    the daemon creates the same new user's INBOX."""
-    try:
-        with server.connect(user) as client:
-            return message_count(client, folder)
-    except imaplib.IMAP4.error:  # e.g. NO [ALREADYEXISTS] while the daemon's session creates the INBOX
-        return -1
-
-
-@pytest.fixture
-def start_daemon() -> Iterator[Callable[[Path], RunningDaemon]]:
-    started: list[RunningDaemon] = []
-
-    def start(config_path: Path) -> RunningDaemon:
-        daemon = RunningDaemon(config_path)
-        started.append(daemon)
-        return daemon
-
-    yield start
-    for daemon in started:
-        if daemon.process.poll() is None:
-            daemon.process.kill()
-            daemon.process.wait()
-        daemon.log.close()
 
 
 def test_new_mail_in_a_watched_folder_arrives_within_seconds(

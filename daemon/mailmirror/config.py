@@ -241,7 +241,7 @@ def _split_listen_address(value: str) -> tuple[str, int]:
     bracketed = host.startswith("[") and host.endswith("]")
     if bracketed:
         host = host[1:-1]
-    valid = colon and host and port.isdigit() and 0 < int(port) < 65536 and (bracketed or ":" not in host)
+    valid = colon and host and port.isdigit() and 0 <= int(port) < 65536 and (bracketed or ":" not in host)
     if not valid:
         raise ValueError(f"must be host:port, e.g. 127.0.0.1:9464, 0.0.0.0:9464 or [::1]:9464 (got {value!r})")
     return host, int(port)
@@ -305,9 +305,21 @@ class MetricsConfig(_Section):
 
     listen: Annotated[str, AfterValidator(_check_listen_address)] = Field(
         default="127.0.0.1:9464",
-        description="host:port to listen on; [::1]:9464 for IPv6, 0.0.0.0:9464 for every interface.",
+        description=(
+            "host:port to listen on; [::1]:9464 for IPv6, 0.0.0.0:9464 for every interface; port 0 picks a "
+            "free port (logged at start)."
+        ),
     )
     enabled: bool = Field(default=True, description="Serve metrics and health endpoints.")
+    stale_after_intervals: float = Field(
+        default=3.0,
+        ge=1.0,
+        le=1000.0,
+        description=(
+            "/readyz fails when a pair's last successful pass is older than this many schedule intervals "
+            "(every + jitter, or the longest gap of its cron); pairs without a schedule are not checked."
+        ),
+    )
 
     @property
     def host(self) -> str:

@@ -12,16 +12,20 @@
   `daemon.stop_timeout`. SIGHUP (systemctl reload): the config is read again; new pairs start, removed
   pairs stop, changed pairs restart; an invalid new config is refused and the old one keeps running.
 - systemd: READY=1, STATUS=, RELOADING=1, STOPPING=1 and WATCHDOG=1 through $NOTIFY_SOCKET.
+- Observability (`metrics.listen`): Prometheus metrics on /metrics, liveness on /healthz, readiness on
+  /readyz (config loaded, state database writable, every scheduled pair's last success recent enough).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import logging
 import random
 import re
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,11 +41,13 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
-from imapclient.exceptions import IMAPClientError
+from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 
 from mailmirror.config import Config, Pair, load_config
-from mailmirror.errors import ConfigError, LockedError, MailmirrorError, Stopped
+from mailmirror.errors import ConfigError, ConnectionFailure, LockedError, MailmirrorError, Stopped
+from mailmirror.health import Check, HealthServer
 from mailmirror.imap import Session
+from mailmirror.metrics import Metrics
 from mailmirror.notify import Notifier
 from mailmirror.state import StateStore
 from mailmirror.sync import PairPass, PairReport
@@ -51,6 +57,7 @@ log = logging.getLogger(__name__)
 IDLE_RENEW_SECONDS = 25 * 60  # RFC 2177: servers may drop an IDLE after 30 minutes
 PUSH_DEBOUNCE_SECONDS = 0.1
 FIRST_BACKOFF_SECONDS = 30.0
+LOOP_SECONDS = 5.0  # the main loop wakes at least this often (watchdog, reload, status)
 DAYS = ["sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 
 
@@ -79,6 +86,25 @@ def pair_trigger(pair: Pair) -> CronTrigger | IntervalTrigger | DateTrigger:
     if schedule.every:
         return IntervalTrigger(seconds=max(1.0, schedule.every.total_seconds()), jitter=jitter)
     return DateTrigger(datetime.now(UTC))  # no schedule: the first pass only (and IDLE pushes)
+
+
+def expected_interval(pair: Pair) -> float | None:
+    """The longest time a pair should go between two passes on schedule: `every` plus jitter, or the
+    longest gap between its next cron times plus jitter. None without a schedule."""
+    schedule = pair.schedule
+    jitter = schedule.jitter.total_seconds()
+    if schedule.cron:
+        trigger = cron_trigger(schedule.cron, schedule.timezone)
+        times: list[datetime] = []
+        fire = trigger.get_next_fire_time(None, datetime.now(UTC))
+        while fire is not None and len(times) < 64:  # e.g. two months of daily runs, or of weekday-only ones
+            times.append(fire)
+            fire = trigger.get_next_fire_time(fire, fire + timedelta(seconds=1))
+        gaps = [(later - earlier).total_seconds() for earlier, later in itertools.pairwise(times)]
+        return max(gaps, default=0.0) + jitter or None
+    if schedule.every:
+        return schedule.every.total_seconds() + jitter
+    return None
 
 
 class ConnectionLimits:
@@ -117,13 +143,25 @@ class PairHealth:
     last_report: PairReport | None = None
     push_folders: set[str] = field(default_factory=set)
     full_pass_due: bool = False  # a scheduled pass found a push pass running: run it right after
+    started_at: float = field(default_factory=time.time)  # when this daemon began scheduling the pair
+    news_at: float | None = None  # monotonic time of the oldest IDLE news not yet passed on
+    expected_interval: float | None = None
 
 
 class IdleWatcher(threading.Thread):
     """Keeps an IDLE connection on one source folder and calls `changed` when the server reports news."""
 
-    def __init__(self, pair_name: str, pair: Pair, config: Config, folder: str, changed: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        pair_name: str,
+        pair: Pair,
+        config: Config,
+        folder: str,
+        changed: Callable[[], None],
+        failed: Callable[[MailmirrorError], None] = lambda error: None,
+    ) -> None:
         super().__init__(name=f"idle:{pair_name}:{folder}", daemon=True)
+        self.failed = failed
         self.pair_name = pair_name
         self.account_name = pair.source
         self.account = config.accounts[pair.source]
@@ -141,6 +179,10 @@ class IdleWatcher(threading.Thread):
                 self._watch()
                 backoff = 1.0
             except (MailmirrorError, IMAPClientError, OSError) as error:
+                if isinstance(error, MailmirrorError):
+                    self.failed(error)
+                elif isinstance(error, IMAPClientAbortError | OSError):
+                    self.failed(ConnectionFailure(str(error), account=self.account_name))
                 log.warning(
                     "%s: IDLE on %s interrupted (%s); reconnecting in %.0f s",
                     self.pair_name,
@@ -196,8 +238,12 @@ class Daemon:
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
             timezone=UTC,
         )
-        # a pair's passes: pair name -> the folders waiting for a push pass (None: a full pass is due)
         self._lock = threading.Lock()
+        self.metrics = Metrics()
+        self.http: HealthServer | None = None
+        self.loop_turned_at = time.monotonic()
+        self.state_successes: dict[str, float] = {}  # pair -> end of its last successful pass, from state
+        self.reload_refused = False
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -205,15 +251,25 @@ class Daemon:
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGHUP, self._on_reload_signal)
-        StateStore(self.config.state.path).close()  # fail early (exit 78) if the database cannot be opened
+        store = StateStore(self.config.state.path)  # fails early (exit 78) if the database cannot be opened
+        try:
+            self.state_successes = store.last_successes()
+        finally:
+            store.close()
+        if self.config.metrics.enabled:
+            metrics = self.config.metrics
+            self.http = HealthServer(metrics.host, metrics.port, self.metrics.registry, self.liveness, self.readiness)
+            self.http.start()
         for name in self.config.effective_pairs():
             self._start_pair(name)
+        self._configure_metrics()
         self.scheduler.start()
         self.notifier.ready()
         log.info("mailmirror run: %d pairs from %s", len(self.config.effective_pairs()), self.config_path)
         self._update_status()
-        interval = self.notifier.watchdog_interval() or 5.0
-        while not self.stop_requested.wait(min(interval, 5.0)):
+        interval = self.notifier.watchdog_interval() or LOOP_SECONDS
+        while not self.stop_requested.wait(min(interval, LOOP_SECONDS)):
+            self.loop_turned_at = time.monotonic()
             self.notifier.watchdog()
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
@@ -244,6 +300,8 @@ class Daemon:
                     "(its journal keeps the state consistent)",
                     name,
                 )
+        if self.http is not None:
+            self.http.close()
         log.info("mailmirror run: stopped")
         return 0
 
@@ -251,7 +309,8 @@ class Daemon:
 
     def _start_pair(self, name: str) -> None:
         pair = self.config.effective_pairs()[name]
-        self.health.setdefault(name, PairHealth())
+        health = self.health.setdefault(name, PairHealth(last_success=self.state_successes.get(name)))
+        health.expected_interval = expected_interval(pair)
         self.pair_mutex.setdefault(name, threading.Lock())
         self.pair_stop[name] = threading.Event()
         self.scheduler.add_job(
@@ -265,7 +324,14 @@ class Daemon:
         )
         self.watchers[name] = []
         for folder in pair.schedule.idle:
-            watcher = IdleWatcher(name, pair, self.config, folder, functools.partial(self.push, name, folder))
+            watcher = IdleWatcher(
+                name,
+                pair,
+                self.config,
+                folder,
+                functools.partial(self.push, name, folder),
+                self.metrics.connection_error,
+            )
             watcher.start()
             self.watchers[name].append(watcher)
 
@@ -281,9 +347,12 @@ class Daemon:
     def push(self, name: str, folder: str) -> None:
         """A watcher saw news in `folder`: a pass of that folder shortly (bursts make one pass)."""
         with self._lock:
-            if name not in self.health:
+            health = self.health.get(name)
+            if health is None:
                 return  # the pair was removed by a reload
-            self.health[name].push_folders.add(folder)
+            health.push_folders.add(folder)
+            if health.news_at is None:
+                health.news_at = time.monotonic()
         self._once(self._push_pass, f"push:{name}", name, PUSH_DEBOUNCE_SECONDS)
 
     def _once(self, function: Callable[[str], None], job_id: str, name: str, delay: float) -> None:
@@ -317,10 +386,12 @@ class Daemon:
             with self._lock:
                 health = self.health.get(name)
                 folders = set(health.push_folders) if health else set()
+                news_at = health.news_at if health else None
                 if health:
                     health.push_folders.clear()
+                    health.news_at = None
             if folders and not self.stop_requested.is_set():
-                self._pass(name, folders)
+                self._pass(name, folders, news_at=news_at)
             self._run_due_full_pass(name)
         with self._lock:
             health = self.health.get(name)
@@ -339,18 +410,32 @@ class Daemon:
         if due and not self.stop_requested.is_set():
             self._pass(name, None)
 
-    def _pass(self, name: str, folders: set[str] | None) -> None:
+    def _pass(self, name: str, folders: set[str] | None, *, news_at: float | None = None) -> None:
         config = self.config
         pair = config.effective_pairs().get(name)
         stop = self.pair_stop.get(name)
         if pair is None or stop is None or stop.is_set():
             return
         with self.limits.for_pair(config, pair):
-            store = StateStore(config.state.path)
+            self.metrics.pass_started(name)
+            pending = None
             try:
-                report = PairPass(name, pair, config, store, only_folders=folders, stop=stop).run()
-            finally:
-                store.close()
+                store = StateStore(config.state.path)
+            except ConfigError as error:  # e.g. the disk or the database went read-only: back off, retry
+                report = PairReport(name, error=error)
+                report.finished = time.monotonic()
+            else:
+                try:
+                    report = PairPass(name, pair, config, store, only_folders=folders, stop=stop).run()
+                    with contextlib.suppress(sqlite3.Error):
+                        pending = store.pending(name)
+                except BaseException:
+                    self.metrics.pass_finished(name, PairReport(name, error=Stopped("interrupted")), pending=None)
+                    raise
+                finally:
+                    store.close()
+        latency = time.monotonic() - news_at if news_at is not None else None
+        self.metrics.pass_finished(name, report, pending=pending, push_latency=latency)
         self._after_pass(name, report, pushed=folders is not None)
         if folders and isinstance(report.error, LockedError):  # another process has the pair: try again
             with self._lock:
@@ -404,6 +489,7 @@ class Daemon:
             new = load_config(self.config_path)
         except ConfigError as error:
             log.error("config reload refused, the previous config keeps running:\n%s", error)
+            self.metrics.reloaded(successful=False)
             self.notifier.ready()
             return
         if new.state.path != self.config.state.path:
@@ -412,8 +498,11 @@ class Daemon:
                 self.config.state.path,
                 new.state.path,
             )
+            self.metrics.reloaded(successful=False)
             self.notifier.ready()
             return
+        if new.metrics != self.config.metrics and self.http is not None:
+            log.warning("config reload: changes to the metrics section take effect at the next restart")
         old_pairs, new_pairs = self.config.effective_pairs(), new.effective_pairs()
         changed = {
             name
@@ -431,6 +520,8 @@ class Daemon:
         with self._lock:
             for name in removed:
                 self.health.pop(name, None)
+        self._configure_metrics()
+        self.metrics.reloaded(successful=True)
         log.info(
             "config reloaded: %d pairs (%d added, %d removed, %d changed)",
             len(new_pairs),
@@ -440,6 +531,52 @@ class Daemon:
         )
         self.notifier.ready()
         self._update_status()
+
+    # -- observability -------------------------------------------------------------------------------
+
+    def _configure_metrics(self) -> None:
+        with self._lock:
+            intervals = {name: health.expected_interval for name, health in self.health.items()}
+        self.metrics.configure(intervals, self.config.accounts, last_success=self.state_successes)
+
+    def liveness(self) -> list[Check]:
+        age = time.monotonic() - self.loop_turned_at
+        return [
+            Check("main loop", age < 3 * LOOP_SECONDS + 10, f"last turn {age:.1f} s ago"),
+            Check("scheduler", self.scheduler.running, "running" if self.scheduler.running else "not running"),
+        ]
+
+    def readiness(self) -> list[Check]:
+        config = self.config
+        pairs = config.effective_pairs()
+        loaded = f"{self.config_path} ({len(pairs)} pairs)"
+        if not self.metrics.reload_successful:
+            loaded += "; the last reload was refused, the previous config runs (see the log)"
+        checks = [Check("config", True, loaded), _state_check(config.state.path)]
+        factor = config.metrics.stale_after_intervals
+        now = time.time()
+        with self._lock:
+            entries = [(name, self.health.get(name)) for name in sorted(pairs)]
+        stale = []
+        for name, health in entries:
+            if health is None or health.expected_interval is None:
+                continue
+            running = self.metrics.pairs.get(name)
+            if health.last_success is None and running is not None and running.running:
+                continue  # the first pass is still copying
+            since = health.last_success or health.started_at
+            if now - since > factor * health.expected_interval:
+                what = "no successful pass yet" if health.last_success is None else "last success"
+                stale.append(
+                    Check(
+                        f"pair {name}",
+                        False,
+                        f"{what} for {now - since:.0f} s, more than {factor:g} × its {health.expected_interval:.0f} s "
+                        "interval (metrics.stale_after_intervals)",
+                    )
+                )
+        checks += stale or [Check("pairs", True, f"every scheduled pair succeeded within {factor:g} intervals")]
+        return checks
 
     def _update_status(self) -> None:
         with self._lock:
@@ -453,6 +590,24 @@ class Daemon:
             name, report = max(reports, key=lambda item: item[1].finished or 0.0)
             text += f"; last pass: {name}, {report.copied} copied"
         self.notifier.status(text)
+
+
+def _state_check(path: Path) -> Check:
+    """Whether the state database takes writes: a write transaction opened and rolled back."""
+    try:
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=2.0)
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            connection.execute("ROLLBACK")
+        finally:
+            connection.close()
+    except sqlite3.OperationalError as error:
+        if "locked" in str(error) or "busy" in str(error):
+            return Check("state", True, f"{path} (busy with a pass's write)")
+        return Check("state", False, f"{path}: {error}")
+    except sqlite3.Error as error:
+        return Check("state", False, f"{path}: {error}")
+    return Check("state", True, f"{path} writable")
 
 
 def _pair_settings(config: Config, name: str) -> Any:

@@ -37,9 +37,10 @@ class MailmirrorError(Exception):
 
     exit_code: ExitCode = ExitCode.SOFTWARE
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, account: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.account = account  # the config name of the account concerned, when one is (for metrics)
 
     def __str__(self) -> str:
         return self.message

@@ -163,6 +163,14 @@ class Session:
 
     @classmethod
     def open(cls, account_name: str, account: Account) -> Session:
+        try:
+            return cls._open(account_name, account)
+        except (ConnectionFailure, AuthenticationFailure) as error:
+            error.account = account_name
+            raise
+
+    @classmethod
+    def _open(cls, account_name: str, account: Account) -> Session:
         where = f"{account.host}:{account.effective_port}"
         what = f"account '{account_name}' ({where})"
         client = _connect_client(account, what)
@@ -212,7 +220,8 @@ class Session:
             yield
         except (IMAPClientAbortError, OSError, EOFError) as error:
             raise ConnectionFailure(
-                f"account '{self.account_name}' ({self.server}): connection lost while {doing}: {error}"
+                f"account '{self.account_name}' ({self.server}): connection lost while {doing}: {error}",
+                account=self.account_name,
             ) from None
         except IMAPClientError as error:  # a NO or BAD the caller did not handle itself
             raise self._refused(doing, error) from None

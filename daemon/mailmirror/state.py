@@ -27,7 +27,7 @@ import sqlite_utils
 
 from mailmirror.errors import ConfigError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS folders (
@@ -98,8 +98,19 @@ CREATE TABLE IF NOT EXISTS deferred (
 );
 """
 
+# v4: per folder, the messages its last pass wanted on the destination and did not get there (the lag
+# reported as mailmirror_pending_messages): read after each pass, never by scanning the mailboxes.
+_SCHEMA_V4 = """
+CREATE TABLE IF NOT EXISTS pending (
+    pair TEXT NOT NULL,
+    src_folder TEXT NOT NULL,
+    messages INTEGER NOT NULL,
+    PRIMARY KEY (pair, src_folder)
+);
+"""
+
 #: Forward migrations: MIGRATIONS[n] brings a database from version n-1 to n.
-MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3}
+MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4}
 
 
 def _now() -> str:
@@ -233,7 +244,7 @@ class StateStore:
     def rename_folder(self, pair: str, old: FolderState, new_src_folder: str, new_dst_folder: str) -> None:
         """A folder renamed on the source (and by us on the destination): its state follows it."""
         with self.transaction():
-            for table in ("messages", "failures", "deferred"):
+            for table in ("messages", "failures", "deferred", "pending"):
                 self.db.execute(
                     f"UPDATE {table} SET src_folder = ? WHERE pair = ? AND src_folder = ?",
                     [new_src_folder, pair, old.src_folder],
@@ -246,7 +257,7 @@ class StateStore:
     def forget_folder(self, pair: str, src_folder: str) -> None:
         """Drop the UID map of a folder (after a UIDVALIDITY change: it is rebuilt by fingerprint)."""
         with self.transaction():
-            for table in ("messages", "failures", "deferred", "folders"):
+            for table in ("messages", "failures", "deferred", "pending", "folders"):
                 self.db.execute(f"DELETE FROM {table} WHERE pair = ? AND src_folder = ?", [pair, src_folder])
 
     # -- messages ----------------------------------------------------------------------------------------
@@ -410,6 +421,20 @@ class StateStore:
         )
         return [Failure(*row) for row in rows]
 
+    # -- lag -------------------------------------------------------------------------------------------
+
+    def set_pending(self, pair: str, src_folder: str, messages: int) -> None:
+        self.db.execute(
+            "INSERT INTO pending (pair, src_folder, messages) VALUES (?, ?, ?) "
+            "ON CONFLICT (pair, src_folder) DO UPDATE SET messages = excluded.messages",
+            [pair, src_folder, max(0, messages)],
+        )
+
+    def pending(self, pair: str) -> int:
+        """Messages the pair's last passes wanted on the destination and did not get there."""
+        row = self.db.execute("SELECT SUM(messages) FROM pending WHERE pair = ?", [pair]).fetchone()
+        return int(row[0] or 0)
+
     # -- runs --------------------------------------------------------------------------------------------
 
     def start_run(self, pair: str) -> int:
@@ -423,6 +448,13 @@ class StateStore:
             "UPDATE runs SET finished_at = ?, outcome = ?, copied = ?, failed = ?, bytes = ?, error = ? WHERE id = ?",
             [_now(), outcome, copied, failed, bytes_copied, error, run_id],
         )
+
+    def last_successes(self) -> dict[str, float]:
+        """Pair -> when its last successful pass (every folder synced, or some messages failed) ended."""
+        rows = self.db.execute(
+            "SELECT pair, MAX(finished_at) FROM runs WHERE outcome IN ('ok', 'partial') GROUP BY pair"
+        )
+        return {pair: datetime.fromisoformat(finished).timestamp() for pair, finished in rows if finished}
 
     def last_runs(self) -> list[dict[str, object]]:
         rows = self.db.execute(

@@ -63,6 +63,7 @@ class FolderReport:
     rule: str
     created: bool = False
     source_messages: int = 0
+    destination_messages: int | None = None  # after the pass (None: not known)
     copied: int = 0
     adopted: int = 0
     flags_updated: int = 0
@@ -93,6 +94,8 @@ class PairReport:
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
     error: MailmirrorError | None = None
+    #: after a full pass: side ("source", "destination") -> (folders, messages) of the mapped folders
+    sides: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def seconds(self) -> float:
@@ -356,6 +359,8 @@ class PairPass:
             self.progress.folder_finished(self.name, report)
         if self.pair.deletions.delete_missing_folders and self.only_folders is None:
             self._delete_missing_folders(source_view, destination, existing)
+        if self.only_folders is None and not self.dry_run:
+            self.report.sides = _sides(self.report.folders)
 
     def _delete_missing_folders(self, source_view: FolderView, destination: Session, existing: set[str]) -> None:
         """deletions.delete_missing_folders: destination folders whose source folder is gone.
@@ -447,6 +452,7 @@ class PairPass:
         if unchanged:
             report.unchanged = True
             report.source_messages = src.messages
+            report.destination_messages = dst.messages
         return unchanged
 
 
@@ -469,6 +475,13 @@ def duplicate_priority_order(
         return (1, 0)
 
     return sorted(mappings, key=rank)  # stable: ties keep INBOX-first, alphabetical order
+
+
+def _sides(folders: Sequence[FolderReport]) -> dict[str, tuple[int, int]]:
+    return {
+        "source": (len(folders), sum(f.source_messages for f in folders)),
+        "destination": (len(folders), sum(f.destination_messages or 0 for f in folders)),
+    }
 
 
 def _outcome(report: PairReport) -> str:
@@ -560,11 +573,17 @@ class FolderPass:
             self._report_dry(plan, deletions)
             return
         self._record_failures(plan, listing)
+        unreadable = len(self.report.failed) - len(plan.fail)  # listed, but their metadata did not come
+        wanted = len(plan.copy) + len(plan.fail) + unreadable  # messages still to bring to the destination
+        self.store.set_pending(self.pair, self.mapping.source, wanted)
         self._apply_flags_and_adoptions(plan)
         self._copy(plan, floor=destination_status.uidnext)
+        self.store.set_pending(self.pair, self.mapping.source, wanted - self.report.copied)
         self._apply_deletions(deletions)
         if moving:
             source_status = self._delete_copied_from_source(source_status)
+        self.report.source_messages = source_status.messages
+        self.report.destination_messages = destination_status.messages + self.report.copied - self.report.deleted
         if deletions.refused:
             return  # keep the last pass's markers, so that the next pass looks at the expunges again
         self.store.save_folder(

@@ -228,14 +228,15 @@ class Metrics:
     # -- what Prometheus reads ----------------------------------------------------------------------
 
     def collect(self) -> Iterator[Metric]:
-        with self._lock:
-            pairs = dict(self.pairs)
-            accounts = dict(self.accounts)
-            yield from self._instance_families(len(pairs))
-            yield from _pair_gauges(pairs)
-            yield from _pair_counters(pairs)
-            yield from _pair_histograms(pairs)
-            yield from _account_counters(accounts)
+        with self._lock:  # one consistent snapshot, built before the scrape reads any of it
+            families = [
+                *self._instance_families(len(self.pairs)),
+                *_pair_gauges(self.pairs),
+                *_pair_counters(self.pairs),
+                *_pair_histograms(self.pairs),
+                *_account_counters(self.accounts),
+            ]
+        return iter(families)
 
     def _instance_families(self, pair_count: int) -> Iterator[Metric]:
         info = GaugeMetricFamily("mailmirror_build_info", "mailmirror's version (always 1).", labels=["version"])

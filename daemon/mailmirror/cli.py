@@ -244,6 +244,9 @@ def run(context: Context) -> None:
     retried with growing delays without holding up the others. SIGHUP (systemctl reload) re-reads the
     config (an invalid one is refused, the old one keeps running); SIGTERM finishes the batch in flight
     and exits 0. Logs go to stderr (journald).
+
+    On metrics.listen (default 127.0.0.1:9464): /metrics for Prometheus, /healthz (alive) and /readyz
+    (config loaded, state database writable, every pair successful within its expected interval).
     """
     from mailmirror.daemon import Daemon
 

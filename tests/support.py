@@ -5,6 +5,7 @@ from __future__ import annotations
 import imaplib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from imapclient import IMAPClient
 
 from mailmirror.config import load_config
@@ -26,6 +28,18 @@ from mailmirror.sync import PairPass, PairReport
 from mailmirror.verify import PairVerdict, verify_pair
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def require_program(name: str, package: str) -> str:
+    """The path of a program a test needs. Missing: the test FAILS (scripts/bootstrap --test installs it),
+    unless MAILMIRROR_ALLOW_SKIP=1 makes it skip, as for Dovecot."""
+    found = shutil.which(name)
+    if found:
+        return found
+    reason = f"{name} is not installed (Debian/Ubuntu: apt-get install {package}; scripts/bootstrap --test does it)"
+    if os.environ.get("MAILMIRROR_ALLOW_SKIP") == "1":
+        pytest.skip(f"{reason}; skipped because MAILMIRROR_ALLOW_SKIP=1")
+    pytest.fail(f"{reason}. Install it, or set MAILMIRROR_ALLOW_SKIP=1 to skip explicitly.", pytrace=False)
 
 
 @dataclass

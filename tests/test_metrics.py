@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import socket
@@ -19,7 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mailmirror.lab import DovecotServer, LabUser, SeedMessage, seed
 from mailmirror.metrics import failure_reason, skip_reason
-from tests.support import RunningDaemon, make_setup, simple_message
+from tests.promql import dashboard_expressions, metric_names, rule_expressions
+from tests.support import ROOT, RunningDaemon, make_setup, require_program, simple_message
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -115,8 +117,13 @@ def test_scrape_follows_the_passes(
     first_success = value(samples, "mailmirror_pair_last_success_timestamp_seconds", pair="test") or 0
     failures_before = value(samples, "mailmirror_message_failures_total", pair="test", reason="refused") or 0
     seed(src_client, "INBOX", [SeedMessage(simple_message(i)) for i in range(10, 13)])
-    samples = wait_for_sample(
-        daemon, lambda s: value(s, "mailmirror_messages_copied_total", pair="test") == 8, "3 more copies"
+    samples = wait_for_sample(  # counted batch by batch: wait for the end of the pass that copied them
+        daemon,
+        lambda s: (
+            value(s, "mailmirror_messages_copied_total", pair="test") == 8
+            and value(s, "mailmirror_pair_pass_running", pair="test") == 0
+        ),
+        "3 more copies",
     )
     assert value(samples, "mailmirror_copied_bytes_total", pair="test") == sum(
         len(simple_message(i)) for i in [*range(5), *range(10, 13)]
@@ -131,11 +138,18 @@ def test_scrape_follows_the_passes(
     assert status == 200, body
     assert "ok state:" in body and "ok config:" in body
 
-    promtool = shutil.which("promtool")
-    if promtool is not None:  # CI installs it (scripts/bootstrap --test); the lint must print nothing
-        _status, text = daemon.get("/metrics")
-        lint = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False)
-        assert (lint.returncode, lint.stdout + lint.stderr) == (0, "")
+    operations = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    families = {re.sub(r"_(total|bucket|sum|count)$", "", name) for name, _labels in samples}
+    undocumented = {name for name in families if name.startswith("mailmirror_") and f"`{name}" not in operations}
+    assert undocumented == set(), "document every metric in docs/operations.md"
+    # every metric a dashboard panel or an alert rule reads is in a live scrape (up comes from Prometheus)
+    used = {name for expression in [*dashboard_expressions(), *rule_expressions()] for name in metric_names(expression)}
+    assert used - {name for name, _labels in samples} == {"up"}
+
+    _status, text = daemon.get("/metrics")
+    promtool = require_program("promtool", "prometheus")
+    lint = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False)
+    assert (lint.returncode, lint.stdout + lint.stderr) == (0, "")  # the lint prints nothing
     assert daemon.stop() == 0
 
 
@@ -225,9 +239,7 @@ def test_a_real_prometheus_scrapes_the_daemon_and_loads_the_rules(
     dst_user: LabUser,
     src_client: IMAPClient,
 ) -> None:
-    prometheus = shutil.which("prometheus")
-    if prometheus is None:
-        pytest.skip("no prometheus binary (Debian package prometheus)")
+    prometheus = require_program("prometheus", "prometheus")
     seed(src_client, "INBOX", [SeedMessage(simple_message(i)) for i in range(4)])
     setup = make_setup(source_server, src_user, dest_server, dst_user, pair_options="schedule: {every: 1h}")
     daemon = start_daemon(setup.config_path)

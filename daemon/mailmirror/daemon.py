@@ -417,7 +417,7 @@ class Daemon:
         if pair is None or stop is None or stop.is_set():
             return
         with self.limits.for_pair(config, pair):
-            self.metrics.pass_started(name)
+            progress = self.metrics.pass_started(name)
             pending = None
             try:
                 store = StateStore(config.state.path)
@@ -426,7 +426,7 @@ class Daemon:
                 report.finished = time.monotonic()
             else:
                 try:
-                    report = PairPass(name, pair, config, store, only_folders=folders, stop=stop).run()
+                    report = PairPass(name, pair, config, store, progress, only_folders=folders, stop=stop).run()
                     with contextlib.suppress(sqlite3.Error):
                         pending = store.pending(name)
                 except BaseException:

@@ -24,7 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from mailmirror import __version__
 from mailmirror.errors import AuthenticationFailure, ConnectionFailure, LockedError, MailmirrorError, Stopped
-from mailmirror.sync import PairReport
+from mailmirror.sync import LogProgress, PairReport
 
 PASS_DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
 PUSH_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300)
@@ -37,6 +37,10 @@ SKIP_REASONS = {
     "messages.max_size": "max_size",
     "messages.min_size": "min_size",
 }
+
+
+FAILURE_REASONS = ("refused", "too_large", "source_missing", "other")
+OUTCOMES = ("ok", "partial", "error", "stopped", "locked")
 
 
 def skip_reason(text: str) -> str:
@@ -95,10 +99,11 @@ class PairMetrics:
     adopted: int = 0
     flag_updates: int = 0
     folder_errors: int = 0
-    deleted: Counter[str] = field(default_factory=Counter)
-    skipped: Counter[str] = field(default_factory=Counter)
-    failures: Counter[str] = field(default_factory=Counter)
-    passes: Counter[str] = field(default_factory=Counter)
+    # every label value from the start at 0: increase() cannot see a series' first value
+    deleted: Counter[str] = field(default_factory=lambda: Counter(dict.fromkeys(("destination", "source"), 0)))
+    skipped: Counter[str] = field(default_factory=lambda: Counter(dict.fromkeys([*SKIP_REASONS.values(), "other"], 0)))
+    failures: Counter[str] = field(default_factory=lambda: Counter(dict.fromkeys(FAILURE_REASONS, 0)))
+    passes: Counter[str] = field(default_factory=lambda: Counter(dict.fromkeys(OUTCOMES, 0)))
     pass_duration: Histogram = field(default_factory=lambda: Histogram(PASS_DURATION_BUCKETS))
     push_latency: Histogram = field(default_factory=lambda: Histogram(PUSH_LATENCY_BUCKETS))
 
@@ -155,10 +160,19 @@ class Metrics:
             if successful:
                 self.reload_success_at = time.time()
 
-    def pass_started(self, pair: str) -> None:
+    def pass_started(self, pair: str) -> PassProgress:
+        """A pass of `pair` begins; what it copies is counted as it goes, through the progress returned."""
         with self._lock:
             if pair in self.pairs:
                 self.pairs[pair].running += 1
+        return PassProgress(self, pair)
+
+    def copied(self, pair: str, messages: int, size: int) -> None:
+        with self._lock:
+            entry = self.pairs.get(pair)
+            if entry is not None:
+                entry.copied += messages
+                entry.copied_bytes += size
 
     def pass_finished(
         self,
@@ -198,9 +212,7 @@ class Metrics:
 
     @staticmethod
     def _count_folders(entry: PairMetrics, report: PairReport) -> None:
-        for folder in report.folders:
-            entry.copied += folder.copied
-            entry.copied_bytes += folder.bytes_copied
+        for folder in report.folders:  # (copies were counted batch by batch, see PassProgress)
             entry.adopted += folder.adopted
             entry.flag_updates += folder.flags_updated
             entry.deleted["destination"] += folder.deleted
@@ -253,6 +265,18 @@ class Metrics:
             "When the configuration was last loaded successfully (unix time).",
             value=self.reload_success_at,
         )
+
+
+class PassProgress(LogProgress):
+    """The log lines of a pass, and its copies counted batch by batch: the copy rate of a long first pass
+    shows while it runs, not as one spike at its end."""
+
+    def __init__(self, metrics: Metrics, pair: str) -> None:
+        self.metrics = metrics
+        self.pair = pair
+
+    def advance(self, messages: int, size: int) -> None:
+        self.metrics.copied(self.pair, messages, size)
 
 
 def _outcome(error: MailmirrorError | None, report: PairReport) -> str:

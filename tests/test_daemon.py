@@ -40,10 +40,10 @@ def test_new_mail_in_a_watched_folder_arrives_within_seconds(
     )
     daemon = start_daemon(setup.config_path)
     daemon.wait_for_log("watching INBOX with IDLE")
-    daemon.wait_for(lambda: message_count(dst_client) == 3, "the first pass")
+    daemon.wait_for(lambda: fresh_count(dest_server, dst_user) == 3, "the first pass")
     seed(src_client, "INBOX", [SeedMessage(simple_message(100))])
     arrived = time.monotonic()
-    daemon.wait_for(lambda: message_count(dst_client) == 4, "the pushed message", timeout=5)
+    daemon.wait_for(lambda: fresh_count(dest_server, dst_user) == 4, "the pushed message", timeout=5)
     print(f"push latency {time.monotonic() - arrived:.2f} s")
     assert daemon.stop() == 0
 

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
@@ -16,10 +17,15 @@ from pathlib import Path
 
 import pytest
 from imapclient import IMAPClient
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from mailmirror.daemon import cron_longest_gap
+from mailmirror.errors import AuthenticationFailure, MailmirrorError, Stopped
+from mailmirror.health import Check, HealthServer
 from mailmirror.lab import DovecotServer, LabUser, SeedMessage, seed
-from mailmirror.metrics import failure_reason, skip_reason
+from mailmirror.metrics import Metrics, failure_reason, skip_reason
+from mailmirror.sync import PairReport
 from tests.promql import dashboard_expressions, metric_names, rule_expressions
 from tests.support import ROOT, RunningDaemon, make_setup, require_program, simple_message
 
@@ -66,6 +72,79 @@ def test_failure_and_skip_reasons_are_a_small_fixed_set() -> None:
     assert skip_reason("already copied from another folder (skip_cross_folder_duplicates)") == "duplicate"
     assert skip_reason("larger than messages.max_size (10 bytes)") == "max_size"
     assert skip_reason("who knows") == "other"
+
+
+@pytest.mark.parametrize(
+    ("cron", "longest"),
+    [
+        ("*/15 * * * *", 900),
+        ("*/5 9-17 * * 1-5", (2 * 24 + 15) * 3600 + 5 * 60),  # Friday 17:55 -> Monday 09:00
+        ("0 * * * 1-5", 49 * 3600),  # Friday 23:00 -> Monday 00:00
+        ("30 2 * * *", 24 * 3600),
+        ("0 0 1 * *", 31 * 24 * 3600),  # the longest month
+    ],
+)
+def test_the_expected_interval_of_a_cron_schedule_is_its_longest_gap(cron: str, longest: int) -> None:
+    # in UTC: no daylight-saving hour to shift a gap
+    assert cron_longest_gap(cron, "UTC") == longest
+
+
+def test_only_finished_passes_count_as_successes() -> None:
+    metrics = Metrics()
+    metrics.configure({"p": 60.0}, ["a"])
+    metrics.pass_started("p")
+    metrics.pass_finished("p", _report("p", Stopped("shutdown")), pending=None)
+    samples = parse(generate_latest(metrics.registry).decode())
+    assert value(samples, "mailmirror_pair_last_success_timestamp_seconds", pair="p") is None
+    assert value(samples, "mailmirror_pair_up", pair="p") is None
+    assert value(samples, "mailmirror_passes_total", pair="p", outcome="stopped") == 1
+    metrics.pass_finished("p", _report("p", AuthenticationFailure("no", account="a")), pending=3)
+    samples = parse(generate_latest(metrics.registry).decode())
+    assert value(samples, "mailmirror_pair_up", pair="p") == 0
+    assert value(samples, "mailmirror_pending_messages", pair="p") == 3
+    assert value(samples, "mailmirror_authentication_failures_total", account="a") == 1
+    assert value(samples, "mailmirror_pair_pass_running", pair="p") == 0
+    metrics.pass_finished("p", _report("p", None), pending=0)
+    samples = parse(generate_latest(metrics.registry).decode())
+    assert value(samples, "mailmirror_pair_up", pair="p") == 1
+    assert value(samples, "mailmirror_pair_consecutive_failures", pair="p") == 0
+    assert value(samples, "mailmirror_pair_last_success_timestamp_seconds", pair="p") is not None
+    metrics.configure({}, [])  # removed by a reload: every series goes
+    assert not [
+        key for key in parse(generate_latest(metrics.registry).decode()) if {"pair", "account"} & dict(key[1]).keys()
+    ]
+
+
+def _report(pair: str, error: MailmirrorError | None) -> PairReport:
+    report = PairReport(pair, error=error)
+    report.finished = report.started
+    return report
+
+
+@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6 in this Python")
+def test_the_endpoint_listens_on_ipv6_and_survives_a_failing_check() -> None:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no ::1 on this machine")
+
+    def broken() -> list[Check]:
+        raise RuntimeError("a bug")
+
+    server = HealthServer("::1", 0, Metrics().registry, lambda: [Check("loop", True, "fine")], broken)
+    server.start()
+    try:
+        base = f"http://[::1]:{server.port}"
+        with urllib.request.urlopen(base + "/metrics", timeout=5) as response:
+            assert b"mailmirror_build_info" in response.read()
+        with urllib.request.urlopen(urllib.request.Request(base + "/healthz", method="HEAD"), timeout=5) as response:
+            assert (response.status, response.read()) == (200, b"")
+        with pytest.raises(urllib.error.HTTPError) as failed:
+            urllib.request.urlopen(base + "/readyz", timeout=5)
+        assert failed.value.code == 500
+    finally:
+        server.close()
 
 
 @pytest.mark.dovecot

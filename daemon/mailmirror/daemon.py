@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
 import logging
 import random
 import re
@@ -44,7 +43,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 
 from mailmirror.config import Config, Pair, load_config
-from mailmirror.errors import ConfigError, ConnectionFailure, LockedError, MailmirrorError, Stopped
+from mailmirror.errors import ConfigError, ConnectionFailure, InternalError, LockedError, MailmirrorError, Stopped
 from mailmirror.health import Check, HealthServer
 from mailmirror.imap import Session
 from mailmirror.metrics import Metrics
@@ -90,21 +89,35 @@ def pair_trigger(pair: Pair) -> CronTrigger | IntervalTrigger | DateTrigger:
 
 def expected_interval(pair: Pair) -> float | None:
     """The longest time a pair should go between two passes on schedule: `every` plus jitter, or the
-    longest gap between its next cron times plus jitter. None without a schedule."""
+    longest gap between its cron times plus jitter. None without a schedule."""
     schedule = pair.schedule
     jitter = schedule.jitter.total_seconds()
     if schedule.cron:
-        trigger = cron_trigger(schedule.cron, schedule.timezone)
-        times: list[datetime] = []
-        fire = trigger.get_next_fire_time(None, datetime.now(UTC))
-        while fire is not None and len(times) < 64:  # e.g. two months of daily runs, or of weekday-only ones
-            times.append(fire)
-            fire = trigger.get_next_fire_time(fire, fire + timedelta(seconds=1))
-        gaps = [(later - earlier).total_seconds() for earlier, later in itertools.pairwise(times)]
-        return max(gaps, default=0.0) + jitter or None
+        return cron_longest_gap(schedule.cron, schedule.timezone) + jitter or None
     if schedule.every:
         return schedule.every.total_seconds() + jitter
     return None
+
+
+@functools.lru_cache(maxsize=1024)
+def cron_longest_gap(expression: str, timezone: str | None) -> float:
+    """The longest gap between two runs of a cron schedule, over at least five weeks of its runs (so that
+    nights, weekends and month boundaries are in; at most 5000 runs, enough for every-minute crons to
+    show their steady gap) or, for rare schedules, up to a bit more than a year."""
+    trigger = cron_trigger(expression, timezone)
+    first = fire = trigger.get_next_fire_time(None, datetime.now(UTC))
+    longest, count = 0.0, 0
+    while fire is not None and first is not None and count < 5000:
+        following = trigger.get_next_fire_time(fire, fire + timedelta(seconds=1))
+        if following is None:
+            break
+        longest = max(longest, (following - fire).total_seconds())
+        count += 1
+        span = following - first
+        if span > timedelta(days=400) or (span > timedelta(days=35) and count >= 3):
+            break
+        fire = following
+    return longest
 
 
 class ConnectionLimits:
@@ -243,6 +256,7 @@ class Daemon:
         self.http: HealthServer | None = None
         self.loop_turned_at = time.monotonic()
         self.state_successes: dict[str, float] = {}  # pair -> end of its last successful pass, from state
+        self.state_pending: dict[str, int] = {}  # pair -> its lag after its last pass, from state
         self.reload_refused = False
 
     # -- lifecycle -------------------------------------------------------------------------------------
@@ -251,18 +265,14 @@ class Daemon:
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGHUP, self._on_reload_signal)
-        store = StateStore(self.config.state.path)  # fails early (exit 78) if the database cannot be opened
-        try:
-            self.state_successes = store.last_successes()
-        finally:
-            store.close()
+        self._read_state()  # fails early (exit 78) if the database cannot be opened
         if self.config.metrics.enabled:
             metrics = self.config.metrics
             self.http = HealthServer(metrics.host, metrics.port, self.metrics.registry, self.liveness, self.readiness)
             self.http.start()
+        self._configure_metrics()
         for name in self.config.effective_pairs():
             self._start_pair(name)
-        self._configure_metrics()
         self.scheduler.start()
         self.notifier.ready()
         log.info("mailmirror run: %d pairs from %s", len(self.config.effective_pairs()), self.config_path)
@@ -309,7 +319,9 @@ class Daemon:
 
     def _start_pair(self, name: str) -> None:
         pair = self.config.effective_pairs()[name]
-        health = self.health.setdefault(name, PairHealth(last_success=self.state_successes.get(name)))
+        health = self.health.setdefault(name, PairHealth())
+        if health.last_success is None:  # new, or never successful in this process: the database may know
+            health.last_success = self.state_successes.get(name)
         health.expected_interval = expected_interval(pair)
         self.pair_mutex.setdefault(name, threading.Lock())
         self.pair_stop[name] = threading.Event()
@@ -429,8 +441,10 @@ class Daemon:
                     report = PairPass(name, pair, config, store, progress, only_folders=folders, stop=stop).run()
                     with contextlib.suppress(sqlite3.Error):
                         pending = store.pending(name)
-                except BaseException:
-                    self.metrics.pass_finished(name, PairReport(name, error=Stopped("interrupted")), pending=None)
+                except BaseException as error:
+                    failed = PairReport(name, error=InternalError(f"pair '{name}': pass aborted ({error!r})"))
+                    failed.finished = time.monotonic()
+                    self.metrics.pass_finished(name, failed, pending=None)
                     raise
                 finally:
                     store.close()
@@ -449,7 +463,10 @@ class Daemon:
         health.last_report = report
         error = report.error
         kind = "push pass" if pushed else "pass"
-        if error is None or isinstance(error, Stopped):
+        if isinstance(error, Stopped):
+            log.info("%s: %s stopped after %.1f s, %d copied", name, kind, report.seconds, report.copied)
+            return
+        if error is None:
             health.failures = 0
             health.last_success = time.time()
             log.info(
@@ -501,8 +518,9 @@ class Daemon:
             self.metrics.reloaded(successful=False)
             self.notifier.ready()
             return
-        if new.metrics != self.config.metrics and self.http is not None:
-            log.warning("config reload: changes to the metrics section take effect at the next restart")
+        old_endpoint = (self.config.metrics.enabled, self.config.metrics.listen)
+        if (new.metrics.enabled, new.metrics.listen) != old_endpoint:
+            log.warning("config reload: metrics.enabled and metrics.listen take effect at the next restart")
         old_pairs, new_pairs = self.config.effective_pairs(), new.effective_pairs()
         changed = {
             name
@@ -515,12 +533,14 @@ class Daemon:
             self._stop_pair(name)
         self.config = new
         self.limits = ConnectionLimits(new)
-        for name in sorted(added | changed):
-            self._start_pair(name)
         with self._lock:
             for name in removed:
                 self.health.pop(name, None)
-        self._configure_metrics()
+        with contextlib.suppress(ConfigError):  # unreadable now: the passes will say so
+            self._read_state()
+        self._configure_metrics()  # before the new pairs' first passes can start
+        for name in sorted(added | changed):
+            self._start_pair(name)
         self.metrics.reloaded(successful=True)
         log.info(
             "config reloaded: %d pairs (%d added, %d removed, %d changed)",
@@ -534,10 +554,20 @@ class Daemon:
 
     # -- observability -------------------------------------------------------------------------------
 
+    def _read_state(self) -> None:
+        """What the state database knows about every pair: last success (readiness, metrics) and lag."""
+        store = StateStore(self.config.state.path)
+        try:
+            self.state_successes = store.last_successes()
+            self.state_pending = store.pending_by_pair()
+        finally:
+            store.close()
+
     def _configure_metrics(self) -> None:
-        with self._lock:
-            intervals = {name: health.expected_interval for name, health in self.health.items()}
-        self.metrics.configure(intervals, self.config.accounts, last_success=self.state_successes)
+        intervals = {name: expected_interval(pair) for name, pair in self.config.effective_pairs().items()}
+        self.metrics.configure(
+            intervals, self.config.accounts, last_success=self.state_successes, pending=self.state_pending
+        )
 
     def liveness(self) -> list[Check]:
         age = time.monotonic() - self.loop_turned_at
@@ -598,7 +628,10 @@ def _state_check(path: Path) -> Check:
         connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=2.0)
         try:
             connection.execute("BEGIN IMMEDIATE")
-            connection.execute("ROLLBACK")
+            try:  # a real (empty) write: a read-only file or file system only shows there
+                connection.execute("DELETE FROM pending WHERE 0")
+            finally:
+                connection.execute("ROLLBACK")
         finally:
             connection.close()
     except sqlite3.OperationalError as error:

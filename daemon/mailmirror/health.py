@@ -11,6 +11,7 @@ Plain ``http.server`` on a thread: a few requests per scrape interval need nothi
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,7 +45,8 @@ class HealthServer:
     ) -> None:
         handler = type("Handler", (_Handler,), {"registry": registry, "alive": alive, "ready": ready})
         try:
-            self.server = ThreadingHTTPServer((host, port), handler)
+            server_class = _IPv6Server if ":" in host else ThreadingHTTPServer
+            self.server = server_class((host, port), handler)
         except OSError as error:
             raise ConfigError(
                 f"metrics.listen: cannot listen on {_address(host, port)} ({error.strerror or error}). "
@@ -66,6 +68,10 @@ class HealthServer:
         self.server.server_close()
 
 
+class _IPv6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
 def _address(host: str | bytes | bytearray, port: int) -> str:
     text = host.decode() if isinstance(host, bytes | bytearray) else host
     return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
@@ -76,8 +82,20 @@ class _Handler(BaseHTTPRequestHandler):
     alive: Callable[[], list[Check]]
     ready: Callable[[], list[Check]]
     server_version = "mailmirror"
+    timeout = 30  # a client that connects and says nothing does not keep a thread for ever
 
     def do_GET(self) -> None:
+        try:
+            self._get()
+        except Exception:  # a bug: the client gets a 500, the log the traceback, the daemon goes on
+            log.exception("http: %s failed", self.path)
+            self._send(500, "text/plain; charset=utf-8", b"internal error (see the daemon's log)\n")
+
+    def do_HEAD(self) -> None:
+        self._head_only = True
+        self.do_GET()
+
+    def _get(self) -> None:
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
             encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
@@ -102,7 +120,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        if not getattr(self, "_head_only", False):
+            self.wfile.write(body)
 
     def log_message(self, format: str, *args: object) -> None:
         log.debug("http: %s", format % args)

@@ -136,9 +136,10 @@ class Metrics:
         accounts: Iterable[str],
         *,
         last_success: dict[str, float] | None = None,
+        pending: dict[str, int] | None = None,
     ) -> None:
         """The pairs (name -> expected interval) and accounts of the config now loaded: others go away.
-        `last_success` (from the state database) seeds the pairs seen for the first time."""
+        `last_success` and `pending` (from the state database) seed the pairs seen for the first time."""
         with self._lock:
             for name in self.pairs.keys() - pairs.keys():
                 del self.pairs[name]
@@ -147,6 +148,7 @@ class Metrics:
                 if entry is None:
                     entry = self.pairs[name] = PairMetrics()
                     entry.last_success = (last_success or {}).get(name)
+                    entry.pending = (pending or {}).get(name)
                 entry.expected_interval = interval
             wanted = set(accounts)
             for name in self.accounts.keys() - wanted:
@@ -191,13 +193,13 @@ class Metrics:
             error = report.error
             outcome = _outcome(error, report)
             entry.passes[outcome] += 1
-            if outcome != "locked":
-                entry.up = outcome != "error"
-                if outcome == "error":
-                    entry.consecutive_failures += 1
-                else:
-                    entry.consecutive_failures = 0
-                    entry.last_success = time.time()
+            if outcome == "error":
+                entry.up = False
+                entry.consecutive_failures += 1
+            elif outcome in ("ok", "partial"):  # stopped and locked passes say nothing either way
+                entry.up = True
+                entry.consecutive_failures = 0
+                entry.last_success = time.time()
             self._count_folders(entry, report)
             if pending is not None:
                 entry.pending = pending

@@ -435,6 +435,17 @@ class StateStore:
         row = self.db.execute("SELECT SUM(messages) FROM pending WHERE pair = ?", [pair]).fetchone()
         return int(row[0] or 0)
 
+    def pending_by_pair(self) -> dict[str, int]:
+        return {
+            pair: int(total) for pair, total in self.db.execute("SELECT pair, SUM(messages) FROM pending GROUP BY pair")
+        }
+
+    def prune_pending(self, pair: str, mapped_src_folders: Iterable[str]) -> None:
+        """Forget the lag of folders the pair no longer syncs (excluded, or gone from the source)."""
+        keep = sorted(set(mapped_src_folders))
+        marks = ", ".join("?" for _ in keep)
+        self.db.execute(f"DELETE FROM pending WHERE pair = ? AND src_folder NOT IN ({marks})", [pair, *keep])
+
     # -- runs --------------------------------------------------------------------------------------------
 
     def start_run(self, pair: str) -> int:

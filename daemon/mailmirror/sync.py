@@ -10,8 +10,10 @@ Safety rules enforced here:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+import sqlite3
 import threading
 import time
 from collections.abc import Collection, Iterator, Sequence
@@ -54,6 +56,7 @@ log = logging.getLogger(__name__)
 #: A batch of bodies in memory is at most this many bytes (one larger message goes alone).
 BATCH_BYTES = 8 * 1024 * 1024
 BATCH_MESSAGES = 100
+DELETED_FOLDER_RULE = "delete folder"  # the rule of a FolderReport that stands for a deleted folder
 
 
 @dataclass
@@ -360,7 +363,8 @@ class PairPass:
         if self.pair.deletions.delete_missing_folders and self.only_folders is None:
             self._delete_missing_folders(source_view, destination, existing)
         if self.only_folders is None and not self.dry_run:
-            self.report.sides = _sides(self.report.folders)
+            self.report.sides = _sides([f for f in self.report.folders if f.rule != DELETED_FOLDER_RULE])
+            self.store.prune_pending(self.name, self.order)
 
     def _delete_missing_folders(self, source_view: FolderView, destination: Session, existing: set[str]) -> None:
         """deletions.delete_missing_folders: destination folders whose source folder is gone.
@@ -380,7 +384,7 @@ class PairPass:
             return
         rules = self.pair.deletions
         if len(gone) > rules.max_share * len(known) and not (rules.force or self.force_deletions):
-            report = FolderReport(gone[0].src_folder, gone[0].dst_folder, "delete folder")
+            report = FolderReport(gone[0].src_folder, gone[0].dst_folder, DELETED_FOLDER_RULE)
             report.error = (
                 f"refusing to delete {len(gone)} of {len(known)} destination folders whose source folder is gone: "
                 f"more than deletions.max_share ({rules.max_share:.0%}); check the source account, then use "
@@ -390,7 +394,7 @@ class PairPass:
             self.report.folders.append(report)
             return
         for state in gone:
-            report = FolderReport(state.src_folder, state.dst_folder, "delete folder")
+            report = FolderReport(state.src_folder, state.dst_folder, DELETED_FOLDER_RULE)
             self.report.folders.append(report)
             ours = {m.dst_uid for m in self.store.messages(self.name, state.src_folder).values() if m.dst_uid}
             destination.select(state.dst_folder, readonly=True)
@@ -478,10 +482,12 @@ def duplicate_priority_order(
 
 
 def _sides(folders: Sequence[FolderReport]) -> dict[str, tuple[int, int]]:
-    return {
-        "source": (len(folders), sum(f.source_messages for f in folders)),
-        "destination": (len(folders), sum(f.destination_messages or 0 for f in folders)),
-    }
+    """Folders and messages on each side; the destination's only when every folder's count is known."""
+    sides = {"source": (len(folders), sum(f.source_messages for f in folders))}
+    destination = [f.destination_messages for f in folders]
+    if all(count is not None for count in destination):
+        sides["destination"] = (len(folders), sum(count or 0 for count in destination))
+    return sides
 
 
 def _outcome(report: PairReport) -> str:
@@ -577,8 +583,11 @@ class FolderPass:
         wanted = len(plan.copy) + len(plan.fail) + unreadable  # messages still to bring to the destination
         self.store.set_pending(self.pair, self.mapping.source, wanted)
         self._apply_flags_and_adoptions(plan)
-        self._copy(plan, floor=destination_status.uidnext)
-        self.store.set_pending(self.pair, self.mapping.source, wanted - self.report.copied)
+        try:
+            self._copy(plan, floor=destination_status.uidnext)
+        finally:  # also when the pass is stopped or cut off: the lag is what is really left
+            with contextlib.suppress(sqlite3.Error):
+                self.store.set_pending(self.pair, self.mapping.source, wanted - self.report.copied)
         self._apply_deletions(deletions)
         if moving:
             source_status = self._delete_copied_from_source(source_status)

@@ -339,3 +339,19 @@ def test_connection_limits_lend_extra_connections_only_when_free() -> None:
         extra.release()
         assert extra.try_acquire()
         extra.release()
+
+
+def test_a_refused_message_alone_in_its_batch_is_recorded_and_the_pass_goes_on(
+    source_server: DovecotServer, dest_server: DovecotServer, src_user: LabUser, src_client: IMAPClient
+) -> None:
+    dst_user = dest_server.add_user(max_mail_size=20_000)
+    seed(
+        src_client,
+        "INBOX",
+        [SeedMessage(simple_message(i, size=50_000 if i == 2 else 500), (), DATE) for i in range(4)],
+    )
+    setup = make_setup(source_server, src_user, dest_server, dst_user, pair_options="transfer: {batch_messages: 1}")
+    report = setup.sync()
+    assert report.error is None and report.copied == 3
+    assert [uid for uid, _reason in report.folders[0].failed] == [3]
+    assert journal(setup) == {"done": 3}

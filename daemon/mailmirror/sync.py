@@ -599,6 +599,13 @@ class Transfer:
     def _get(self) -> _Task | None:
         with self.cond:
             while True:
+                if self.failure is None and self.owner.stop is not None and self.owner.stop.is_set():
+                    try:  # a stop request ends the pass also while tasks wait for their backoff
+                        self.owner.check_stop()
+                    except Stopped as stopped:
+                        self.failure = stopped
+                        self.owner.abort.set()
+                        self.cond.notify_all()
                 if self.failure is not None:
                     return None
                 now = time.monotonic()
@@ -611,8 +618,8 @@ class Transfer:
                 if not self.tasks and self.running == 0:
                     self.cond.notify_all()
                     return None
-                timeout = min(t.not_before for t in self.tasks) - now if self.tasks else None
-                self.cond.wait(timeout)
+                timeout = min(t.not_before for t in self.tasks) - now if self.tasks else 0.5
+                self.cond.wait(min(timeout, 0.5))  # and look at the stop request twice a second
 
     def _done(self) -> None:
         with self.cond:
@@ -839,6 +846,8 @@ class FolderPass:
     def prepare(self) -> list[Copy]:
         """Open both folders, resolve the journal, list, plan, apply flags and adoptions: the copies to make."""
         moving = self.moving
+        # a retry (after a cut connection) starts the folder over: what the report says comes from this try
+        self.report.skipped, self.report.failed = [], []
         source_status = self.source.select(self.mapping.source, readonly=not moving)
         self.report.source_messages = source_status.messages
         if self.owner.dry_run and self.report.created:
@@ -1293,9 +1302,10 @@ class FolderPass:
             # message by message, to find and record the refused one.
             try:
                 uids = destination.append(self.mapping.destination, messages)
-            except AppendRefused:
+            except AppendRefused as refusal:
                 if len(ready) == 1:
-                    raise
+                    self._refused(ready[0], refusal.reason)
+                    return
                 self._confirm_each(ready, destination.append_each(self.mapping.destination, messages))
                 return
             self._confirm(ready, uids)

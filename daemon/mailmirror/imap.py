@@ -596,12 +596,15 @@ class Session:
         with self._talking(f"appending to '{folder}'"):
             try:
                 if len(messages) > 1 and self.has("MULTIAPPEND"):
-                    # imapclient returns (typ, data) here instead of raising on NO: check it ourselves.
-                    # It sends the literals non-synchronising when the server offers LITERAL+.
-                    typ, data = self.client.multiappend(
-                        folder,
-                        [{"msg": m.raw, "flags": sorted(m.flags), "date": m.internaldate} for m in messages],
-                    )
+                    if self.has("LITERAL+"):
+                        # written by us: imapclient copies every message twice on the way (memory)
+                        typ, data = self._multiappend_literal_plus(folder, messages)
+                    else:
+                        # imapclient returns (typ, data) here instead of raising on NO: check it ourselves.
+                        typ, data = self.client.multiappend(
+                            folder,
+                            [{"msg": m.raw, "flags": sorted(m.flags), "date": m.internaldate} for m in messages],
+                        )
                     text = b" ".join(part for part in data if isinstance(part, bytes))
                     if _text(typ).upper() != "OK":
                         if is_throttling(_text(text)):
@@ -620,6 +623,23 @@ class Session:
                 if is_throttling(reason):
                     raise self._throttled(f"appending to '{folder}'", reason) from None
                 raise AppendRefused(reason) from None
+
+    def _multiappend_literal_plus(self, folder: str, messages: Sequence[MessageToAppend]) -> tuple[str, list[Any]]:
+        """One MULTIAPPEND (RFC 3502) with non-synchronising literals, each message sent as it is (no
+        copy): ``tag APPEND mailbox (flags) "date" {n+}<CRLF>bytes (flags) "date" {n+}<CRLF>bytes<CRLF>``."""
+        imap = self.client._imap
+        tag = imap._new_tag()
+        imap.send(b"%s APPEND %s" % (tag, self._mailbox_bytes(folder)))
+        for message in messages:
+            imap.send(b" " + _append_arguments(message))
+            imap.send(message.raw)
+        imap.send(b"\r\n")
+        typ, data = imap._command_complete("APPEND", tag)
+        return str(typ), list(data)
+
+    def _mailbox_bytes(self, folder: str) -> bytes:
+        mailbox = self.client._normalise_folder(folder)
+        return mailbox if isinstance(mailbox, bytes) else mailbox.encode("ascii")
 
     @property
     def pipelines_appends(self) -> bool:
@@ -658,24 +678,14 @@ class Session:
         if not messages:
             return []
         imap = self.client._imap
-        mailbox = self.client._normalise_folder(folder)
-        mailbox_bytes = mailbox if isinstance(mailbox, bytes) else mailbox.encode("ascii")
+        mailbox_bytes = self._mailbox_bytes(folder)
         doing = f"appending to '{folder}'"
         results: list[int | AppendRefused | None] = []
         with self._talking(doing):
             tags = []
             for message in messages:
                 tag = imap._new_tag()
-                flags = " ".join(sorted(message.flags))
-                date = datetime_to_INTERNALDATE(message.internaldate)
-                line = b'%s APPEND %s (%s) "%s" {%d+}\r\n' % (
-                    tag,
-                    mailbox_bytes,
-                    flags.encode("utf-8"),
-                    date.encode("ascii"),
-                    len(message.raw),
-                )
-                imap.send(line)
+                imap.send(b"%s APPEND %s %s" % (tag, mailbox_bytes, _append_arguments(message)))
                 imap.send(message.raw)
                 imap.send(b"\r\n")
                 tags.append(tag)
@@ -732,6 +742,13 @@ def uid_set(uids: Iterable[int]) -> str:
     if ordered:
         ranges.append(f"{start}:{previous}" if previous > start else str(start))
     return ",".join(ranges)
+
+
+def _append_arguments(message: MessageToAppend) -> bytes:
+    """``(flags) "INTERNALDATE" {size+}<CRLF>``: an APPEND's arguments up to its literal (LITERAL+)."""
+    flags = " ".join(sorted(message.flags)).encode("utf-8")
+    date = datetime_to_INTERNALDATE(message.internaldate).encode("ascii")
+    return b'(%s) "%s" {%d+}\r\n' % (flags, date, len(message.raw))
 
 
 def _status_from(values: dict[str, int]) -> MailboxStatus:

@@ -785,7 +785,15 @@ def test_state_database_lost_after_kill_with_pending_appends_gives_no_duplicates
     seed_fast(src_client, "Work", work)
     total = len(inbox) + len(work)
     proxy = proxies(dest_server)
-    setup = fault_setup(tmp_path / "pair", source_server, src_user, dest_server, dst_user, destination_proxy=proxy)
+    setup = fault_setup(
+        tmp_path / "pair",
+        source_server,
+        src_user,
+        dest_server,
+        dst_user,
+        destination_proxy=proxy,
+        transfer="{retries: 0, workers: 1}",  # one batch in flight: pending rows are exactly that batch
+    )
 
     proxy.inject(LOST_CASES[case])
     with SyncProcess(setup, "held") as run:

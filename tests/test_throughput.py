@@ -355,3 +355,17 @@ def test_a_refused_message_alone_in_its_batch_is_recorded_and_the_pass_goes_on(
     assert report.error is None and report.copied == 3
     assert [uid for uid, _reason in report.folders[0].failed] == [3]
     assert journal(setup) == {"done": 3}
+
+
+def test_byte_budget_lets_a_huge_batch_through_alone() -> None:
+    from mailmirror.transfer import ByteBudget
+
+    budget = ByteBudget(100)
+    assert budget.acquire(60, lambda: False) and budget.acquire(40, lambda: False)
+    assert not budget.acquire(1, lambda: True)  # full: waits, until cancelled
+    budget.release(60)
+    budget.release(40)
+    assert budget.acquire(500, lambda: False)  # larger than the budget, nothing else held: goes alone
+    assert not budget.acquire(1, lambda: True)
+    budget.release(500)
+    assert budget.used == 0 and budget.peak == 500

@@ -730,6 +730,15 @@ class TransferRules(_Section):
         ),
     )
     batch_messages: int = Field(default=100, ge=1, le=10000, description="Most messages in one batch.")
+    memory: Size = Field(
+        default=64 * 1024 * 1024,
+        ge=1024 * 1024,
+        json_schema_extra={"default": "64MiB"},
+        description=(
+            "Most message bytes a pass holds at once, over all its workers (batches fetched, waiting or being "
+            "appended); a larger message waits for the others, then goes alone. Bounds peak memory."
+        ),
+    )
     prefetch: int = Field(
         default=1,
         ge=0,

@@ -595,16 +595,21 @@ class Session:
             return []
         with self._talking(f"appending to '{folder}'"):
             try:
+                if self.has("LITERAL+") and (len(messages) == 1 or self.has("MULTIAPPEND")):
+                    # written by us: imapclient/imaplib copy every message once or twice on the way (memory)
+                    typ, data = self._multiappend_literal_plus(folder, messages)
+                    text = b" ".join(part for part in data if isinstance(part, bytes))
+                    if _text(typ).upper() != "OK":
+                        if is_throttling(_text(text)):
+                            raise self._throttled(f"appending to '{folder}'", _text(text))
+                        raise AppendRefused(_text(text).strip())
+                    return _appended_uids(text, len(messages))
                 if len(messages) > 1 and self.has("MULTIAPPEND"):
-                    if self.has("LITERAL+"):
-                        # written by us: imapclient copies every message twice on the way (memory)
-                        typ, data = self._multiappend_literal_plus(folder, messages)
-                    else:
-                        # imapclient returns (typ, data) here instead of raising on NO: check it ourselves.
-                        typ, data = self.client.multiappend(
-                            folder,
-                            [{"msg": m.raw, "flags": sorted(m.flags), "date": m.internaldate} for m in messages],
-                        )
+                    # imapclient returns (typ, data) here instead of raising on NO: check it ourselves.
+                    typ, data = self.client.multiappend(
+                        folder,
+                        [{"msg": m.raw, "flags": sorted(m.flags), "date": m.internaldate} for m in messages],
+                    )
                     text = b" ".join(part for part in data if isinstance(part, bytes))
                     if _text(typ).upper() != "OK":
                         if is_throttling(_text(text)):

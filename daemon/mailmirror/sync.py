@@ -47,7 +47,7 @@ from mailmirror.planner import (
 )
 from mailmirror.renames import follow_renames
 from mailmirror.state import FolderState, StateStore, SyncedMessage
-from mailmirror.transfer import RateLimit, backoff_delay, rate_limit, split_evenly
+from mailmirror.transfer import ByteBudget, RateLimit, backoff_delay, bound_heap, rate_limit, split_evenly
 
 if TYPE_CHECKING:
     from mailmirror.config import Config, Pair
@@ -211,6 +211,7 @@ class PairPass:
         self.lock = threading.RLock()  # the report and progress, shared by the workers
         self.abort = threading.Event()  # a worker failed for good: the others stop between batches
         self.workers = 1
+        self.budget = ByteBudget(pair.transfer.memory)  # message bytes in memory, over all workers
         self.measure = measure
         self.only_folders = set(only_folders) if only_folders is not None else None
         self.stop = stop
@@ -558,6 +559,7 @@ class Transfer:
     def run(self, jobs: Sequence[FolderPass]) -> None:
         if not jobs:
             return
+        bound_heap()
         for job in jobs:
             self.put(_Task("plan", job))
         wanted = self.owner.wanted_workers()
@@ -1228,13 +1230,20 @@ class FolderPass:
         destination.ensure_selected(self.mapping.destination, readonly=False)
         floor = self.destination_status.uidnext
         batches = _batches(copies, rules.batch_size, rules.batch_messages)
+        budget = self.owner.budget
         if rules.prefetch == 0:
             for batch in batches:
                 self.owner.check_stop()
-                bodies = self._fetch_batch(source, batch, source_limit)
-                self._copy_batch(destination, batch, bodies, floor, destination_limit)
+                size = sum(a.message.size for a in batch)
+                if not budget.acquire(size, self.owner.abort.is_set):
+                    self.owner.check_stop()
+                try:
+                    bodies = self._fetch_batch(source, batch, source_limit)
+                    self._copy_batch(destination, batch, bodies, floor, destination_limit)
+                finally:
+                    budget.release(size)
             return
-        fetched: queue.Queue[tuple[list[Copy], dict[int, bytes]] | BaseException | None] = queue.Queue(
+        fetched: queue.Queue[tuple[list[Copy], dict[int, bytes], int] | BaseException | None] = queue.Queue(
             maxsize=rules.prefetch
         )
         halt = threading.Event()
@@ -1242,9 +1251,15 @@ class FolderPass:
         def fetch() -> None:
             try:
                 for batch in batches:
-                    if halt.is_set():
+                    size = sum(a.message.size for a in batch)
+                    if halt.is_set() or not budget.acquire(size, halt.is_set):
                         return
-                    fetched.put((batch, self._fetch_batch(source, batch, source_limit)))
+                    try:
+                        bodies = self._fetch_batch(source, batch, source_limit)
+                    except BaseException:
+                        budget.release(size)
+                        raise
+                    fetched.put((batch, bodies, size))
                 fetched.put(None)
             except BaseException as error:  # handed to the appending thread, which raises it
                 fetched.put(error)
@@ -1255,14 +1270,19 @@ class FolderPass:
             while (item := fetched.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
-                self.owner.check_stop()
-                batch, bodies = item
-                self._copy_batch(destination, batch, bodies, floor, destination_limit)
+                batch, bodies, size = item
+                try:
+                    self.owner.check_stop()
+                    self._copy_batch(destination, batch, bodies, floor, destination_limit)
+                finally:
+                    budget.release(size)
         finally:
             halt.set()
-            while fetcher.is_alive():  # let a blocked put() through, so that the thread ends
+            while fetcher.is_alive() or not fetched.empty():  # let a blocked put() through; give back
                 with contextlib.suppress(queue.Empty):
-                    fetched.get(timeout=0.05)
+                    left = fetched.get(timeout=0.05)
+                    if isinstance(left, tuple):
+                        budget.release(left[2])
             fetcher.join()
 
     def _fetch_batch(self, source: Session, batch: list[Copy], limit: RateLimit | None) -> dict[int, bytes]:

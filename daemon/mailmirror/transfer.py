@@ -5,7 +5,9 @@ Pure except for the clock: the executor (`sync.py`) decides what to copy, this m
 
 from __future__ import annotations
 
+import ctypes
 import math
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -16,6 +18,10 @@ if TYPE_CHECKING:
 
 #: The longest wait between two retries of a throttled or disconnected transfer.
 BACKOFF_CAP = 300.0
+#: glibc's mallopt(M_MMAP_THRESHOLD): blocks from this size get their own mapping.
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD = 256 * 1024
+_heap_bounded = False
 
 T = TypeVar("T")
 
@@ -92,6 +98,53 @@ def rate_limit(account: Account) -> RateLimit | None:
         if key not in _limits:
             _limits[key] = RateLimit(account.max_messages_per_second, account.max_bytes_per_second)
         return _limits[key]
+
+
+class ByteBudget:
+    """Message bytes a pass holds in memory at once (transfer.memory), over all its workers: a batch
+    takes its size before it is fetched and gives it back once appended. A batch larger than the
+    whole budget (one huge message) waits until nothing else is held, then goes alone."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+        self.cond = threading.Condition()
+
+    def acquire(self, amount: int, cancelled: Callable[[], bool]) -> bool:
+        """Wait for `amount` bytes; False (nothing taken) when `cancelled()` turns true meanwhile."""
+        with self.cond:
+            while self.used and self.used + amount > self.limit:
+                if cancelled():
+                    return False
+                self.cond.wait(0.1)
+            self.used += amount
+            self.peak = max(self.peak, self.used)
+            return True
+
+    def release(self, amount: int) -> None:
+        with self.cond:
+            self.used -= amount
+            self.cond.notify_all()
+
+
+def bound_heap() -> None:
+    """Keep message bodies out of the heap (Linux, glibc), once per process.
+
+    glibc raises its mmap threshold (up to 32 MiB) each time a large block is freed, so after the
+    first batches message bodies are carved from the heap, whose fragmentation keeps the process at
+    its high-water mark and beyond. A fixed threshold gives every body of 256 KiB or more its own
+    mapping, returned to the system as soon as the batch is done with: peak RSS follows the formula
+    in docs/architecture.md."""
+    global _heap_bounded
+    if _heap_bounded or not sys.platform.startswith("linux"):
+        return
+    _heap_bounded = True
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt): nothing to do
+        pass
 
 
 def backoff_delay(attempt: int, first: float, cap: float = BACKOFF_CAP) -> float:

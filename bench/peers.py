@@ -49,8 +49,16 @@ class Mailmirror(Peer):
     progress, and comparable with the working tree in the same run.
     """
 
-    def __init__(self, executable: Path, *, ref: str | None = None, export_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        executable: Path,
+        *,
+        ref: str | None = None,
+        export_dir: Path | None = None,
+        transfer: str | None = None,
+    ) -> None:
         self.executable = executable
+        self.transfer = transfer  # the pair's transfer settings (YAML flow mapping), None: the defaults
         self.ref = ref
         self.name = "mailmirror" if ref is None else f"mailmirror@{ref}"
         self.commit = ""
@@ -99,7 +107,9 @@ class Mailmirror(Peer):
             "log: {format: text, level: warning}\n"
             "accounts:\n"
             "  src:\n" + self.account(source) + "  dst:\n" + self.account(destination) + "pairs:\n"
-            "  bench: {source: src, destination: dst}\n"
+            "  bench: {source: src, destination: dst"
+            + (f", transfer: {self.transfer}" if self.transfer else "")
+            + "}\n"
         )
 
     def write_config(self, source: Endpoint, destination: Endpoint, state_dir: Path) -> Path:

@@ -109,6 +109,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--imapsync", metavar="PATH", help="imapsync executable: adds imapsync to the tools")
     parser.add_argument(
+        "--mailmirror-transfer",
+        metavar="YAML",
+        help="the pair's transfer settings for mailmirror, e.g. '{workers: 2, prefetch: 1}' (default: built-in)",
+    )
+    parser.add_argument(
         "--count",
         type=_csv,
         default=["mailmirror"],
@@ -256,9 +261,11 @@ def _machine() -> dict[str, Any]:
 def _make_peer(name: str, args: argparse.Namespace, export_dir: Path) -> Peer:
     executable = Path(sys.executable).parent / "mailmirror"
     if name == "mailmirror":
-        return Mailmirror(executable)
+        return Mailmirror(executable, transfer=args.mailmirror_transfer)
     if name.startswith("mailmirror@"):
-        return Mailmirror(executable, ref=name.split("@", 1)[1], export_dir=export_dir)
+        return Mailmirror(
+            executable, ref=name.split("@", 1)[1], export_dir=export_dir, transfer=args.mailmirror_transfer
+        )
     if name == "mbsync":
         return Mbsync()
     if name in ("floor", "floor-seq"):

@@ -15,6 +15,10 @@ lines. Then, by ``action``:
 * ``"blackhole"``: that direction is silently swallowed from then on (read and dropped) while the
   connection stays open -- e.g. the server's ``OK [APPENDUID ...]`` never reaches the client, which
   waits; the connection ends when either side closes it.
+* ``"answer"`` (``"down"`` only): the ``count``-th tagged answer line containing ``pattern`` gets its
+  status and text replaced by ``answer``, e.g. ``NO [UNAVAILABLE] Server Unavailable. 15``: a server
+  throttling the client. The command did run on the server (its effect stays): the client must treat
+  such an answer as "maybe done", never as "not done". Everything else goes through unchanged.
 
 A fault applies to connections accepted after :meth:`FaultProxy.inject`, each counted on its own.
 With ``record=True`` the proxy keeps what went through each connection (:meth:`FaultProxy.transcripts`).
@@ -39,14 +43,17 @@ class Fault:
     direction: Direction
     after: int = 0
     pattern: bytes | None = None
-    action: Literal["cut", "blackhole"] = "cut"
+    action: Literal["cut", "blackhole", "answer"] = "cut"
     count: int = 1
+    answer: bytes = b"NO [UNAVAILABLE] Server Unavailable. 15"
 
     def __post_init__(self) -> None:
         if self.direction not in ("up", "down"):
             raise ValueError(f"direction must be 'up' or 'down', not {self.direction!r}")
-        if self.action not in ("cut", "blackhole"):
-            raise ValueError(f"action must be 'cut' or 'blackhole', not {self.action!r}")
+        if self.action not in ("cut", "blackhole", "answer"):
+            raise ValueError(f"action must be 'cut', 'blackhole' or 'answer', not {self.action!r}")
+        if self.action == "answer" and (self.direction != "down" or self.pattern is None):
+            raise ValueError("action 'answer' rewrites server answers: direction 'down' and a pattern")
         if self.after < 0 or self.count < 1 or (self.pattern is not None and not self.pattern):
             raise ValueError("after must be >= 0, count >= 1 and pattern non-empty")
 
@@ -83,6 +90,36 @@ class _Trigger:
         return chunk, False
 
 
+class _Answerer:
+    """The "answer" action: rewrites one tagged answer line of the server's stream."""
+
+    def __init__(self, fault: Fault | None, proxy: FaultProxy) -> None:
+        assert fault is not None and fault.pattern is not None
+        self.fault = fault
+        self.pattern = fault.pattern
+        self.proxy = proxy
+        self.buffer = b""
+        self.found = 0
+
+    def rewrite(self, data: bytes) -> bytes:
+        if self.found >= self.fault.count:
+            return data
+        lines = (self.buffer + data).split(b"\r\n")
+        self.buffer = lines.pop()
+        out = bytearray()
+        for line in lines:
+            if self.found < self.fault.count and self.pattern in line and not line.startswith((b"*", b"+")):
+                self.found += 1
+                if self.found == self.fault.count:
+                    line = line.split(b" ", 1)[0] + b" " + self.fault.answer
+                    self.proxy._fired()
+            out += line + b"\r\n"
+        if self.found >= self.fault.count:  # done: the rest goes through as it comes
+            out += self.buffer
+            self.buffer = b""
+        return bytes(out)
+
+
 class _Connection:
     def __init__(self, proxy: FaultProxy, client: socket.socket, server: socket.socket, fault: Fault | None) -> None:
         self.proxy = proxy
@@ -105,6 +142,9 @@ class _Connection:
 
     def _pump(self, direction: Direction, source: socket.socket, sink: socket.socket) -> None:
         trigger = _Trigger(self.fault) if self.fault is not None and self.fault.direction == direction else None
+        answering = (
+            _Answerer(self.fault, self.proxy) if trigger is not None and trigger.fault.action == "answer" else None
+        )
         swallowing = False
         try:
             while not self.closed.is_set():
@@ -115,6 +155,11 @@ class _Connection:
                     continue
                 if self.transcript is not None:
                     self.transcript[direction] += data
+                if answering is not None:
+                    data = answering.rewrite(data)
+                    if data:
+                        sink.sendall(data)
+                    continue
                 if trigger is not None:
                     data, reached = trigger.split(data)
                     if data:

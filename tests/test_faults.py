@@ -76,14 +76,17 @@ def fault_setup(
     *,
     source_proxy: FaultProxy | None = None,
     destination_proxy: FaultProxy | None = None,
+    transfer: str = "{retries: 0}",
 ) -> Setup:
+    """The pair of a fault test. Retries off by default: a fault ends the pass, as a crash would, and the
+    next pass must clean up (the tests of retrying within a pass set ``transfer``)."""
     directory.mkdir(parents=True, exist_ok=True)
     text = (
         f"state: {{path: {directory / 'state.db'}}}\n"
         "accounts:\n"
         + account_block("src", source, source_user, directory, source_proxy)
         + account_block("dst", destination, destination_user, directory, destination_proxy)
-        + "pairs:\n  test:\n    source: src\n    destination: dst\n"
+        + f"pairs:\n  test:\n    source: src\n    destination: dst\n    transfer: {transfer}\n"
     )
     config_path = directory / "mailmirror.yaml"
     config_path.write_text(text, encoding="utf-8")
@@ -571,6 +574,7 @@ def test_connection_cut_after_any_server_line_fails_cleanly_then_completes_exact
             user,
             source_proxy=proxy if side == "src" else None,
             destination_proxy=proxy if side == "dst" else None,
+            transfer="{retries: 0, workers: 1}",  # one connection per side: one dialogue to sweep
         )
         return setup, user
 
@@ -781,7 +785,15 @@ def test_state_database_lost_after_kill_with_pending_appends_gives_no_duplicates
     seed_fast(src_client, "Work", work)
     total = len(inbox) + len(work)
     proxy = proxies(dest_server)
-    setup = fault_setup(tmp_path / "pair", source_server, src_user, dest_server, dst_user, destination_proxy=proxy)
+    setup = fault_setup(
+        tmp_path / "pair",
+        source_server,
+        src_user,
+        dest_server,
+        dst_user,
+        destination_proxy=proxy,
+        transfer="{retries: 0, workers: 1}",  # one batch in flight: pending rows are exactly that batch
+    )
 
     proxy.inject(LOST_CASES[case])
     with SyncProcess(setup, "held") as run:

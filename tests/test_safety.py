@@ -44,19 +44,24 @@ def test_cut_pass_then_mirror_deletes_live_messages(make_server, dest_server, ds
     src_user = source.add_user()
     src = source.connect(src_user)
     seed_inbox(src, [simple_message(i, tag="old") for i in range(40)])
-    setup = make_setup(source, src_user, dest_server, dst_user, pair_options="deletions: {destination: mirror}")
+    setup = make_setup(
+        source,
+        src_user,
+        dest_server,
+        dst_user,
+        pair_options="deletions: {destination: mirror}\ntransfer: {batch_messages: 3, retries: 0}",
+    )
     assert setup.sync().complete
     seed_inbox(src, [simple_message(i, tag="new") for i in range(6)])
 
-    monkeypatch.setattr(sync, "BATCH_MESSAGES", 3)
     real = sync.FolderPass._copy_batch
     calls = {"n": 0}
 
-    def cut_on_second(self, batch, floor):
+    def cut_on_second(self, *args):
         calls["n"] += 1
         if calls["n"] == 2:
             raise ConnectionFailure("simulated: connection cut")
-        return real(self, batch, floor)
+        return real(self, *args)
 
     monkeypatch.setattr(sync.FolderPass, "_copy_batch", cut_on_second)
     assert setup.sync().error is not None  # the cut pass: 3 of 6 new copied (done), markers not saved
@@ -74,15 +79,15 @@ def test_move_loses_message_arriving_during_pass(
 ):
     seed_inbox(src_client, [simple_message(i, tag="a") for i in range(5)])
     setup = make_setup(source_server, src_user, dest_server, dst_user, pair_options="deletions: {source: after_copy}")
-    real = sync.FolderPass._copy
+    real = sync.FolderPass.finish
 
-    def copy_then_new_mail(self, plan, *, floor):
-        real(self, plan, floor=floor)
-        seed_inbox(src_client, [simple_message(99, tag="late")])  # new mail while the pass runs
+    def copy_then_new_mail(self):
+        seed_inbox(src_client, [simple_message(99, tag="late")])  # new mail while the pass runs (copied)
+        return real(self)
 
-    monkeypatch.setattr(sync.FolderPass, "_copy", copy_then_new_mail)
+    monkeypatch.setattr(sync.FolderPass, "finish", copy_then_new_mail)
     setup.sync()
-    monkeypatch.setattr(sync.FolderPass, "_copy", real)
+    monkeypatch.setattr(sync.FolderPass, "finish", real)
     for _ in range(3):
         setup.sync()
     assert message_count(dst_client) == 6, (
@@ -229,8 +234,8 @@ def test_graceful_stop_then_mirror_deletes_live_messages(make_server, dest_serve
     stop = threading.Event()
     real = sync.FolderPass._copy_batch
 
-    def then_stop(self, batch, floor):
-        result = real(self, batch, floor)
+    def then_stop(self, *args):
+        result = real(self, *args)
         stop.set()  # SIGTERM arrives while the first batch is in flight
         return result
 

@@ -348,6 +348,15 @@ class DaemonConfig(_Section):
         json_schema_extra={"default": "30s"},
         description="On SIGTERM: time to finish the batch in flight, record it and log out before exiting.",
     )
+    max_connections: int = Field(
+        default=64,
+        ge=2,
+        le=10000,
+        description=(
+            "Most IMAP connections open at the same time over all pairs and accounts (each pass takes one per "
+            "side, and more for transfer.workers while they are free)."
+        ),
+    )
 
 
 class LogConfig(_Section):
@@ -422,6 +431,19 @@ class Account(_Section):
         default=4,
         ge=1,
         description="Most simultaneous connections to this account, across all pairs using it.",
+    )
+    max_messages_per_second: float | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "Rate limit: messages fetched from / appended to this account per second, over all pairs and "
+            "connections (a token bucket; for providers that throttle). null: no limit."
+        ),
+    )
+    max_bytes_per_second: Size | None = Field(
+        default=None,
+        ge=1024,
+        description="Rate limit: message bytes fetched from / appended to this account per second. null: no limit.",
     )
 
     @property
@@ -697,11 +719,78 @@ class DeletionRules(_Section):
         return self
 
 
+class TransferRules(_Section):
+    """How messages move: batches bounded by bytes, parallel connections, retries when the server throttles."""
+
+    workers: int = Field(
+        default=3,
+        ge=1,
+        le=32,
+        description=(
+            "Connections per side working in parallel on different folders (a large folder is split by UID "
+            "ranges), at most each account's max_connections; 1 = one folder at a time."
+        ),
+    )
+    batch_size: Size = Field(
+        default=8 * 1024 * 1024,
+        ge=64 * 1024,
+        le=256 * 1024 * 1024,
+        json_schema_extra={"default": "8MiB"},
+        description=(
+            "Most message bytes fetched in one UID FETCH and appended in one MULTIAPPEND (a larger message "
+            "goes alone). Peak memory grows with it: see docs/architecture.md."
+        ),
+    )
+    batch_messages: int = Field(default=100, ge=1, le=10000, description="Most messages in one batch.")
+    memory: Size = Field(
+        default=64 * 1024 * 1024,
+        ge=1024 * 1024,
+        json_schema_extra={"default": "64MiB"},
+        description=(
+            "Most message bytes a pass holds at once, over all its workers (batches fetched, waiting or being "
+            "appended); a larger message waits for the others, then goes alone. Bounds peak memory."
+        ),
+    )
+    prefetch: int = Field(
+        default=1,
+        ge=0,
+        le=8,
+        description="Batches each worker fetches ahead while the current one is appended (0: take turns).",
+    )
+    split_above: int = Field(
+        default=2000,
+        ge=100,
+        description="A folder with more messages to copy than this is split into UID ranges for several workers.",
+    )
+    retries: int = Field(
+        default=5,
+        ge=0,
+        le=100,
+        description=(
+            "Times a folder's transfer is resumed after the server throttled ([THROTTLED], [UNAVAILABLE]) or "
+            "the connection dropped, reconnecting after an exponential backoff; then the pass fails."
+        ),
+    )
+    backoff: Duration = Field(
+        default=timedelta(seconds=2),
+        json_schema_extra={"default": "2s"},
+        description="First wait before such a retry; doubled each time, at most 5 minutes.",
+    )
+
+    @field_validator("backoff")
+    @classmethod
+    def _positive_backoff(cls, value: Any) -> Any:
+        if not value:
+            raise ValueError("must be longer than 0s")
+        return value
+
+
 _SCHEDULE_DESCRIPTION = "When the pair runs."
 _FOLDERS_DESCRIPTION = "Folder selection and naming."
 _MESSAGES_DESCRIPTION = "Message selection and identity."
 _FLAGS_DESCRIPTION = "Flag and keyword handling."
 _DELETIONS_DESCRIPTION = "Opt-in deletions, with a guard."
+_TRANSFER_DESCRIPTION = "Batches, parallel connections, throttling retries."
 
 
 class PairDefaults(_Section):
@@ -712,6 +801,7 @@ class PairDefaults(_Section):
     messages: MessageRules = Field(default_factory=MessageRules, description=_MESSAGES_DESCRIPTION)
     flags: FlagRules = Field(default_factory=FlagRules, description=_FLAGS_DESCRIPTION)
     deletions: DeletionRules = Field(default_factory=DeletionRules, description=_DELETIONS_DESCRIPTION)
+    transfer: TransferRules = Field(default_factory=TransferRules, description=_TRANSFER_DESCRIPTION)
 
 
 class Pair(_Section):
@@ -724,6 +814,7 @@ class Pair(_Section):
     messages: MessageRules = Field(default_factory=MessageRules, description=_MESSAGES_DESCRIPTION)
     flags: FlagRules = Field(default_factory=FlagRules, description=_FLAGS_DESCRIPTION)
     deletions: DeletionRules = Field(default_factory=DeletionRules, description=_DELETIONS_DESCRIPTION)
+    transfer: TransferRules = Field(default_factory=TransferRules, description=_TRANSFER_DESCRIPTION)
 
 
 class Config(_Section):

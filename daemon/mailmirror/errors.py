@@ -62,6 +62,10 @@ class ConnectionFailure(MailmirrorError):
     exit_code = ExitCode.UNAVAILABLE
 
 
+class Throttled(ConnectionFailure):
+    """The server asked to slow down ([THROTTLED], [UNAVAILABLE], "Server Unavailable"): retried later."""
+
+
 class AuthenticationFailure(MailmirrorError):
     """The server rejected the credentials of an account."""
 

@@ -19,11 +19,12 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from imapclient import IMAPClient
+from imapclient.datetime_util import datetime_to_INTERNALDATE
 from imapclient.exceptions import CapabilityError, IMAPClientAbortError, IMAPClientError, LoginError
 from imapclient.imap_utf7 import decode as decode_utf7
 from imapclient.response_parser import parse_fetch_response, parse_response
 
-from mailmirror.errors import AuthenticationFailure, ConfigError, ConnectionFailure, ServerRefused
+from mailmirror.errors import AuthenticationFailure, ConfigError, ConnectionFailure, ServerRefused, Throttled
 
 if TYPE_CHECKING:
     from mailmirror.config import Account
@@ -48,6 +49,18 @@ SPECIAL_USE_FLAGS = ("\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\
 
 _APPENDUID = re.compile(rb"\[APPENDUID (\d+) ([\d:,]+)\]", re.IGNORECASE)
 _RESP_CODE = re.compile(rb"^\[([A-Z-]+)")
+#: Answers of servers asking a client to slow down (Office 365: "Server Unavailable. 15", "Request is
+#: throttled"; Gmail: "[THROTTLED]", "Account exceeded command or bandwidth limits"; RFC 5530 [UNAVAILABLE]).
+_THROTTLED = re.compile(
+    r"\[(THROTTLED|UNAVAILABLE)\]|throttled|server unavailable|exceeded command or bandwidth limits", re.IGNORECASE
+)
+#: LITERAL- (RFC 7888): non-synchronising literals only up to this size.
+LITERAL_MINUS_MAX = 4096
+
+
+def is_throttling(text: str) -> bool:
+    """Whether a server's NO/BAD text asks to slow down (retry later) rather than refusing for good."""
+    return _THROTTLED.search(text) is not None
 
 
 class FolderMissing(Exception):
@@ -224,7 +237,15 @@ class Session:
                 account=self.account_name,
             ) from None
         except IMAPClientError as error:  # a NO or BAD the caller did not handle itself
+            if is_throttling(_text(error)):
+                raise self._throttled(doing, _text(error)) from None
             raise self._refused(doing, error) from None
+
+    def _throttled(self, doing: str, reason: str) -> Throttled:
+        return Throttled(
+            f"account '{self.account_name}' ({self.server}): the server asked to slow down while {doing}: "
+            f"{reason.strip()}"
+        )
 
     def _refused(self, doing: str, error: Exception) -> ServerRefused:
         return ServerRefused(
@@ -396,6 +417,23 @@ class Session:
             permanent_flags=_flags(permanent) if permanent is not None and not readonly else None,
         )
 
+    def enable_condstore(self) -> None:
+        """ENABLE CONDSTORE (RFC 7162), so that SELECT answers HIGHESTMODSEQ as on the pass's first
+        connection (where the LIST-STATUS asking for it enabled CONDSTORE implicitly)."""
+        if self.has("CONDSTORE") and self.has("ENABLE"):
+            with self._talking("enabling CONDSTORE"):
+                try:
+                    self.client.enable("CONDSTORE")
+                except IMAPClientAbortError:
+                    raise
+                except IMAPClientError as error:
+                    log.debug("account '%s': ENABLE CONDSTORE refused: %s", self.account_name, error)
+
+    def ensure_selected(self, name: str, *, readonly: bool) -> None:
+        """Open a folder unless it is the one already open in that mode (workers take turns on folders)."""
+        if self.selected != name or self.selected_readonly != readonly:
+            self.select(name, readonly=readonly)
+
     # -- messages ----------------------------------------------------------------------------------------
 
     def _fetch(
@@ -559,12 +597,22 @@ class Session:
         """Append messages; returns the new UIDs (APPENDUID) or None where the server does not say.
 
         Uses MULTIAPPEND for several messages when offered (atomic: all or none). Raises AppendRefused
-        when the server answers NO, so the caller can isolate the refused message.
+        when the server answers NO, so the caller can isolate the refused message; Throttled when the NO
+        asks to slow down (nothing was appended by that command).
         """
         if not messages:
             return []
         with self._talking(f"appending to '{folder}'"):
             try:
+                if self.has("LITERAL+") and (len(messages) == 1 or self.has("MULTIAPPEND")):
+                    # written by us: imapclient/imaplib copy every message once or twice on the way (memory)
+                    typ, data = self._multiappend_literal_plus(folder, messages)
+                    text = b" ".join(part for part in data if isinstance(part, bytes))
+                    if _text(typ).upper() != "OK":
+                        if is_throttling(_text(text)):
+                            raise self._throttled(f"appending to '{folder}'", _text(text))
+                        raise AppendRefused(_text(text).strip())
+                    return _appended_uids(text, len(messages))
                 if len(messages) > 1 and self.has("MULTIAPPEND"):
                     # imapclient returns (typ, data) here instead of raising on NO: check it ourselves.
                     typ, data = self.client.multiappend(
@@ -573,6 +621,8 @@ class Session:
                     )
                     text = b" ".join(part for part in data if isinstance(part, bytes))
                     if _text(typ).upper() != "OK":
+                        if is_throttling(_text(text)):
+                            raise self._throttled(f"appending to '{folder}'", _text(text))
                         raise AppendRefused(_text(text).strip())
                     return _appended_uids(text, len(messages))
                 uids: list[int | None] = []
@@ -583,7 +633,99 @@ class Session:
             except (CapabilityError, IMAPClientAbortError):
                 raise
             except IMAPClientError as error:
-                raise AppendRefused(_server_reason(error)) from None
+                reason = _server_reason(error)
+                if is_throttling(reason):
+                    raise self._throttled(f"appending to '{folder}'", reason) from None
+                raise AppendRefused(reason) from None
+
+    def _multiappend_literal_plus(self, folder: str, messages: Sequence[MessageToAppend]) -> tuple[str, list[Any]]:
+        """One MULTIAPPEND (RFC 3502) with non-synchronising literals, each message sent as it is (no
+        copy): ``tag APPEND mailbox (flags) "date" {n+}<CRLF>bytes (flags) "date" {n+}<CRLF>bytes<CRLF>``."""
+        imap = self.client._imap
+        tag = imap._new_tag()
+        imap.send(b"%s APPEND %s" % (tag, self._mailbox_bytes(folder)))
+        for message in messages:
+            imap.send(b" " + _append_arguments(message))
+            imap.send(message.raw)
+        imap.send(b"\r\n")
+        typ, data = imap._command_complete("APPEND", tag)
+        return str(typ), list(data)
+
+    def _mailbox_bytes(self, folder: str) -> bytes:
+        mailbox = self.client._normalise_folder(folder)
+        return mailbox if isinstance(mailbox, bytes) else mailbox.encode("ascii")
+
+    @property
+    def pipelines_appends(self) -> bool:
+        """Whether `append_each` sends its APPENDs back to back (LITERAL+ or LITERAL-, RFC 7888)."""
+        return self.has("LITERAL+") or self.has("LITERAL-")
+
+    def append_each(self, folder: str, messages: Sequence[MessageToAppend]) -> list[int | AppendRefused | None]:
+        """One APPEND per message, each with its own outcome: the new UID (or None when the server does
+        not say), or the AppendRefused of a NO. Throttled / ConnectionFailure for the whole call.
+
+        With LITERAL+ (or LITERAL- for messages up to 4096 bytes) the APPENDs are pipelined: every
+        command goes out with a non-synchronising literal (``{n+}``) without waiting for a continuation
+        or an answer, then the answers are read in order. imaplib always waits for the ``+``
+        continuation, so this writes the commands to the connection itself. Otherwise: one plain APPEND
+        after the other.
+        """
+        if not messages:
+            return []
+        limit = None if self.has("LITERAL+") else LITERAL_MINUS_MAX if self.has("LITERAL-") else 0
+        results: list[int | AppendRefused | None] = []
+        pending: list[MessageToAppend] = []
+        for message in messages:
+            if limit is None or len(message.raw) <= limit:
+                pending.append(message)
+                continue
+            results.extend(self._append_pipelined(folder, pending))
+            pending = []
+            try:
+                results.extend(self.append(folder, [message]))
+            except AppendRefused as refusal:
+                results.append(refusal)
+        results.extend(self._append_pipelined(folder, pending))
+        return results
+
+    def _append_pipelined(self, folder: str, messages: Sequence[MessageToAppend]) -> list[int | AppendRefused | None]:
+        if not messages:
+            return []
+        imap = self.client._imap
+        mailbox_bytes = self._mailbox_bytes(folder)
+        doing = f"appending to '{folder}'"
+        results: list[int | AppendRefused | None] = []
+        with self._talking(doing):
+            tags = []
+            for message in messages:
+                tag = imap._new_tag()
+                imap.send(b"%s APPEND %s %s" % (tag, mailbox_bytes, _append_arguments(message)))
+                imap.send(message.raw)
+                imap.send(b"\r\n")
+                tags.append(tag)
+            throttled: str | None = None
+            for tag in tags:  # read every answer, even after a refusal: the connection stays in step
+                try:
+                    typ, data = imap._command_complete("APPEND", tag)
+                except imaplib.IMAP4.abort:
+                    raise
+                except imaplib.IMAP4.error as error:  # BAD
+                    reason = _server_reason(error)
+                    if is_throttling(reason):
+                        throttled = reason
+                    results.append(AppendRefused(reason))
+                    continue
+                text = b" ".join(part for part in data if isinstance(part, bytes))
+                if _text(typ).upper() == "OK":
+                    results.extend(_appended_uids(text, 1))
+                elif is_throttling(_text(text)):
+                    throttled = _text(text)
+                    results.append(AppendRefused(_text(text).strip()))
+                else:
+                    results.append(AppendRefused(_text(text).strip()))
+            if throttled is not None:  # what did go in is found by the caller's journal resolution
+                raise self._throttled(doing, throttled)
+        return results
 
     def store_flags(self, uids: Sequence[int], add: Iterable[str], remove: Iterable[str]) -> None:
         add_list, remove_list = sorted(add), sorted(remove)
@@ -614,6 +756,13 @@ def uid_set(uids: Iterable[int]) -> str:
     if ordered:
         ranges.append(f"{start}:{previous}" if previous > start else str(start))
     return ",".join(ranges)
+
+
+def _append_arguments(message: MessageToAppend) -> bytes:
+    """``(flags) "INTERNALDATE" {size+}<CRLF>``: an APPEND's arguments up to its literal (LITERAL+)."""
+    flags = " ".join(sorted(message.flags)).encode("utf-8")
+    date = datetime_to_INTERNALDATE(message.internaldate).encode("ascii")
+    return b'(%s) "%s" {%d+}\r\n' % (flags, date, len(message.raw))
 
 
 def _status_from(values: dict[str, int]) -> MailboxStatus:

@@ -16,12 +16,15 @@ The database is safe to inspect with the ``sqlite-utils`` CLI while the daemon r
 
 from __future__ import annotations
 
+import functools
 import sqlite3
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
 
 import sqlite_utils
 
@@ -113,6 +116,21 @@ CREATE TABLE IF NOT EXISTS pending (
 MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4}
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _locked(method: Callable[Concatenate[StateStore, _P], _R]) -> Callable[Concatenate[StateStore, _P], _R]:
+    """Serialise a method on the store's lock: the worker threads of a pass share one connection."""
+
+    @functools.wraps(method)
+    def wrapper(self: StateStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with self.lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -158,13 +176,19 @@ class Failure:
 
 
 class StateStore:
-    """All reads and writes of the state database. One instance per process; not thread-safe."""
+    """All reads and writes of the state database.
+
+    Thread-safe: the worker threads of a pass share one connection, every method (and every
+    `transaction()` block, for its whole duration) holds the store's lock, so one thread's transaction
+    never takes in another thread's writes.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.lock = threading.RLock()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite_utils.Database(path)
+            self.db = sqlite_utils.Database(sqlite3.connect(str(path), check_same_thread=False))
             self.db.enable_wal()
             # FULL: a journalled 'pending' row must be on disk before its APPEND is sent.
             self.db.execute("PRAGMA synchronous=FULL")
@@ -175,6 +199,7 @@ class StateStore:
                 f"state database {path}: cannot open it ({error}). Check state.path and its permissions."
             ) from None
 
+    @_locked
     def close(self) -> None:
         self.db.close()
 
@@ -195,12 +220,13 @@ class StateStore:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """One atomic unit of work (nested blocks join the outer one)."""
-        with self.db.atomic():
+        """One atomic unit of work (nested blocks join the outer one); the lock is held throughout."""
+        with self.lock, self.db.atomic():
             yield
 
     # -- folders -----------------------------------------------------------------------------------------
 
+    @_locked
     def folder(self, pair: str, src_folder: str) -> FolderState | None:
         row = self.db.execute(
             "SELECT pair, src_folder, dst_folder, src_uidvalidity, dst_uidvalidity, src_uidnext, "
@@ -209,6 +235,7 @@ class StateStore:
         ).fetchone()
         return FolderState(*row) if row else None
 
+    @_locked
     def save_folder(self, state: FolderState) -> None:
         self.db.execute(
             "INSERT INTO folders (pair, src_folder, dst_folder, src_uidvalidity, dst_uidvalidity, "
@@ -233,6 +260,7 @@ class StateStore:
             ],
         )
 
+    @_locked
     def folders(self, pair: str) -> list[FolderState]:
         rows = self.db.execute(
             "SELECT pair, src_folder, dst_folder, src_uidvalidity, dst_uidvalidity, src_uidnext, "
@@ -241,6 +269,7 @@ class StateStore:
         )
         return [FolderState(*row) for row in rows]
 
+    @_locked
     def rename_folder(self, pair: str, old: FolderState, new_src_folder: str, new_dst_folder: str) -> None:
         """A folder renamed on the source (and by us on the destination): its state follows it."""
         with self.transaction():
@@ -254,6 +283,7 @@ class StateStore:
                 [new_src_folder, new_dst_folder, _now(), pair, old.src_folder],
             )
 
+    @_locked
     def forget_folder(self, pair: str, src_folder: str) -> None:
         """Drop the UID map of a folder (after a UIDVALIDITY change: it is rebuilt by fingerprint)."""
         with self.transaction():
@@ -262,6 +292,7 @@ class StateStore:
 
     # -- messages ----------------------------------------------------------------------------------------
 
+    @_locked
     def messages(self, pair: str, src_folder: str) -> dict[int, SyncedMessage]:
         rows = self.db.execute(
             "SELECT src_uid, dst_uid, status, fingerprint, size, flags, dst_uid_floor FROM messages "
@@ -273,6 +304,7 @@ class StateStore:
             for row in rows
         }
 
+    @_locked
     def journal_pending(self, pair: str, src_folder: str, entries: Iterable[SyncedMessage]) -> None:
         """Record appends about to be sent (status pending), in one durable transaction."""
         now = _now()
@@ -295,6 +327,7 @@ class StateStore:
                 ],
             )
 
+    @_locked
     def mark_done(self, pair: str, src_folder: str, entries: Iterable[SyncedMessage]) -> None:
         """Record messages known to be on the destination (appended and confirmed, or found there)."""
         now = _now()
@@ -320,6 +353,7 @@ class StateStore:
             self.db.conn.executemany("DELETE FROM failures WHERE pair = ? AND src_folder = ? AND src_uid = ?", keys)
             self.db.conn.executemany("DELETE FROM deferred WHERE pair = ? AND src_folder = ? AND src_uid = ?", keys)
 
+    @_locked
     def drop_pending(self, pair: str, src_folder: str, src_uids: Iterable[int]) -> None:
         """Pending appends that never reached the destination: forget them so they are copied again."""
         with self.transaction():
@@ -328,6 +362,7 @@ class StateStore:
                 [(pair, src_folder, uid) for uid in src_uids],
             )
 
+    @_locked
     def update_flags(self, pair: str, src_folder: str, flags_by_src_uid: dict[int, frozenset[str]]) -> None:
         with self.transaction():
             self.db.conn.executemany(
@@ -335,6 +370,7 @@ class StateStore:
                 [(flags_to_text(f), _now(), pair, src_folder, uid) for uid, f in flags_by_src_uid.items()],
             )
 
+    @_locked
     def forget_messages(self, pair: str, src_folder: str, src_uids: Iterable[int]) -> None:
         """Rows of messages gone from the source (expunged, or moved away by mailmirror itself)."""
         keys = [(pair, src_folder, uid) for uid in src_uids]
@@ -342,6 +378,7 @@ class StateStore:
             for table in ("messages", "failures", "deferred"):
                 self.db.conn.executemany(f"DELETE FROM {table} WHERE pair = ? AND src_folder = ? AND src_uid = ?", keys)
 
+    @_locked
     def clear_failures(self, pair: str, src_folder: str, src_uids: Iterable[int]) -> None:
         self.db.conn.executemany(
             "DELETE FROM failures WHERE pair = ? AND src_folder = ? AND src_uid = ?",
@@ -349,6 +386,7 @@ class StateStore:
         )
         self.db.conn.commit()
 
+    @_locked
     def folders_needing_attention(self, pair: str) -> set[str]:
         """Source folders with unconfirmed appends or failed messages: never skipped by the fast path."""
         rows = self.db.execute(
@@ -359,6 +397,7 @@ class StateStore:
         )
         return {row[0] for row in rows}
 
+    @_locked
     def fingerprints(self, pair: str, src_folders: Iterable[str]) -> frozenset[str]:
         folders = list(src_folders)
         if not folders:
@@ -370,12 +409,14 @@ class StateStore:
         )
         return frozenset(row[0] for row in rows)
 
+    @_locked
     def failed_uids(self, pair: str, src_folder: str) -> list[int]:
         rows = self.db.execute(
             "SELECT src_uid FROM failures WHERE pair = ? AND src_folder = ? ORDER BY src_uid", [pair, src_folder]
         )
         return [row[0] for row in rows]
 
+    @_locked
     def record_deferred(self, pair: str, src_folder: str, entries: Iterable[tuple[int, str, datetime | None]]) -> None:
         """Skipped messages to look at again: (src_uid, reason, eligible_at or None)."""
         with self.transaction():
@@ -394,6 +435,7 @@ class StateStore:
                 ],
             )
 
+    @_locked
     def deferred_uids(self, pair: str, src_folder: str) -> tuple[list[int], list[int]]:
         """(UIDs waiting for messages.search to match, UIDs old enough for min_age by now)."""
         rows = self.db.execute(
@@ -405,6 +447,7 @@ class StateStore:
 
     # -- failures ----------------------------------------------------------------------------------------
 
+    @_locked
     def record_failure(self, pair: str, src_folder: str, src_uid: int, reason: str) -> None:
         now = _now()
         self.db.execute(
@@ -414,6 +457,7 @@ class StateStore:
             [pair, src_folder, src_uid, reason, now, now],
         )
 
+    @_locked
     def failures(self, pair: str) -> list[Failure]:
         rows = self.db.execute(
             "SELECT src_folder, src_uid, reason, attempts FROM failures WHERE pair = ? ORDER BY src_folder, src_uid",
@@ -423,6 +467,7 @@ class StateStore:
 
     # -- lag -------------------------------------------------------------------------------------------
 
+    @_locked
     def set_pending(self, pair: str, src_folder: str, messages: int) -> None:
         self.db.execute(
             "INSERT INTO pending (pair, src_folder, messages) VALUES (?, ?, ?) "
@@ -430,16 +475,26 @@ class StateStore:
             [pair, src_folder, max(0, messages)],
         )
 
+    @_locked
+    def reduce_pending(self, pair: str, src_folder: str, copied: int) -> None:
+        self.db.execute(
+            "UPDATE pending SET messages = MAX(0, messages - ?) WHERE pair = ? AND src_folder = ?",
+            [copied, pair, src_folder],
+        )
+
+    @_locked
     def pending(self, pair: str) -> int:
         """Messages the pair's last passes wanted on the destination and did not get there."""
         row = self.db.execute("SELECT SUM(messages) FROM pending WHERE pair = ?", [pair]).fetchone()
         return int(row[0] or 0)
 
+    @_locked
     def pending_by_pair(self) -> dict[str, int]:
         return {
             pair: int(total) for pair, total in self.db.execute("SELECT pair, SUM(messages) FROM pending GROUP BY pair")
         }
 
+    @_locked
     def prune_pending(self, pair: str, mapped_src_folders: Iterable[str]) -> None:
         """Forget the lag of folders the pair no longer syncs (excluded, or gone from the source)."""
         keep = sorted(set(mapped_src_folders))
@@ -448,6 +503,7 @@ class StateStore:
 
     # -- runs --------------------------------------------------------------------------------------------
 
+    @_locked
     def start_run(self, pair: str) -> int:
         cursor = self.db.execute("INSERT INTO runs (pair, started_at) VALUES (?, ?)", [pair, _now()])
         return int(cursor.lastrowid or 0)
@@ -460,6 +516,7 @@ class StateStore:
             [_now(), outcome, copied, failed, bytes_copied, error, run_id],
         )
 
+    @_locked
     def last_successes(self) -> dict[str, float]:
         """Pair -> when its last successful pass (every folder synced, or some messages failed) ended."""
         rows = self.db.execute(
@@ -467,6 +524,7 @@ class StateStore:
         )
         return {pair: datetime.fromisoformat(finished).timestamp() for pair, finished in rows if finished}
 
+    @_locked
     def last_runs(self) -> list[dict[str, object]]:
         rows = self.db.execute(
             "SELECT pair, started_at, finished_at, outcome, copied, failed, bytes, error FROM runs "

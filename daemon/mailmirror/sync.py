@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import re
-import sqlite3
 import threading
 import time
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from mailmirror.errors import (
     ConnectionFailure,
@@ -47,13 +47,15 @@ from mailmirror.planner import (
 )
 from mailmirror.renames import follow_renames
 from mailmirror.state import FolderState, StateStore, SyncedMessage
+from mailmirror.transfer import ByteBudget, RateLimit, backoff_delay, bound_heap, rate_limit, split_evenly
 
 if TYPE_CHECKING:
     from mailmirror.config import Config, Pair
 
 log = logging.getLogger(__name__)
 
-#: A batch of bodies in memory is at most this many bytes (one larger message goes alone).
+#: Default batch bounds (transfer.batch_size / batch_messages): a batch of bodies in memory is at most
+#: this many bytes (one larger message goes alone).
 BATCH_BYTES = 8 * 1024 * 1024
 BATCH_MESSAGES = 100
 DELETED_FOLDER_RULE = "delete folder"  # the rule of a FolderReport that stands for a deleted folder
@@ -206,8 +208,14 @@ class PairPass:
         measure: bool = False,
         only_folders: Collection[str] | None = None,
         stop: threading.Event | None = None,
+        slots: ExtraConnections | None = None,
     ) -> None:
         self.name = name
+        self.slots = slots
+        self.lock = threading.RLock()  # the report and progress, shared by the workers
+        self.abort = threading.Event()  # a worker failed for good: the others stop between batches
+        self.workers = 1
+        self.budget = ByteBudget(pair.transfer.memory)  # message bytes in memory, over all workers
         self.measure = measure
         self.only_folders = set(only_folders) if only_folders is not None else None
         self.stop = stop
@@ -248,6 +256,22 @@ class PairPass:
         """Between batches and folders: a stop request (SIGTERM) ends the pass here, state consistent."""
         if self.stop is not None and self.stop.is_set():
             raise Stopped(f"pair '{self.name}': pass stopped (shutdown requested); the next pass goes on")
+        if self.abort.is_set():
+            raise Stopped(f"pair '{self.name}': pass stopped (another worker failed)")
+
+    def wanted_workers(self) -> int:
+        """transfer.workers, at most each account's max_connections; 1 when folders must go in order."""
+        if self.dry_run or self.pair.messages.skip_cross_folder_duplicates:
+            return 1
+        accounts = self.config.accounts
+        return max(
+            1,
+            min(
+                self.pair.transfer.workers,
+                accounts[self.pair.source].max_connections,
+                accounts[self.pair.destination].max_connections,
+            ),
+        )
 
     def _run_locked(self) -> PairReport:
         run_id = None if self.dry_run else self.store.start_run(self.name)
@@ -318,6 +342,7 @@ class PairPass:
             dry_run=self.dry_run,
         )
         needs_attention = self.store.folders_needing_attention(self.name)
+        jobs: list[FolderPass] = []
         for mapping in mappings:
             if not mapping.selectable:  # a \Noselect parent: its children imply it on the destination
                 continue
@@ -355,13 +380,20 @@ class PairPass:
                     or mapping.source in needs_attention
                     or not self._unchanged(mapping, report, source, destination, source_view, destination_view)
                 ):
-                    FolderPass(self, source, destination, mapping, report).run()
+                    jobs.append(FolderPass(self, source, destination, mapping, report))
+                    continue
             except (ServerRefused, FolderMissing) as error:
                 report.error = str(error)
                 log.error("%s: folder %s: %s", self.name, mapping.source, error)
             self.progress.folder_finished(self.name, report)
-        if self.pair.deletions.delete_missing_folders and self.only_folders is None:
-            self._delete_missing_folders(source_view, destination, existing)
+        first = _Worker(self, 0, source, destination)
+        try:
+            Transfer(self, first).run(jobs)
+            if self.pair.deletions.delete_missing_folders and self.only_folders is None:
+                self._delete_missing_folders(source_view, first.sessions()[1], existing)
+        finally:
+            if first.source is not source or first.destination is not destination:
+                first.close()  # sessions it reopened after a cut connection (the first ones are closed by run())
         if self.only_folders is None and not self.dry_run:
             self.report.sides = _sides([f for f in self.report.folders if f.rule != DELETED_FOLDER_RULE])
             self.store.prune_pending(self.name, self.order)
@@ -460,6 +492,267 @@ class PairPass:
         return unchanged
 
 
+class ExtraConnections(Protocol):
+    """Connection slots beyond a pass's first connection per side (the daemon's limits): taken without
+    waiting, so that passes never wait on each other for them."""
+
+    def try_acquire(self) -> bool: ...
+    def release(self) -> None: ...
+
+
+class _Worker:
+    """One connection per side. Worker 0 starts with the pass's sessions; the others log in on their
+    first task. After a cut connection or a throttling answer a worker logs in again on its next task."""
+
+    def __init__(
+        self, owner: PairPass, index: int, source: Session | None = None, destination: Session | None = None
+    ) -> None:
+        self.owner = owner
+        self.index = index
+        self.source = source
+        self.destination = destination
+
+    def sessions(self) -> tuple[Session, Session]:
+        config, pair = self.owner.config, self.owner.pair
+        if self.source is None:
+            self.source = Session.open(pair.source, config.accounts[pair.source])
+            self.source.enable_condstore()
+        if self.destination is None:
+            self.destination = Session.open(pair.destination, config.accounts[pair.destination])
+            self.destination.enable_condstore()
+        return self.source, self.destination
+
+    def close(self) -> None:
+        for session in (self.source, self.destination):
+            if session is not None:
+                session.close()
+        self.source = self.destination = None
+
+
+TaskKind = Literal["finish", "copy", "plan"]
+_PRIORITY: dict[str, int] = {"finish": 0, "copy": 1, "plan": 2}
+
+
+@dataclass
+class _Task:
+    kind: TaskKind
+    folder: FolderPass
+    copies: list[Copy] = field(default_factory=list)
+    not_before: float = 0.0
+    seq: int = 0
+
+
+class Transfer:
+    """The folders of one pass over `workers` connection pairs.
+
+    Tasks: *plan* a folder (list, plan, flags, adoptions), *copy* a run of its messages (a large folder's
+    copies are split into UID ranges for several workers), *finish* it (resolve unconfirmed appends,
+    deletions, save the markers) once its last copy task is done. Finishing goes first, then copying,
+    then planning more folders, so that a folder's plan is not held longer than needed.
+
+    A throttling answer or a cut connection interrupts the task: the worker logs out, and the task (or,
+    for a copy, the folder's remaining messages, once none of its copies is in flight and its journal
+    is resolved) is retried after an exponential backoff, up to transfer.retries times per folder.
+    """
+
+    def __init__(self, owner: PairPass, first: _Worker) -> None:
+        self.owner = owner
+        self.first = first
+        self.cond = threading.Condition()
+        self.tasks: list[_Task] = []
+        self.running = 0
+        self.seq = 0
+        self.failure: BaseException | None = None
+
+    def run(self, jobs: Sequence[FolderPass]) -> None:
+        if not jobs:
+            return
+        bound_heap()
+        for job in jobs:
+            self.put(_Task("plan", job))
+        wanted = self.owner.wanted_workers()
+        extra: list[threading.Thread] = []
+        taken = 0
+        for index in range(1, wanted):
+            if self.owner.slots is not None:
+                if not self.owner.slots.try_acquire():
+                    break
+                taken += 1
+            worker = _Worker(self.owner, index)
+            thread = threading.Thread(
+                target=self._work, args=(worker,), name=f"{self.owner.name}-worker-{index}", daemon=True
+            )
+            extra.append(thread)
+        self.owner.workers = 1 + len(extra)
+        try:
+            for thread in extra:
+                thread.start()
+            self._work(self.first)
+            for thread in extra:
+                thread.join()
+        finally:
+            if self.owner.slots is not None:
+                for _ in range(taken):
+                    self.owner.slots.release()
+        if self.failure is not None:
+            raise self.failure
+
+    # -- the queue -----------------------------------------------------------------------------------
+
+    def put(self, task: _Task) -> None:
+        with self.cond:
+            self.seq += 1
+            task.seq = self.seq
+            self.tasks.append(task)
+            self.cond.notify_all()
+
+    def _get(self) -> _Task | None:
+        with self.cond:
+            while True:
+                if self.failure is None and self.owner.stop is not None and self.owner.stop.is_set():
+                    try:  # a stop request ends the pass also while tasks wait for their backoff
+                        self.owner.check_stop()
+                    except Stopped as stopped:
+                        self.failure = stopped
+                        self.owner.abort.set()
+                        self.cond.notify_all()
+                if self.failure is not None:
+                    return None
+                now = time.monotonic()
+                due = [t for t in self.tasks if t.not_before <= now]
+                if due:
+                    task = min(due, key=lambda t: (_PRIORITY[t.kind], t.seq))
+                    self.tasks.remove(task)
+                    self.running += 1
+                    return task
+                if not self.tasks and self.running == 0:
+                    self.cond.notify_all()
+                    return None
+                timeout = min(t.not_before for t in self.tasks) - now if self.tasks else 0.5
+                self.cond.wait(min(timeout, 0.5))  # and look at the stop request twice a second
+
+    def _done(self) -> None:
+        with self.cond:
+            self.running -= 1
+            self.cond.notify_all()
+
+    def _fail(self, error: BaseException) -> None:
+        with self.cond:
+            if self.failure is None:
+                self.failure = error
+            self.owner.abort.set()
+            self.cond.notify_all()
+
+    # -- the workers ---------------------------------------------------------------------------------
+
+    def _work(self, worker: _Worker) -> None:
+        try:
+            while (task := self._get()) is not None:
+                try:
+                    self._do(worker, task)
+                except ConnectionFailure as error:  # Throttled too: retried after a backoff
+                    worker.close()
+                    self._interrupted(task, error)
+                except (ServerRefused, FolderMissing) as error:
+                    self._folder_error(task, str(error))
+                except BaseException as error:  # Stopped, a bug: the pass ends
+                    self._fail(error)
+                finally:
+                    self._done()
+        finally:
+            if worker is not self.first:
+                worker.close()
+
+    def _do(self, worker: _Worker, task: _Task) -> None:
+        folder = task.folder
+        if folder.report.error is not None and task.kind == "copy":
+            self._copy_done(folder)  # the folder failed meanwhile: its other copies are not attempted
+            return
+        source, destination = worker.sessions()
+        self.owner.check_stop()
+        if task.kind == "plan":
+            folder.bind(source, destination)
+            copies = folder.prepare()
+            if copies:
+                self._put_copies(folder, copies)
+            else:
+                self.put(_Task("finish", folder))
+        elif task.kind == "copy":
+            folder.copy_run(source, destination, task.copies)
+            self._copy_done(folder)
+        else:
+            folder.bind(source, destination)
+            remaining = folder.finish()
+            if remaining:
+                self._put_copies(folder, remaining)
+            else:
+                with self.owner.lock:
+                    self.owner.progress.folder_finished(self.owner.name, folder.report)
+
+    def _put_copies(self, folder: FolderPass, copies: list[Copy]) -> None:
+        rules = self.owner.pair.transfer
+        if len(copies) > rules.split_above:
+            runs = split_evenly(copies, self.owner.wanted_workers(), max(1, rules.split_above // 2))
+        else:
+            runs = [copies]
+        log.debug(
+            "%s: %s: copying %d messages in %d runs", self.owner.name, folder.mapping.source, len(copies), len(runs)
+        )
+        with self.cond:
+            folder.outstanding += len(runs)
+        for run in runs:
+            self.put(_Task("copy", folder, run))
+
+    def _copy_done(self, folder: FolderPass, not_before: float = 0.0) -> None:
+        with self.cond:
+            folder.outstanding -= 1
+            last = folder.outstanding == 0
+        if last:
+            self.put(_Task("finish", folder, not_before=not_before))
+
+    def _interrupted(self, task: _Task, error: ConnectionFailure) -> None:
+        folder = task.folder
+        rules = self.owner.pair.transfer
+        with self.cond:
+            folder.attempts += 1
+            attempts = folder.attempts
+        if attempts > rules.retries:
+            if task.kind == "copy":
+                folder.interrupted = True
+            self._fail(error)
+            return
+        delay = backoff_delay(attempts, rules.backoff.total_seconds())
+        log.warning(
+            "%s: %s: %s; %s again in %.1fs (retry %d of %d)",
+            self.owner.name,
+            folder.mapping.source,
+            error,
+            "resuming" if task.kind == "copy" else "trying",
+            delay,
+            attempts,
+            rules.retries,
+        )
+        when = time.monotonic() + delay
+        if task.kind == "copy":
+            folder.interrupted = True
+            self._copy_done(folder, not_before=when)
+        else:
+            task.not_before = when
+            self.put(task)
+
+    def _folder_error(self, task: _Task, error: str) -> None:
+        folder = task.folder
+        with self.owner.lock:
+            if folder.report.error is None:
+                folder.report.error = error
+        log.error("%s: folder %s: %s", self.owner.name, folder.mapping.source, error)
+        if task.kind == "copy":
+            self._copy_done(folder)  # its finish resolves what is in flight, keeps the old markers
+        else:
+            with self.owner.lock:
+                self.owner.progress.folder_finished(self.owner.name, folder.report)
+
+
 def duplicate_priority_order(
     mappings: Sequence[FolderMapping],
     source_folders: Sequence[Folder],
@@ -544,14 +837,41 @@ class FolderPass:
         self.mapping = mapping
         self.report = report
         self._search_cache: frozenset[int] | None = None
+        # filled by prepare(), for the copy runs and finish()
+        self.moving = owner.pair.deletions.source == "after_copy" and not owner.dry_run
+        self.planned = False  # False: nothing to copy or finish (dry run)
+        self.copies: list[Copy] = []
+        self.deletions = Deletions()
+        self.source_status = MailboxStatus(0, 0, 0, None)
+        self.destination_status = MailboxStatus(0, 0, 0, None)
+        # shared by the workers copying this folder (under the owner's lock)
+        self.outstanding = 0  # copy runs queued or in flight
+        self.attempts = 0  # retries after throttling / cut connections
+        self.unconfirmed = False  # some appends await confirmation (no UIDPLUS)
+        self.interrupted = False  # a copy run was cut: resume the rest once the journal is resolved
+        self.refused: set[int] = set()  # source UIDs that failed during this pass's copies
+
+    def bind(self, source: Session, destination: Session) -> None:
+        """The worker's sessions for planning or finishing (never two workers at once)."""
+        self.source, self.destination = source, destination
 
     def run(self) -> None:
-        moving = self.owner.pair.deletions.source == "after_copy" and not self.owner.dry_run
+        """The whole folder with this pass's sessions, in one go (one worker)."""
+        copies = self.prepare()
+        while copies:
+            self.copy_run(self.source, self.destination, copies)
+            copies = self.finish()
+
+    def prepare(self) -> list[Copy]:
+        """Open both folders, resolve the journal, list, plan, apply flags and adoptions: the copies to make."""
+        moving = self.moving
+        # a retry (after a cut connection) starts the folder over: what the report says comes from this try
+        self.report.skipped, self.report.failed = [], []
         source_status = self.source.select(self.mapping.source, readonly=not moving)
         self.report.source_messages = source_status.messages
         if self.owner.dry_run and self.report.created:
             self._plan_dry_into_new_folder()
-            return
+            return []
         destination_status = self.destination.select(self.mapping.destination, readonly=self.owner.dry_run)
         known = self._known_state(source_status.uidvalidity, destination_status.uidvalidity)
         self._resolve_pending()
@@ -577,24 +897,48 @@ class FolderPass:
         self._report_plan(plan, deletions)
         if self.owner.dry_run:
             self._report_dry(plan, deletions)
-            return
+            return []
         self._record_failures(plan, listing)
         unreadable = len(self.report.failed) - len(plan.fail)  # listed, but their metadata did not come
         wanted = len(plan.copy) + len(plan.fail) + unreadable  # messages still to bring to the destination
         self.store.set_pending(self.pair, self.mapping.source, wanted)
         self._apply_flags_and_adoptions(plan)
-        try:
-            self._copy(plan, floor=destination_status.uidnext)
-        finally:  # also when the pass is stopped or cut off: the lag is what is really left
-            with contextlib.suppress(sqlite3.Error):
-                self.store.set_pending(self.pair, self.mapping.source, wanted - self.report.copied)
+        self.planned = True
+        self.copies = list(plan.copy)
+        self.deletions = deletions
+        self.source_status, self.destination_status = source_status, destination_status
+        self.owner.progress.folder_started(self.pair, self.mapping, len(plan.copy), plan.copy_bytes)
+        return self.copies
+
+    def finish(self) -> list[Copy]:
+        """After the last copy run: resolve unconfirmed appends; resume the copies a cut run left (returned,
+        for new copy runs); else deletions, moves and the folder's markers."""
+        if not self.planned:
+            return []
+        if self.unconfirmed or self.interrupted:
+            self.destination.ensure_selected(self.mapping.destination, readonly=False)
+            self._resolve_pending()
+            self.unconfirmed = False
+        if self.report.error is not None:
+            return []  # keep the last pass's markers: the next pass looks at this folder again
+        if self.interrupted:
+            self.interrupted = False
+            done = {uid for uid, m in self.store.messages(self.pair, self.mapping.source).items() if m.status == "done"}
+            remaining = [c for c in self.copies if c.message.uid not in done and c.message.uid not in self.refused]
+            if remaining:
+                log.info("%s: %s: resuming: %d messages left to copy", self.pair, self.mapping.source, len(remaining))
+                return remaining
+        deletions, source_status, destination_status = self.deletions, self.source_status, self.destination_status
+        if deletions.dst_uids and not deletions.refused:
+            self.destination.ensure_selected(self.mapping.destination, readonly=False)
         self._apply_deletions(deletions)
-        if moving:
+        if self.moving:
+            self.source.ensure_selected(self.mapping.source, readonly=False)
             source_status = self._delete_copied_from_source(source_status)
         self.report.source_messages = source_status.messages
         self.report.destination_messages = destination_status.messages + self.report.copied - self.report.deleted
         if deletions.refused:
-            return  # keep the last pass's markers, so that the next pass looks at the expunges again
+            return []  # keep the last pass's markers, so that the next pass looks at the expunges again
         self.store.save_folder(
             FolderState(
                 self.pair,
@@ -608,6 +952,7 @@ class FolderPass:
                 destination_status.uidnext,
             )
         )
+        return []
 
     # -- listing what changed ------------------------------------------------------------------------
 
@@ -894,24 +1239,96 @@ class FolderPass:
         self.report.adopted = len(plan.adopt)
         self.report.flags_updated = len(plan.flag_changes)
 
-    def _copy(self, plan: FolderPlan, *, floor: int) -> None:
-        self.owner.progress.folder_started(self.pair, self.mapping, len(plan.copy), plan.copy_bytes)
-        unconfirmed = False
-        for batch in _batches(plan.copy, BATCH_BYTES, BATCH_MESSAGES):
-            self.owner.check_stop()
-            unconfirmed |= self._copy_batch(batch, floor)
-        if unconfirmed:
-            self._resolve_pending()
+    def copy_run(self, source: Session, destination: Session, copies: Sequence[Copy]) -> None:
+        """Copy a run of this folder's planned messages with one worker's sessions, in batches bounded by
+        bytes: a fetch thread reads batch N+1 from the source (at most transfer.prefetch batches ahead)
+        while this thread journals and appends batch N. Several runs of one folder may go at once."""
+        rules = self.owner.pair.transfer
+        config = self.owner.config
+        source_limit = rate_limit(config.accounts[self.owner.pair.source])
+        destination_limit = rate_limit(config.accounts[self.owner.pair.destination])
+        if source.selected != self.mapping.source:  # already open (read-write when moving) is as good
+            source.select(self.mapping.source, readonly=True)
+        destination.ensure_selected(self.mapping.destination, readonly=False)
+        floor = self.destination_status.uidnext
+        batches = _batches(copies, rules.batch_size, rules.batch_messages)
+        budget = self.owner.budget
+        if rules.prefetch == 0:
+            for batch in batches:
+                self.owner.check_stop()
+                size = sum(a.message.size for a in batch)
+                if not budget.acquire(size, self.owner.abort.is_set):
+                    self.owner.check_stop()
+                try:
+                    bodies = self._fetch_batch(source, batch, source_limit)
+                    self._copy_batch(destination, batch, bodies, floor, destination_limit)
+                finally:
+                    budget.release(size)
+            return
+        fetched: queue.Queue[tuple[list[Copy], dict[int, bytes], int] | BaseException | None] = queue.Queue(
+            maxsize=rules.prefetch
+        )
+        halt = threading.Event()
 
-    def _copy_batch(self, batch: list[Copy], floor: int) -> bool:
-        """Fetch, journal, append, confirm one batch. Returns True if some appends await confirmation."""
-        bodies = self.source.fetch_bodies([action.message.uid for action in batch])
+        def fetch() -> None:
+            try:
+                for batch in batches:
+                    size = sum(a.message.size for a in batch)
+                    if halt.is_set() or not budget.acquire(size, halt.is_set):
+                        return
+                    try:
+                        bodies = self._fetch_batch(source, batch, source_limit)
+                    except BaseException:
+                        budget.release(size)
+                        raise
+                    fetched.put((batch, bodies, size))
+                fetched.put(None)
+            except BaseException as error:  # handed to the appending thread, which raises it
+                fetched.put(error)
+
+        fetcher = threading.Thread(target=fetch, name=f"{self.pair}-fetch", daemon=True)
+        fetcher.start()
+        try:
+            while (item := fetched.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                batch, bodies, size = item
+                try:
+                    self.owner.check_stop()
+                    self._copy_batch(destination, batch, bodies, floor, destination_limit)
+                finally:
+                    budget.release(size)
+        finally:
+            halt.set()
+            while fetcher.is_alive() or not fetched.empty():  # let a blocked put() through; give back
+                with contextlib.suppress(queue.Empty):
+                    left = fetched.get(timeout=0.05)
+                    if isinstance(left, tuple):
+                        budget.release(left[2])
+            fetcher.join()
+
+    def _fetch_batch(self, source: Session, batch: list[Copy], limit: RateLimit | None) -> dict[int, bytes]:
+        if limit is not None:
+            limit.take(len(batch), sum(a.message.size for a in batch))
+        return source.fetch_bodies([action.message.uid for action in batch])
+
+    def _copy_batch(
+        self,
+        destination: Session,
+        batch: list[Copy],
+        bodies: dict[int, bytes],
+        floor: int,
+        limit: RateLimit | None = None,
+    ) -> None:
+        """Journal, append, confirm one fetched batch."""
         ready = []
         for action in batch:
             if action.message.uid in bodies:
                 ready.append(action)
             else:  # expunged meanwhile, or unreadable: a failure, retried (and cleared once it is gone)
                 self._failed(action.message.uid, "the source did not return the message (expunged meanwhile?)")
+        if not ready:
+            return
         entries = {
             a.message.uid: SyncedMessage(
                 a.message.uid, None, "pending", a.message.fingerprint, a.message.size, a.flags, floor
@@ -919,46 +1336,52 @@ class FolderPass:
             for a in ready
         }
         self.store.journal_pending(self.pair, self.mapping.source, entries.values())
-        unconfirmed = False
-        # MULTIAPPEND is atomic, so a whole batch can go in one command. Without it, one APPEND per message:
-        # a refusal in the middle of a series must not hide the UIDs of the messages appended before it.
-        groups = ([ready] if ready else []) if self.destination.has("MULTIAPPEND") else [[a] for a in ready]
-        for group in groups:
+        if limit is not None:
+            limit.take(len(ready), sum(a.message.size for a in ready))
+        messages = [MessageToAppend(bodies[a.message.uid], a.flags, a.message.internaldate) for a in ready]
+        if destination.has("MULTIAPPEND"):
+            # MULTIAPPEND is atomic, so a whole batch can go in one command; a NO refuses it all: then
+            # message by message, to find and record the refused one.
             try:
-                uids = self.destination.append(
-                    self.mapping.destination,
-                    [MessageToAppend(bodies[a.message.uid], a.flags, a.message.internaldate) for a in group],
-                )
+                uids = destination.append(self.mapping.destination, messages)
             except AppendRefused as refusal:
-                if len(group) > 1:  # MULTIAPPEND is all or nothing: find the one refused
-                    for action in group:
-                        unconfirmed |= self._append_one(action, bodies[action.message.uid], entries)
-                    continue
-                self._refused(group[0], refusal.reason)
-                continue
-            unconfirmed |= self._confirm(group, uids, entries)
-        return unconfirmed
+                if len(ready) == 1:
+                    self._refused(ready[0], refusal.reason)
+                    return
+                self._confirm_each(ready, destination.append_each(self.mapping.destination, messages))
+                return
+            self._confirm(ready, uids)
+            return
+        # One APPEND per message, pipelined with LITERAL+: a refusal in the middle must not hide the UIDs
+        # of the others.
+        self._confirm_each(ready, destination.append_each(self.mapping.destination, messages))
 
-    def _append_one(self, action: Copy, body: bytes, entries: dict[int, SyncedMessage]) -> bool:
-        try:
-            uids = self.destination.append(
-                self.mapping.destination, [MessageToAppend(body, action.flags, action.message.internaldate)]
-            )
-        except AppendRefused as refusal:
-            self._refused(action, refusal.reason)
-            return False
-        return self._confirm([action], uids, entries)
+    def _confirm_each(self, ready: list[Copy], results: list[int | AppendRefused | None]) -> None:
+        appended: list[Copy] = []
+        uids: list[int | None] = []
+        for action, result in zip(ready, results, strict=True):
+            if isinstance(result, AppendRefused):
+                self._refused(action, result.reason)
+            else:
+                appended.append(action)
+                uids.append(result)
+        self._confirm(appended, uids)
 
     def _failed(self, uid: int, reason: str) -> None:
         self.store.record_failure(self.pair, self.mapping.source, uid, reason)
-        self.report.failed.append((uid, reason))
+        with self.owner.lock:
+            self.report.failed.append((uid, reason))
+            self.refused.add(uid)
         log.warning("%s: %s: message UID %d: %s", self.pair, self.mapping.source, uid, reason)
 
     def _refused(self, action: Copy, reason: str) -> None:
         uid = action.message.uid
-        self.store.drop_pending(self.pair, self.mapping.source, [uid])
-        self.store.record_failure(self.pair, self.mapping.source, uid, f"destination refused: {reason}")
-        self.report.failed.append((uid, f"destination refused: {reason}"))
+        with self.store.transaction():
+            self.store.drop_pending(self.pair, self.mapping.source, [uid])
+            self.store.record_failure(self.pair, self.mapping.source, uid, f"destination refused: {reason}")
+        with self.owner.lock:
+            self.report.failed.append((uid, f"destination refused: {reason}"))
+            self.refused.add(uid)
         log.warning(
             "%s: %s: message UID %d (%d bytes) refused by the destination: %s",
             self.pair,
@@ -968,18 +1391,25 @@ class FolderPass:
             reason,
         )
 
-    def _confirm(self, group: list[Copy], uids: list[int | None], entries: dict[int, SyncedMessage]) -> bool:
+    def _confirm(self, group: list[Copy], uids: Sequence[int | None]) -> None:
+        """Appended: done with the APPENDUID; without one the rows stay pending, resolved in finish()."""
+        if not group:
+            return
         confirmed = [
             SyncedMessage(a.message.uid, dst_uid, "done", a.message.fingerprint, a.message.size, a.flags)
             for a, dst_uid in zip(group, uids, strict=True)
             if dst_uid is not None
         ]
-        self.store.mark_done(self.pair, self.mapping.source, confirmed)
+        with self.store.transaction():  # the lag goes down with the copies, at no extra disk sync
+            self.store.mark_done(self.pair, self.mapping.source, confirmed)
+            self.store.reduce_pending(self.pair, self.mapping.source, len(group))
         size = sum(a.message.size for a in group)
-        self.report.copied += len(group)
-        self.report.bytes_copied += size
-        self.owner.progress.advance(len(group), size)
-        return len(confirmed) < len(group)
+        with self.owner.lock:
+            self.report.copied += len(group)
+            self.report.bytes_copied += size
+            if len(confirmed) < len(group):
+                self.unconfirmed = True
+            self.owner.progress.advance(len(group), size)
 
 
 def match_pending(

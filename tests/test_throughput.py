@@ -1,0 +1,371 @@
+"""Throughput features, for correctness (speed is measured in bench/): parallel folder workers, a big folder
+split across workers, pipelined LITERAL+ appends, retries with backoff when a server throttles or drops
+the connection, rate limits, a 25 MB message. Against real Dovecot servers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from imapclient import IMAPClient
+
+from mailmirror.config import load_config
+from mailmirror.imap import MessageToAppend, Session
+from mailmirror.lab import DovecotServer, LabUser, SeedMessage, seed
+from mailmirror.state import StateStore
+from mailmirror.sync import PairPass
+from mailmirror.transfer import TokenBucket, backoff_delay, split_evenly
+from tests.proxy import Fault, FaultProxy
+from tests.support import Setup, folder_contents, make_setup, message_count, simple_message
+from tests.test_faults import fault_setup, journal, proxies
+
+__all__ = ["proxies"]  # the fixture, used by name
+
+DATE = datetime(2024, 3, 4, 5, 6, 7, tzinfo=UTC)
+
+
+def seeded(client: IMAPClient, folders: dict[str, int], *, size: int = 1500) -> int:
+    index = 0
+    for folder, count in folders.items():
+        messages = []
+        for _ in range(count):
+            flags = ("\\Seen",) if index % 3 == 0 else ("\\Flagged", "$Work") if index % 5 == 0 else ()
+            messages.append(SeedMessage(simple_message(index, size=size, tag=folder), flags, DATE))
+            index += 1
+        seed(client, folder, messages)
+    return index
+
+
+def run_pass(setup: Setup) -> PairPass:
+    config = load_config(setup.config_path)
+    store = StateStore(config.state.path)
+    try:
+        pass_ = PairPass("test", config.effective_pairs()["test"], config, store)
+        pass_.run()
+        return pass_
+    finally:
+        store.close()
+
+
+def assert_mirrored(setup: Setup, src_client: IMAPClient, dst_client: IMAPClient, total: int) -> None:
+    verdict = setup.verify()
+    assert verdict.clean, verdict
+    assert folder_contents(dst_client) == folder_contents(src_client)
+    assert journal(setup) == {"done": total}
+
+
+# ----------------------------------------------------------------------------------------- pure parts
+
+
+def test_token_bucket_paces_by_rate_without_sleeping_for_real() -> None:
+    now = [0.0]
+    slept: list[float] = []
+    bucket = TokenBucket(10, 10, clock=lambda: now[0], sleep=slept.append)
+    bucket.take(10)  # the burst
+    assert slept == []
+    bucket.take(5)  # 5 tokens short at 10/s: half a second
+    assert slept == [pytest.approx(0.5)]
+    now[0] += 10  # refilled, but never beyond the burst
+    bucket.take(10)
+    assert len(slept) == 1
+    bucket.take(100)  # larger than the burst: waits for it, never for ever
+    assert slept[-1] == pytest.approx(10.0)
+
+
+def test_backoff_doubles_up_to_a_cap() -> None:
+    assert [backoff_delay(n, 2.0) for n in (1, 2, 3, 4)] == [2.0, 4.0, 8.0, 16.0]
+    assert backoff_delay(30, 2.0) == 300.0
+
+
+def test_split_evenly_keeps_uid_runs_contiguous() -> None:
+    uids = list(range(1, 1001))
+    runs = split_evenly(uids, 3, 200)
+    assert len(runs) == 3 and [uid for run in runs for uid in run] == uids
+    assert split_evenly(uids, 8, 400) == [uids[:500], uids[500:]]
+    assert split_evenly(uids[:10], 3, 200) == [uids[:10]]
+    assert split_evenly([], 3, 10) == []
+
+
+# ------------------------------------------------------------------------------------------ workers
+
+
+def test_parallel_folder_workers_copy_everything_exactly_once(
+    source_server: DovecotServer,
+    dest_server: DovecotServer,
+    src_user: LabUser,
+    dst_user: LabUser,
+    src_client: IMAPClient,
+    dst_client: IMAPClient,
+) -> None:
+    total = seeded(src_client, {"INBOX": 40, "Work": 30, "Work/Old": 20, "Archive": 25, "Sent": 15})
+    setup = make_setup(
+        source_server, src_user, dest_server, dst_user, pair_options="transfer: {workers: 3, batch_messages: 7}"
+    )
+    first = run_pass(setup)
+    assert first.report.complete and first.report.copied == total
+    assert first.workers == 3
+    assert_mirrored(setup, src_client, dst_client, total)
+    again = setup.sync()
+    assert again.complete and again.copied == 0
+
+
+def test_a_big_folder_is_split_across_workers(
+    source_server: DovecotServer,
+    dest_server: DovecotServer,
+    src_user: LabUser,
+    dst_user: LabUser,
+    src_client: IMAPClient,
+    dst_client: IMAPClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    total = seeded(src_client, {"INBOX": 330, "Work": 5})
+    setup = make_setup(
+        source_server,
+        src_user,
+        dest_server,
+        dst_user,
+        pair_options="transfer: {workers: 3, split_above: 100, batch_messages: 25}",
+    )
+    with caplog.at_level(logging.DEBUG, logger="mailmirror.sync"):
+        first = run_pass(setup)
+    assert first.report.complete and first.report.copied == total
+    assert any("in 3 runs" in record.getMessage() for record in caplog.records), "INBOX was not split"
+    assert_mirrored(setup, src_client, dst_client, total)
+    # every destination UID claimed once, by one source message
+    config = load_config(setup.config_path)
+    store = StateStore(config.state.path)
+    try:
+        dst_uids = [m.dst_uid for m in store.messages("test", "INBOX").values()]
+    finally:
+        store.close()
+    assert len(dst_uids) == len(set(dst_uids)) == 330
+
+
+def test_workers_are_bounded_by_max_connections(
+    source_server: DovecotServer,
+    dest_server: DovecotServer,
+    src_user: LabUser,
+    dst_user: LabUser,
+    src_client: IMAPClient,
+    dst_client: IMAPClient,
+) -> None:
+    total = seeded(src_client, {"INBOX": 10, "Work": 10, "Archive": 10})
+    setup = make_setup(source_server, src_user, dest_server, dst_user, pair_options="transfer: {workers: 8}")
+    text = setup.config_path.read_text(encoding="utf-8")
+    setup.config_path.write_text(text.replace("  dst:\n", "  dst:\n    max_connections: 2\n", 1), encoding="utf-8")
+    first = run_pass(setup)
+    assert first.report.complete and first.workers == 2
+    assert_mirrored(setup, src_client, dst_client, total)
+
+
+# ------------------------------------------------------------------------------------------ appends
+
+
+@pytest.mark.parametrize("dropped", [["MULTIAPPEND"], ["MULTIAPPEND", "LITERAL+"]])
+def test_appends_without_multiappend_pipelined_or_plain(
+    dropped: list[str],
+    source_server: DovecotServer,
+    make_server: Callable[..., DovecotServer],
+    src_user: LabUser,
+    src_client: IMAPClient,
+) -> None:
+    destination = make_server(drop_capabilities=dropped)
+    dst_user = destination.add_user()
+    total = seeded(src_client, {"INBOX": 30, "Work": 12}, size=6000)
+    setup = make_setup(source_server, src_user, destination, dst_user, pair_options="transfer: {batch_messages: 8}")
+    report = setup.sync()
+    assert report.complete and report.copied == total
+    dst_client = destination.connect(dst_user)
+    try:
+        assert_mirrored(setup, src_client, dst_client, total)
+    finally:
+        dst_client.logout()
+
+
+def test_pipelined_append_reports_each_message(
+    make_server: Callable[..., DovecotServer], tmp_path: Path, src_user: LabUser
+) -> None:
+    """append_each against a server with LITERAL+ and no MULTIAPPEND: one UID per message, a refusal in
+    the middle (over the user's size quota) does not hide the others."""
+    destination = make_server(drop_capabilities=["MULTIAPPEND"])
+    user = destination.add_user(max_mail_size=20_000)
+    setup = make_setup(destination, user, destination, destination.add_user())
+    account = load_config(setup.config_path).accounts["src"]
+    with Session.open("src", account) as session:
+        assert session.pipelines_appends
+        messages = [
+            MessageToAppend(simple_message(i, size=50_000 if i == 2 else 500), frozenset({"\\Seen"}), DATE)
+            for i in range(5)
+        ]
+        results = session.append_each("INBOX", messages)
+    assert [isinstance(r, int) for r in results] == [True, True, False, True, True]
+    uids = [r for r in results if isinstance(r, int)]
+    assert len(set(uids)) == 4
+
+
+def test_a_25_mb_message_is_copied_intact(
+    source_server: DovecotServer,
+    dest_server: DovecotServer,
+    src_user: LabUser,
+    dst_user: LabUser,
+    src_client: IMAPClient,
+    dst_client: IMAPClient,
+) -> None:
+    big = simple_message(1, size=25 * 1024 * 1024, tag="big")
+    seed(
+        src_client,
+        "INBOX",
+        [SeedMessage(simple_message(0), (), DATE), SeedMessage(big, ("\\Seen",), DATE)]
+        + [SeedMessage(simple_message(i), (), DATE) for i in range(2, 6)],
+    )
+    setup = make_setup(source_server, src_user, dest_server, dst_user, pair_options="transfer: {batch_size: 1MiB}")
+    report = setup.sync()
+    assert report.complete and report.copied == 6
+    assert setup.verify().clean
+    dst_client.select_folder("INBOX", readonly=True)
+    sizes = sorted(int(d[b"RFC822.SIZE"]) for d in dst_client.fetch(dst_client.search(), ["RFC822.SIZE"]).values())
+    assert sizes[-1] == len(big)
+    assert journal(setup) == {"done": 6}
+
+
+# -------------------------------------------------------------------------------- throttling, limits
+
+THROTTLES = {
+    # an APPEND the server did store, answered as throttled: must be found, not copied twice
+    "destination [UNAVAILABLE] on APPEND": (
+        "dst",
+        Fault("down", pattern=b"OK [APPENDUID", action="answer", count=2),
+    ),
+    "destination Office 365 'Server Unavailable' NO": (
+        "dst",
+        Fault("down", pattern=b"OK [APPENDUID", action="answer", answer=b"NO Server Unavailable. 15", count=3),
+    ),
+    "source Gmail [THROTTLED] on FETCH": (
+        "src",
+        Fault(
+            "down",
+            pattern=b"OK Fetch completed",
+            action="answer",
+            answer=b"NO [THROTTLED] Account exceeded command or bandwidth limits",
+            count=4,
+        ),
+    ),
+    "destination connection reset mid-APPEND": ("dst", Fault("up", pattern=b" APPEND ", count=3, after=200)),
+}
+
+
+@pytest.mark.parametrize("case", list(THROTTLES))
+def test_throttling_and_resets_are_retried_with_backoff_exactly_once(
+    case: str,
+    source_server: DovecotServer,
+    dest_server: DovecotServer,
+    src_user: LabUser,
+    dst_user: LabUser,
+    src_client: IMAPClient,
+    dst_client: IMAPClient,
+    proxies: Callable[..., FaultProxy],
+    tmp_path: Path,
+) -> None:
+    side, fault = THROTTLES[case]
+    total = seeded(src_client, {"INBOX": 45, "Work": 25}, size=3000)
+    proxy = proxies(source_server if side == "src" else dest_server)
+    setup = fault_setup(
+        tmp_path / "pair",
+        source_server,
+        src_user,
+        dest_server,
+        dst_user,
+        source_proxy=proxy if side == "src" else None,
+        destination_proxy=proxy if side == "dst" else None,
+        transfer="{workers: 2, batch_messages: 5, retries: 30, backoff: 0.05s}",
+    )
+    proxy.inject(fault)  # on every connection, also the ones opened to retry
+    report = setup.sync()
+    assert proxy.triggered >= 1, "the fault never fired: the test did not test what it says"
+    assert report.error is None and report.complete, report
+    proxy.heal()
+    assert_mirrored(setup, src_client, dst_client, total)
+    assert setup.sync().copied == 0
+
+
+def test_rate_limits_are_accepted_and_the_copy_is_complete(
+    source_server: DovecotServer,
+    dest_server: DovecotServer,
+    src_user: LabUser,
+    dst_user: LabUser,
+    src_client: IMAPClient,
+    dst_client: IMAPClient,
+) -> None:
+    total = seeded(src_client, {"INBOX": 30, "Work": 10})
+    setup = make_setup(source_server, src_user, dest_server, dst_user)
+    text = setup.config_path.read_text(encoding="utf-8")
+    limits = "    max_messages_per_second: 400\n    max_bytes_per_second: 2MB\n"
+    text = text.replace("  dst:\n", "  dst:\n" + limits, 1).replace("  src:\n", "  src:\n" + limits, 1)
+    setup.config_path.write_text(text, encoding="utf-8")
+    config = load_config(setup.config_path)
+    assert config.accounts["dst"].max_bytes_per_second == 2_000_000
+    report = setup.sync()
+    assert report.complete and report.copied == total
+    assert_mirrored(setup, src_client, dst_client, total)
+    assert message_count(dst_client, "Work") == 10
+
+
+def test_connection_limits_lend_extra_connections_only_when_free() -> None:
+    from mailmirror.config import Config
+    from mailmirror.daemon import ConnectionLimits
+
+    secret = {"env": "UNUSED"}
+    config = Config.model_validate(
+        {
+            "daemon": {"max_connections": 6},
+            "accounts": {
+                "a": {"host": "a.example", "username": "u", "password": secret, "max_connections": 3},
+                "b": {"host": "b.example", "username": "u", "password": secret, "max_connections": 10},
+            },
+            "pairs": {"p": {"source": "a", "destination": "b"}},
+        }
+    )
+    limits = ConnectionLimits(config)
+    pair = config.effective_pairs()["p"]
+    with limits.for_pair(config, pair):
+        extra = limits.extra(config, pair)
+        assert extra.try_acquire()  # a: 2 of 3; 4 connections of 6
+        assert extra.try_acquire()  # a: 3 of 3; 6 of 6
+        assert not extra.try_acquire()  # never waits
+        extra.release()
+        extra.release()
+        assert extra.try_acquire()
+        extra.release()
+
+
+def test_a_refused_message_alone_in_its_batch_is_recorded_and_the_pass_goes_on(
+    source_server: DovecotServer, dest_server: DovecotServer, src_user: LabUser, src_client: IMAPClient
+) -> None:
+    dst_user = dest_server.add_user(max_mail_size=20_000)
+    seed(
+        src_client,
+        "INBOX",
+        [SeedMessage(simple_message(i, size=50_000 if i == 2 else 500), (), DATE) for i in range(4)],
+    )
+    setup = make_setup(source_server, src_user, dest_server, dst_user, pair_options="transfer: {batch_messages: 1}")
+    report = setup.sync()
+    assert report.error is None and report.copied == 3
+    assert [uid for uid, _reason in report.folders[0].failed] == [3]
+    assert journal(setup) == {"done": 3}
+
+
+def test_byte_budget_lets_a_huge_batch_through_alone() -> None:
+    from mailmirror.transfer import ByteBudget
+
+    budget = ByteBudget(100)
+    assert budget.acquire(60, lambda: False) and budget.acquire(40, lambda: False)
+    assert not budget.acquire(1, lambda: True)  # full: waits, until cancelled
+    budget.release(60)
+    budget.release(40)
+    assert budget.acquire(500, lambda: False)  # larger than the budget, nothing else held: goes alone
+    assert not budget.acquire(1, lambda: True)
+    budget.release(500)
+    assert budget.used == 0 and budget.peak == 500

@@ -12,6 +12,7 @@ from imapclient import IMAPClient
 
 from mailmirror.lab import DovecotServer, LabUser, SeedMessage, seed
 from mailmirror.locks import PairLock
+from mailmirror.state import StateStore
 from tests.support import (
     RunningDaemon,
     Setup,
@@ -87,9 +88,28 @@ def test_sigterm_during_a_large_copy_exits_0_and_the_next_pass_completes(
     assert daemon.stop() == 0
     assert "stopped" in daemon.text()
     assert message_count(dst_client, "Big") <= 600
+    assert lag(setup) == 600 - done_rows(setup, "Big")  # the lag is right after a stopped pass too
     setup.sync()
     assert message_count(dst_client, "Big") == 600
+    assert (lag(setup), done_rows(setup, "Big")) == (0, 600)
     assert setup.verify().clean
+
+
+def lag(setup: Setup) -> int:
+    """The pair's pending messages, from the state database (what mailmirror_pending_messages shows)."""
+    store = StateStore(setup.directory / "state.db")
+    try:
+        return store.pending("test")
+    finally:
+        store.close()
+
+
+def done_rows(setup: Setup, folder: str) -> int:
+    store = StateStore(setup.directory / "state.db")
+    try:
+        return sum(1 for message in store.messages("test", folder).values() if message.status == "done")
+    finally:
+        store.close()
 
 
 def test_sighup_adds_and_removes_pairs_and_refuses_an_invalid_config(

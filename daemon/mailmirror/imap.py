@@ -593,6 +593,15 @@ class Session:
             if uid is not None:
                 batch, batch_bytes = [uid], sizes.get(uid, 0)
 
+    def _appended(self, folder: str, typ: object, data: list[object], count: int) -> list[int | None]:
+        """The UIDs of a (MULTI)APPEND's tagged answer; raises on NO (Throttled when it asks to slow down)."""
+        text = b" ".join(part for part in data if isinstance(part, bytes))
+        if _text(typ).upper() != "OK":
+            if is_throttling(_text(text)):
+                raise self._throttled(f"appending to '{folder}'", _text(text))
+            raise AppendRefused(_text(text).strip())
+        return _appended_uids(text, count)
+
     def append(self, folder: str, messages: Sequence[MessageToAppend]) -> list[int | None]:
         """Append messages; returns the new UIDs (APPENDUID) or None where the server does not say.
 
@@ -607,24 +616,14 @@ class Session:
                 if self.has("LITERAL+") and (len(messages) == 1 or self.has("MULTIAPPEND")):
                     # written by us: imapclient/imaplib copy every message once or twice on the way (memory)
                     typ, data = self._multiappend_literal_plus(folder, messages)
-                    text = b" ".join(part for part in data if isinstance(part, bytes))
-                    if _text(typ).upper() != "OK":
-                        if is_throttling(_text(text)):
-                            raise self._throttled(f"appending to '{folder}'", _text(text))
-                        raise AppendRefused(_text(text).strip())
-                    return _appended_uids(text, len(messages))
+                    return self._appended(folder, typ, data, len(messages))
                 if len(messages) > 1 and self.has("MULTIAPPEND"):
                     # imapclient returns (typ, data) here instead of raising on NO: check it ourselves.
                     typ, data = self.client.multiappend(
                         folder,
                         [{"msg": m.raw, "flags": sorted(m.flags), "date": m.internaldate} for m in messages],
                     )
-                    text = b" ".join(part for part in data if isinstance(part, bytes))
-                    if _text(typ).upper() != "OK":
-                        if is_throttling(_text(text)):
-                            raise self._throttled(f"appending to '{folder}'", _text(text))
-                        raise AppendRefused(_text(text).strip())
-                    return _appended_uids(text, len(messages))
+                    return self._appended(folder, typ, data, len(messages))
                 uids: list[int | None] = []
                 for message in messages:
                     response = self.client.append(folder, message.raw, sorted(message.flags), message.internaldate)

@@ -5,16 +5,22 @@ the connection, rate limits, a 25 MB message. Against real Dovecot servers."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from imapclient import IMAPClient
 
+from mailmirror import sync
 from mailmirror.config import load_config
+from mailmirror.errors import Stopped, Throttled
 from mailmirror.imap import MessageToAppend, Session
 from mailmirror.lab import DovecotServer, LabUser, SeedMessage, seed
+from mailmirror.planner import Copy
 from mailmirror.state import StateStore
 from mailmirror.sync import PairPass
 from mailmirror.transfer import TokenBucket, backoff_delay, split_evenly
@@ -67,12 +73,21 @@ def test_token_bucket_paces_by_rate_without_sleeping_for_real() -> None:
     bucket.take(10)  # the burst
     assert slept == []
     bucket.take(5)  # 5 tokens short at 10/s: half a second
-    assert slept == [pytest.approx(0.5)]
+    assert sum(slept) == pytest.approx(0.5)
+    slept.clear()
     now[0] += 10  # refilled, but never beyond the burst
     bucket.take(10)
-    assert len(slept) == 1
-    bucket.take(100)  # larger than the burst: waits for it, never for ever
-    assert slept[-1] == pytest.approx(10.0)
+    assert slept == []
+    assert bucket.take(100)  # larger than the burst: waits for it, never for ever
+    assert sum(slept) == pytest.approx(10.0)
+    assert max(slept) <= 0.25  # in slices, so that a stop request is seen within a quarter second
+
+
+def test_a_rate_limited_wait_ends_early_on_a_stop_request() -> None:
+    slept: list[float] = []
+    bucket = TokenBucket(1000, 1000, clock=lambda: 0.0, sleep=slept.append)
+    assert not bucket.take(61_000, cancelled=lambda: len(slept) == 3)  # a minute's wait, stopped at once
+    assert sum(slept) == pytest.approx(0.75)
 
 
 def test_backoff_doubles_up_to_a_cap() -> None:
@@ -291,6 +306,39 @@ def test_throttling_and_resets_are_retried_with_backoff_exactly_once(
     assert setup.sync().copied == 0
 
 
+def test_workers_cut_by_one_event_count_one_retry_and_wait_its_backoff(
+    source_server: DovecotServer,
+    dest_server: DovecotServer,
+    src_user: LabUser,
+    dst_user: LabUser,
+    src_client: IMAPClient,
+    dst_client: IMAPClient,
+    proxies: Callable[..., FaultProxy],
+    tmp_path: Path,
+) -> None:
+    """A destination restart cuts the three workers of a split folder at once: that is one retry, not
+    three (retries: 2 would have failed the pass), and the folder resumes after the backoff."""
+    total = seeded(src_client, {"INBOX": 300}, size=3000)
+    proxy = proxies(dest_server)
+    setup = fault_setup(
+        tmp_path / "pair",
+        source_server,
+        src_user,
+        dest_server,
+        dst_user,
+        destination_proxy=proxy,
+        transfer="{workers: 3, split_above: 100, batch_messages: 10, retries: 2, backoff: 3s}",
+    )
+    proxy.inject(Fault("up", pattern=b" APPEND ", count=2))  # every connection, at its second APPEND
+    healer = threading.Thread(target=lambda: proxy.wait_triggered(3) and proxy.heal(), daemon=True)
+    healer.start()
+    report = setup.sync()
+    healer.join()
+    assert proxy.triggered >= 3, "the workers were not all cut: the test did not test what it says"
+    assert report.error is None and report.complete, report
+    assert_mirrored(setup, src_client, dst_client, total)
+
+
 def test_rate_limits_are_accepted_and_the_copy_is_complete(
     source_server: DovecotServer,
     dest_server: DovecotServer,
@@ -311,6 +359,34 @@ def test_rate_limits_are_accepted_and_the_copy_is_complete(
     assert report.complete and report.copied == total
     assert_mirrored(setup, src_client, dst_client, total)
     assert message_count(dst_client, "Work") == 10
+
+
+def test_a_stop_request_ends_a_rate_limited_pass_promptly_and_the_next_pass_completes(
+    source_server: DovecotServer,
+    dest_server: DovecotServer,
+    src_user: LabUser,
+    dst_user: LabUser,
+    src_client: IMAPClient,
+    dst_client: IMAPClient,
+) -> None:
+    """At 20 KB/s a batch of 30 × 20 KB would hold a worker for 30 s: a SIGTERM must not wait for it."""
+    total = seeded(src_client, {"INBOX": 30}, size=20_000)
+    setup = make_setup(source_server, src_user, dest_server, dst_user, pair_options="transfer: {workers: 1}")
+    text = setup.config_path.read_text(encoding="utf-8")
+    setup.config_path.write_text(text.replace("  src:\n", "  src:\n    max_bytes_per_second: 20KB\n", 1))
+    config = load_config(setup.config_path)
+    stop = threading.Event()
+    store = StateStore(config.state.path)
+    try:
+        threading.Timer(1.5, stop.set).start()
+        report = PairPass("test", config.effective_pairs()["test"], config, store, stop=stop).run()
+    finally:
+        store.close()
+    assert isinstance(report.error, Stopped), report
+    assert message_count(dst_client, "INBOX") < total
+    setup.config_path.write_text(text, encoding="utf-8")  # the limit off: the next pass finishes the copy
+    assert setup.sync().complete
+    assert_mirrored(setup, src_client, dst_client, total)
 
 
 def test_connection_limits_lend_extra_connections_only_when_free() -> None:
@@ -369,3 +445,55 @@ def test_byte_budget_lets_a_huge_batch_through_alone() -> None:
     assert not budget.acquire(1, lambda: True)
     budget.release(500)
     assert budget.used == 0 and budget.peak == 500
+
+
+def test_appends_of_a_split_folder_are_resolved_through_a_fresh_view(
+    source_server: DovecotServer,
+    dest_server: DovecotServer,
+    src_user: LabUser,
+    dst_user: LabUser,
+    src_client: IMAPClient,
+    dst_client: IMAPClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch the server stored but answered "slow down" is resolved by whichever worker finishes the
+    folder. That worker's session already has the folder open, and Dovecot shows the other session's
+    appends only at a sync point: without a fresh SELECT the stored batch looked missing and was copied
+    again (410 messages for 400)."""
+    total = seeded(src_client, {"INBOX": 400})
+    setup = make_setup(
+        source_server,
+        src_user,
+        dest_server,
+        dst_user,
+        pair_options="transfer: {workers: 2, split_above: 100, batch_messages: 10, retries: 5, backoff: 0.05s}",
+    )
+    copy_run, copy_done, append = sync.FolderPass.copy_run, sync.Transfer._copy_done, Session.append
+    main_appends = 0
+
+    def late_second_half(self: sync.FolderPass, source: Session, destination: Session, copies: list[Copy]) -> Any:
+        if threading.current_thread() is threading.main_thread() and copies[0].message.uid > 1:
+            time.sleep(0.5)  # the main thread's run ends last ...
+        return copy_run(self, source, destination, copies)
+
+    def slow_return(self: sync.Transfer, folder: sync.FolderPass) -> None:
+        copy_done(self, folder)
+        time.sleep(0.5)  # ... and the idle worker, whose session has the folder open, takes the finish
+
+    def stored_then_throttled(self: Session, folder: str, messages: Sequence[MessageToAppend]) -> Any:
+        nonlocal main_appends
+        result = append(self, folder, messages)
+        if threading.current_thread() is threading.main_thread():
+            main_appends += 1
+            if main_appends == 20:
+                raise Throttled("NO [UNAVAILABLE] Server Unavailable. 15 (after storing the batch)")
+        return result
+
+    monkeypatch.setattr(sync.FolderPass, "copy_run", late_second_half)
+    monkeypatch.setattr(sync.Transfer, "_copy_done", slow_return)
+    monkeypatch.setattr(Session, "append", stored_then_throttled)
+    pass_ = run_pass(setup)
+    assert main_appends >= 20, "the throttled answer never came: the test did not test what it says"
+    assert pass_.report.error is None, pass_.report.error
+    monkeypatch.undo()
+    assert_mirrored(setup, src_client, dst_client, total)

@@ -16,7 +16,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -251,6 +251,10 @@ class PairPass:
         finally:
             if lock is not None:
                 lock.release()
+
+    def interrupted(self) -> bool:
+        """A stop request, or another worker failed: what check_stop raises on."""
+        return (self.stop is not None and self.stop.is_set()) or self.abort.is_set()
 
     def check_stop(self) -> None:
         """Between batches and folders: a stop request (SIGTERM) ends the pass here, state consistent."""
@@ -703,25 +707,28 @@ class Transfer:
         for run in runs:
             self.put(_Task("copy", folder, run))
 
-    def _copy_done(self, folder: FolderPass, not_before: float = 0.0) -> None:
+    def _copy_done(self, folder: FolderPass) -> None:
         with self.cond:
             folder.outstanding -= 1
             last = folder.outstanding == 0
-        if last:
-            self.put(_Task("finish", folder, not_before=not_before))
+        if last:  # after the backoff of any of its runs that was cut, not only of the last one
+            self.put(_Task("finish", folder, not_before=folder.resume_after))
 
     def _interrupted(self, task: _Task, error: ConnectionFailure) -> None:
         folder = task.folder
         rules = self.owner.pair.transfer
         with self.cond:
-            folder.attempts += 1
+            now = time.monotonic()
+            if now >= folder.resume_after:  # workers of one folder cut by the same event count one retry
+                folder.attempts += 1
             attempts = folder.attempts
+            folder.resume_after = max(folder.resume_after, now + backoff_delay(attempts, rules.backoff.total_seconds()))
+            delay = folder.resume_after - now
         if attempts > rules.retries:
             if task.kind == "copy":
                 folder.interrupted = True
             self._fail(error)
             return
-        delay = backoff_delay(attempts, rules.backoff.total_seconds())
         log.warning(
             "%s: %s: %s; %s again in %.1fs (retry %d of %d)",
             self.owner.name,
@@ -732,12 +739,11 @@ class Transfer:
             attempts,
             rules.retries,
         )
-        when = time.monotonic() + delay
         if task.kind == "copy":
             folder.interrupted = True
-            self._copy_done(folder, not_before=when)
+            self._copy_done(folder)
         else:
-            task.not_before = when
+            task.not_before = folder.resume_after
             self.put(task)
 
     def _folder_error(self, task: _Task, error: str) -> None:
@@ -847,6 +853,7 @@ class FolderPass:
         # shared by the workers copying this folder (under the owner's lock)
         self.outstanding = 0  # copy runs queued or in flight
         self.attempts = 0  # retries after throttling / cut connections
+        self.resume_after = 0.0  # time.monotonic() before which the folder's next try waits (backoff)
         self.unconfirmed = False  # some appends await confirmation (no UIDPLUS)
         self.interrupted = False  # a copy run was cut: resume the rest once the journal is resolved
         self.refused: set[int] = set()  # source UIDs that failed during this pass's copies
@@ -916,7 +923,9 @@ class FolderPass:
         if not self.planned:
             return []
         if self.unconfirmed or self.interrupted:
-            self.destination.ensure_selected(self.mapping.destination, readonly=False)
+            # SELECT again even when this session has the folder open: a server (Dovecot) shows another
+            # session's appends only at a sync point, and a stale view would call stored messages missing
+            self.destination.select(self.mapping.destination, readonly=False)
             self._resolve_pending()
             self.unconfirmed = False
         if self.report.error is not None:
@@ -1277,7 +1286,7 @@ class FolderPass:
                     if halt.is_set() or not budget.acquire(size, halt.is_set):
                         return
                     try:
-                        bodies = self._fetch_batch(source, batch, source_limit)
+                        bodies = self._fetch_batch(source, batch, source_limit, halt.is_set)
                     except BaseException:
                         budget.release(size)
                         raise
@@ -1307,9 +1316,14 @@ class FolderPass:
                         budget.release(left[2])
             fetcher.join()
 
-    def _fetch_batch(self, source: Session, batch: list[Copy], limit: RateLimit | None) -> dict[int, bytes]:
+    def _fetch_batch(
+        self, source: Session, batch: list[Copy], limit: RateLimit | None, halted: Callable[[], bool] = lambda: False
+    ) -> dict[int, bytes]:
         if limit is not None:
-            limit.take(len(batch), sum(a.message.size for a in batch))
+            size = sum(a.message.size for a in batch)
+            if not limit.take(len(batch), size, lambda: halted() or self.owner.interrupted()):
+                self.owner.check_stop()
+                raise Stopped(f"pair '{self.pair}': fetching stopped (the copy run ended)")
         return source.fetch_bodies([action.message.uid for action in batch])
 
     def _copy_batch(
@@ -1329,6 +1343,8 @@ class FolderPass:
                 self._failed(action.message.uid, "the source did not return the message (expunged meanwhile?)")
         if not ready:
             return
+        if limit is not None and not limit.take(len(ready), sum(a.message.size for a in ready), self.owner.interrupted):
+            self.owner.check_stop()
         entries = {
             a.message.uid: SyncedMessage(
                 a.message.uid, None, "pending", a.message.fingerprint, a.message.size, a.flags, floor
@@ -1336,8 +1352,6 @@ class FolderPass:
             for a in ready
         }
         self.store.journal_pending(self.pair, self.mapping.source, entries.values())
-        if limit is not None:
-            limit.take(len(ready), sum(a.message.size for a in ready))
         messages = [MessageToAppend(bodies[a.message.uid], a.flags, a.message.internaldate) for a in ready]
         if destination.has("MULTIAPPEND"):
             # MULTIAPPEND is atomic, so a whole batch can go in one command; a NO refuses it all: then

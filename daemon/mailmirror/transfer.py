@@ -26,6 +26,9 @@ _heap_bounded = False
 T = TypeVar("T")
 
 
+WAIT_SLICE = 0.25  # seconds: how late a rate-limited wait notices a stop request
+
+
 class TokenBucket:
     """A token bucket: `rate` tokens per second, at most `burst` saved up.
 
@@ -57,10 +60,17 @@ class TokenBucket:
             self.tokens -= amount
             return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
 
-    def take(self, amount: float) -> None:
+    def take(self, amount: float, cancelled: Callable[[], bool] = lambda: False) -> bool:
+        """Wait for `amount` tokens, in short slices so that a stop request is not held up by a slow
+        limit (a batch of megabytes at a few KB/s); False when `cancelled` said so before the end."""
         wait = self.delay(amount)
-        if wait > 0:
-            self.sleep(wait)
+        while wait > 0:
+            if cancelled():
+                return False
+            step = min(wait, WAIT_SLICE)
+            self.sleep(step)
+            wait -= step
+        return True
 
 
 class RateLimit:
@@ -72,11 +82,11 @@ class RateLimit:
         self.messages = TokenBucket(messages_per_second, messages_per_second) if messages_per_second else None
         self.bytes = TokenBucket(bytes_per_second, bytes_per_second) if bytes_per_second else None
 
-    def take(self, messages: int, size: int) -> None:
-        if self.messages is not None:
-            self.messages.take(messages)
-        if self.bytes is not None:
-            self.bytes.take(size)
+    def take(self, messages: int, size: int, cancelled: Callable[[], bool] = lambda: False) -> bool:
+        """Wait until `messages` messages of `size` bytes may go; False when cancelled meanwhile."""
+        if self.messages is not None and not self.messages.take(messages, cancelled):
+            return False
+        return self.bytes is None or self.bytes.take(size, cancelled)
 
 
 _limits: dict[tuple[str, int, str, float | None, int | None], RateLimit] = {}

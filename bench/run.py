@@ -107,7 +107,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma-separated, from mailmirror,mbsync,floor,floor-seq (imapsync: give --imapsync); "
         "mailmirror@REF runs the code of git commit REF side by side with the working tree",
     )
-    parser.add_argument("--imapsync", metavar="PATH", help="imapsync executable: adds imapsync to the tools")
+    parser.add_argument(
+        "--imapsync",
+        metavar="PATH",
+        default=os.environ.get("IMAPSYNC") or None,
+        help="imapsync executable: adds imapsync to the tools (default: $IMAPSYNC, when set)",
+    )
     parser.add_argument(
         "--mailmirror-transfer",
         metavar="YAML",
@@ -151,7 +156,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown tools: {', '.join(unknown)} (known: {', '.join(TOOLS)})")
     if "imapsync" in args.tools and not args.imapsync:
-        parser.error("imapsync needs --imapsync PATH (it is not packaged in Debian 12)")
+        parser.error("imapsync needs --imapsync PATH or IMAPSYNC=PATH (it is not packaged in Debian 12)")
     unknown = [s for s in args.scenarios if s not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenarios: {', '.join(unknown)} (known: {', '.join(SCENARIOS)})")

@@ -391,7 +391,7 @@ def test_a_stop_request_ends_a_rate_limited_pass_promptly_and_the_next_pass_comp
 
 def test_connection_limits_lend_extra_connections_only_when_free() -> None:
     from mailmirror.config import Config
-    from mailmirror.daemon import ConnectionLimits
+    from mailmirror.limits import ConnectionLimits
 
     secret = {"env": "UNUSED"}
     config = Config.model_validate(

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from importlib import resources
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
@@ -28,6 +31,7 @@ from mailmirror.errors import (
 
 if TYPE_CHECKING:
     from mailmirror.config import Config
+    from mailmirror.parallel import ParallelPasses
     from mailmirror.sync import PairReport
 
 DEFAULT_CONFIG = "/etc/mailmirror/config.yaml"
@@ -43,6 +47,7 @@ Exit codes:
   75  the pass finished but some messages failed (retryable)
   77  authentication failed
   78  configuration error
+  130 interrupted (Ctrl-C); 143: stopped by SIGTERM
 """
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -174,6 +179,14 @@ def _exit_code_for(errors: Sequence[MailmirrorError]) -> ExitCode:
     "deletions.max_share in this pass.",
 )
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: on when on a terminal).")
+@click.option(
+    "-j",
+    "--parallel",
+    type=click.IntRange(1, 256),
+    metavar="N",
+    help="Pairs synced at the same time (default: daemon.max_parallel_passes, 4). Each server still gets "
+    "at most its accounts' max_connections.",
+)
 @pass_context
 def sync(
     context: Context,
@@ -182,53 +195,113 @@ def sync(
     full: bool,
     force_deletions: bool,
     progress: bool | None,
+    parallel: int | None,
 ) -> None:
     """Run one pass of PAIRS now (all pairs by default), then print a summary.
 
     Copies every message not yet on the destination with its flags and INTERNALDATE, creates missing
     folders, re-syncs flags of messages copied earlier. Deletes nothing unless the pair asks for it
     (deletions.destination: mirror, deletions.source: after_copy). A folder unchanged on both sides
-    since the last pass is not even opened. Exit 0 when every selected message is on the destination,
-    75 when some messages or folders failed (the summary says why), 69/77 when a server is unreachable
-    or refuses the login.
+    since the last pass is not even opened. Several pairs run side by side (--parallel); each pair's
+    summary is printed when its pass ends.
+
+    Ctrl-C or SIGTERM: the passes finish the batch in flight and record it (at most
+    daemon.stop_timeout), then exit 130 (143 for SIGTERM); the next sync goes on from there. A second
+    Ctrl-C exits at once (nothing is lost either: the state journal resolves it on the next pass).
+
+    Exit 0 when every selected message is on the destination, 75 when some messages or folders failed
+    (the summary says why), 69/77 when a server is unreachable or refuses the login.
     """
-    from mailmirror.report import RichProgress, print_pass
+    from mailmirror.parallel import ParallelPasses
+    from mailmirror.report import RichProgress
     from mailmirror.state import StateStore
-    from mailmirror.sync import LogProgress, PairPass
+    from mailmirror.sync import LogProgress
 
     _apply_log_config(context)
     names = context.pair_names(pairs)
     config = context.config
+    StateStore(config.state.path).close()  # created or migrated here, once, before the passes open it
     show_bars = context.stdout.is_terminal if progress is None else progress
-    store = StateStore(config.state.path)
-    reports: list[PairReport] = []
-    try:
-        for name in names:
-            pair = config.effective_pairs()[name]
-            bars = RichProgress(context.stdout) if show_bars else None
-            manager: AbstractContextManager[Any] = bars if bars is not None else nullcontext()
-            with manager:
-                report = PairPass(
-                    name,
-                    pair,
-                    config,
-                    store,
-                    bars or LogProgress(),
-                    dry_run=dry_run,
-                    full=full,
-                    force_deletions=force_deletions,
-                ).run()
-            reports.append(report)
-            print_pass(context.stdout, report, pair.source, pair.destination)
-            if report.error is not None:
-                context.stderr.print(f"mailmirror: pair '{name}': {report.error}", markup=False, highlight=False)
-    finally:
-        store.close()
+    bars = RichProgress(context.stdout) if show_bars else None
+    passes = ParallelPasses(
+        config,
+        names,
+        bars or LogProgress(),
+        parallel=parallel or config.daemon.max_parallel_passes,
+        dry_run=dry_run,
+        full=full,
+        force_deletions=force_deletions,
+    )
+    manager: AbstractContextManager[Any] = bars if bars is not None else nullcontext()
+    with manager, _terminate_as_interrupt():
+        reports, interrupted = _collect_reports(context, passes)
+    if interrupted is not None:
+        sys.exit(interrupted)
     errors = [report.error for report in reports if report.error is not None]
     if errors:
         sys.exit(_exit_code_for(errors))
     if not all(report.complete for report in reports):
         sys.exit(ExitCode.TEMPFAIL)
+
+
+class _Terminated(Exception):
+    """SIGTERM during `sync`: handled like Ctrl-C."""
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    def terminate(signum: int, frame: FrameType | None) -> None:
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _collect_reports(context: Context, passes: ParallelPasses) -> tuple[list[PairReport], int | None]:
+    """Each pass's summary as it ends. The first Ctrl-C/SIGTERM stops the passes between batches and waits
+    for them (daemon.stop_timeout); a second one ends the wait (KeyboardInterrupt: exit 130)."""
+    from mailmirror.report import print_pass
+
+    pairs = context.config.effective_pairs()
+    reports: list[PairReport] = []
+    interrupted: int | None = None
+    deadline: float | None = None
+    passes.start()
+    while passes.remaining:
+        try:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            report = passes.next_report(timeout)
+        except (KeyboardInterrupt, _Terminated) as signalled:
+            if interrupted is not None:
+                raise KeyboardInterrupt from None
+            interrupted = 143 if isinstance(signalled, _Terminated) else 130
+            passes.stop.set()
+            deadline = time.monotonic() + context.config.daemon.stop_timeout.total_seconds()
+            context.stderr.print(
+                "mailmirror: stopping: the passes under way finish the batch in flight and record it "
+                "(Ctrl-C again to exit at once)",
+                markup=False,
+                highlight=False,
+            )
+            continue
+        if report is None:  # stop_timeout passed: a pass is stuck in network I/O; its journal is consistent
+            context.stderr.print(
+                f"mailmirror: {passes.remaining} pass(es) did not stop within daemon.stop_timeout; exiting",
+                markup=False,
+                highlight=False,
+            )
+            break
+        reports.append(report)
+        pair = pairs[report.pair]
+        print_pass(context.stdout, report, pair.source, pair.destination)
+        if report.error is not None:
+            named = str(report.error).startswith(f"pair '{report.pair}'")
+            message = str(report.error) if named else f"pair '{report.pair}': {report.error}"
+            context.stderr.print(f"mailmirror: {message}", markup=False, highlight=False)
+    return reports, interrupted
 
 
 # -- run ------------------------------------------------------------------------------------------------

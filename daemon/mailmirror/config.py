@@ -333,10 +333,14 @@ class MetricsConfig(_Section):
 
 
 class DaemonConfig(_Section):
-    """How `mailmirror run` shares its work: concurrency, backoff of failing pairs, shutdown."""
+    """How `mailmirror run` (and `mailmirror sync` of several pairs) shares its work: concurrency, backoff of
+    failing pairs, shutdown."""
 
     max_parallel_passes: int = Field(
-        default=4, ge=1, le=256, description="Passes running at the same time, over all pairs."
+        default=4,
+        ge=1,
+        le=256,
+        description="Passes running at the same time, over all pairs (also `mailmirror sync`'s default --parallel).",
     )
     backoff_max: Duration = Field(
         default=timedelta(minutes=30),
@@ -346,7 +350,10 @@ class DaemonConfig(_Section):
     stop_timeout: Duration = Field(
         default=timedelta(seconds=30),
         json_schema_extra={"default": "30s"},
-        description="On SIGTERM: time to finish the batch in flight, record it and log out before exiting.",
+        description=(
+            "On SIGTERM (and Ctrl-C during `mailmirror sync`): time to finish the batch in flight, record it and "
+            "log out before exiting."
+        ),
     )
     max_connections: int = Field(
         default=64,

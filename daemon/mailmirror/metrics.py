@@ -277,7 +277,7 @@ class PassProgress(LogProgress):
         self.metrics = metrics
         self.pair = pair
 
-    def advance(self, messages: int, size: int) -> None:
+    def advance(self, pair: str, folder: str, messages: int, size: int) -> None:
         self.metrics.copied(self.pair, messages, size)
 
 

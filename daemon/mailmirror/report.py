@@ -5,7 +5,9 @@ Also the progress display of `mailmirror sync` on a terminal (one bar per folder
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from rich.console import Console
 from rich.progress import (
@@ -26,8 +28,17 @@ from mailmirror.verify import PairVerdict
 MAX_LISTED = 20
 
 
+@dataclass
+class _FolderBar:
+    task: TaskID
+    label: str
+    messages_total: int
+    messages_done: int = 0
+
+
 class RichProgress:
-    """Progress bars per folder on a terminal (implements mailmirror.sync.Progress)."""
+    """Progress bars per folder on a terminal (implements mailmirror.sync.Progress): one per folder under
+    way, of any pair, since workers and pairs run in parallel."""
 
     def __init__(self, console: Console) -> None:
         self.bars = Progress(
@@ -39,10 +50,8 @@ class RichProgress:
             console=console,
             transient=False,
         )
-        self.task: TaskID | None = None
-        self.label = ""
-        self.messages_total = 0
-        self.messages_done = 0
+        self.lock = threading.Lock()
+        self.folders: dict[tuple[str, str], _FolderBar] = {}
 
     def __enter__(self) -> RichProgress:
         self.bars.start()
@@ -53,20 +62,24 @@ class RichProgress:
 
     def folder_started(self, pair: str, mapping: FolderMapping, messages: int, size: int) -> None:
         if not messages:
-            self.task = None
             return
-        self.label, self.messages_total, self.messages_done = f"{pair}: {mapping.source}", messages, 0
-        self.task = self.bars.add_task(f"{self.label} (0/{messages})", total=size)
+        label = f"{pair}: {mapping.source}"
+        with self.lock:
+            task = self.bars.add_task(f"{label} (0/{messages})", total=size)
+            self.folders[(pair, mapping.source)] = _FolderBar(task, label, messages)
 
-    def advance(self, messages: int, size: int) -> None:
-        if self.task is None:
-            return
-        self.messages_done += messages
-        description = f"{self.label} ({self.messages_done}/{self.messages_total})"
-        self.bars.update(self.task, advance=size, description=description)
+    def advance(self, pair: str, folder: str, messages: int, size: int) -> None:
+        with self.lock:
+            bar = self.folders.get((pair, folder))
+            if bar is None:
+                return
+            bar.messages_done += messages
+            description = f"{bar.label} ({bar.messages_done}/{bar.messages_total})"
+            self.bars.update(bar.task, advance=size, description=description)
 
     def folder_finished(self, pair: str, report: FolderReport) -> None:
-        self.task = None
+        with self.lock:
+            self.folders.pop((pair, report.source), None)
 
 
 def _rate(count: float, seconds: float) -> float:

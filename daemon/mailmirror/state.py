@@ -116,6 +116,18 @@ CREATE TABLE IF NOT EXISTS pending (
 MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4}
 
 
+def _statements(script: str) -> Iterator[str]:
+    """A migration script, statement by statement (executescript would commit the open transaction)."""
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            yield statement
+            statement = ""
+    if statement.strip():
+        yield statement
+
+
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
@@ -205,18 +217,32 @@ class StateStore:
 
     def _migrate(self) -> None:
         self.db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        if self._schema_version() == SCHEMA_VERSION:
+            return
+        conn = self.db.conn
+        conn.commit()
+        # IMMEDIATE: one migrator at a time (passes of a `sync` of several pairs, the daemon and a manual
+        # sync); the version is read again inside, so a migration never runs twice.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            current = self._schema_version()
+            if current > SCHEMA_VERSION:
+                raise ConfigError(
+                    f"state database {self.path} has schema version {current}, newer than this mailmirror "
+                    f"({SCHEMA_VERSION}). Upgrade mailmirror or point state.path elsewhere."
+                )
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                for statement in _statements(MIGRATIONS[version]):
+                    conn.execute(statement)
+                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.rollback()
+            raise
+
+    def _schema_version(self) -> int:
         row = self.db.execute("SELECT MAX(version) FROM schema_version").fetchone()
-        current = row[0] or 0
-        if current > SCHEMA_VERSION:
-            raise ConfigError(
-                f"state database {self.path} has schema version {current}, newer than this mailmirror "
-                f"({SCHEMA_VERSION}). Upgrade mailmirror or point state.path elsewhere."
-            )
-        for version in range(current + 1, SCHEMA_VERSION + 1):
-            # executescript commits first; the script is its own transaction, version row included.
-            self.db.conn.executescript(
-                f"BEGIN;\n{MIGRATIONS[version]}\nINSERT INTO schema_version (version) VALUES ({version});\nCOMMIT;"
-            )
+        return int(row[0] or 0)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:

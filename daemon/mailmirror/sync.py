@@ -131,8 +131,11 @@ class PairReport:
 
 
 class Progress(Protocol):
+    """Told of each folder's copies. Several folders (transfer workers) and several pairs (`sync` of many
+    pairs) may be under way at once, so every call names its pair and source folder."""
+
     def folder_started(self, pair: str, mapping: FolderMapping, messages: int, size: int) -> None: ...
-    def advance(self, messages: int, size: int) -> None: ...
+    def advance(self, pair: str, folder: str, messages: int, size: int) -> None: ...
     def folder_finished(self, pair: str, report: FolderReport) -> None: ...
 
 
@@ -150,7 +153,7 @@ class LogProgress:
                 human_bytes(size),
             )
 
-    def advance(self, messages: int, size: int) -> None:
+    def advance(self, pair: str, folder: str, messages: int, size: int) -> None:
         pass
 
     def folder_finished(self, pair: str, report: FolderReport) -> None:
@@ -1423,7 +1426,7 @@ class FolderPass:
             self.report.bytes_copied += size
             if len(confirmed) < len(group):
                 self.unconfirmed = True
-            self.owner.progress.advance(len(group), size)
+            self.owner.progress.advance(self.pair, self.mapping.source, len(group), size)
 
 
 def match_pending(
@@ -1472,22 +1475,4 @@ def _done(entry: SyncedMessage, dst_uid: int) -> SyncedMessage:
     return SyncedMessage(entry.src_uid, dst_uid, "done", entry.fingerprint, entry.size, entry.flags)
 
 
-def sync_pairs(
-    config: Config,
-    store: StateStore,
-    names: Sequence[str],
-    progress: Progress | None = None,
-    *,
-    dry_run: bool = False,
-) -> list[PairReport]:
-    reports = []
-    pairs = config.effective_pairs()
-    for name in names:
-        report = PairPass(name, pairs[name], config, store, progress, dry_run=dry_run).run()
-        if isinstance(report.error, ConnectionFailure):
-            log.error("%s: %s", name, report.error)
-        reports.append(report)
-    return reports
-
-
-__all__ = ["Folder", "FolderReport", "PairPass", "PairReport", "Progress", "sync_pairs"]
+__all__ = ["Folder", "FolderReport", "PairPass", "PairReport", "Progress"]

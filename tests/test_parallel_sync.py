@@ -95,7 +95,34 @@ def test_progress_bars_follow_each_folder_when_folders_and_pairs_interleave() ->
     progress.advance("p2", "INBOX", 1, 100)  # after its end: ignored
     progress.advance("p1", "Work", 1, 100)
     completed = {task.description: task.completed for task in progress.bars.tasks}
-    assert completed == {"p1: INBOX (5/10)": 500, "p2: INBOX (4/4)": 400, "p1: Work (1/2)": 100}
+    assert completed == {"p1: INBOX (5/10)": 500, "p1: Work (1/2)": 100}  # a finished folder's bar goes
+
+
+def test_a_pass_that_crashes_is_reported_and_sync_does_not_wait_for_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mailmirror.config import Config
+    from mailmirror.errors import InternalError
+    from mailmirror.limits import ConnectionLimits
+
+    secret = {"env": "UNUSED"}
+    config = Config.model_validate(
+        {
+            "accounts": {
+                "a": {"host": "a.example", "username": "u", "password": secret},
+                "b": {"host": "b.example", "username": "u", "password": secret},
+            },
+            "pairs": {"p": {"source": "a", "destination": "b"}},
+        }
+    )
+
+    def broken(self: ConnectionLimits, config: Config, pair: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(ConnectionLimits, "for_pair", broken)
+    passes = ParallelPasses(config, ["p"], LogProgress(), parallel=2)
+    passes.start()
+    report = passes.next_report(30)
+    assert report is not None and isinstance(report.error, InternalError)
+    assert "a bug" in str(report.error) and passes.remaining == 0
 
 
 # ------------------------------------------------------------------------------------- against Dovecot

@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -47,7 +48,7 @@ Exit codes:
   75  the pass finished but some messages failed (retryable)
   77  authentication failed
   78  configuration error
-  130 interrupted (Ctrl-C); 143: stopped by SIGTERM
+  130 interrupted (Ctrl-C); sync: 143 stopped by SIGTERM
 """
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -185,7 +186,8 @@ def _exit_code_for(errors: Sequence[MailmirrorError]) -> ExitCode:
     type=click.IntRange(1, 256),
     metavar="N",
     help="Pairs synced at the same time (default: daemon.max_parallel_passes, 4). Each server still gets "
-    "at most its accounts' max_connections.",
+    "at most its accounts' max_connections, and a pass keeps the extra connections of its transfer.workers "
+    "while it runs: with many pairs on one server, raise max_connections or lower transfer.workers.",
 )
 @pass_context
 def sync(
@@ -233,10 +235,11 @@ def sync(
         force_deletions=force_deletions,
     )
     manager: AbstractContextManager[Any] = bars if bars is not None else nullcontext()
-    with manager, _terminate_as_interrupt():
-        reports, interrupted = _collect_reports(context, passes)
-    if interrupted is not None:
-        sys.exit(interrupted)
+    stop = _StopRequest(passes.stop)
+    with manager, stop.handling():
+        reports = _collect_reports(context, passes, stop)
+    if stop.signum is not None:
+        sys.exit(128 + stop.signum)  # 130 for Ctrl-C, 143 for SIGTERM
     errors = [report.error for report in reports if report.error is not None]
     if errors:
         sys.exit(_exit_code_for(errors))
@@ -244,41 +247,42 @@ def sync(
         sys.exit(ExitCode.TEMPFAIL)
 
 
-class _Terminated(Exception):
-    """SIGTERM during `sync`: handled like Ctrl-C."""
+class _StopRequest:
+    """Ctrl-C/SIGTERM during `sync`: the first asks the passes to stop between batches (the handler only
+    records it: an exception raised wherever the main thread happens to be, say mid-print, would skip
+    the wait); a second Ctrl-C/SIGTERM exits at once (KeyboardInterrupt: exit 130)."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+        self.signum: int | None = None
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        self.event.set()
+
+    @contextmanager
+    def handling(self) -> Iterator[None]:
+        previous = {signum: signal.signal(signum, self._on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
-@contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    def terminate(signum: int, frame: FrameType | None) -> None:
-        raise _Terminated()
-
-    previous = signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _collect_reports(context: Context, passes: ParallelPasses) -> tuple[list[PairReport], int | None]:
-    """Each pass's summary as it ends. The first Ctrl-C/SIGTERM stops the passes between batches and waits
-    for them (daemon.stop_timeout); a second one ends the wait (KeyboardInterrupt: exit 130)."""
+def _collect_reports(context: Context, passes: ParallelPasses, stop: _StopRequest) -> list[PairReport]:
+    """Each pass's summary as it ends; after a stop request, the passes under way get daemon.stop_timeout
+    to record their batch in flight."""
     from mailmirror.report import print_pass
 
     pairs = context.config.effective_pairs()
     reports: list[PairReport] = []
-    interrupted: int | None = None
     deadline: float | None = None
     passes.start()
     while passes.remaining:
-        try:
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            report = passes.next_report(timeout)
-        except (KeyboardInterrupt, _Terminated) as signalled:
-            if interrupted is not None:
-                raise KeyboardInterrupt from None
-            interrupted = 143 if isinstance(signalled, _Terminated) else 130
-            passes.stop.set()
+        if stop.signum is not None and deadline is None:
             deadline = time.monotonic() + context.config.daemon.stop_timeout.total_seconds()
             context.stderr.print(
                 "mailmirror: stopping: the passes under way finish the batch in flight and record it "
@@ -286,14 +290,16 @@ def _collect_reports(context: Context, passes: ParallelPasses) -> tuple[list[Pai
                 markup=False,
                 highlight=False,
             )
+        report = passes.next_report(timeout=0.25)
+        if report is None:
+            if deadline is not None and time.monotonic() > deadline:  # stuck in network I/O; journal consistent
+                context.stderr.print(
+                    f"mailmirror: {passes.remaining} pass(es) did not stop within daemon.stop_timeout; exiting",
+                    markup=False,
+                    highlight=False,
+                )
+                break
             continue
-        if report is None:  # stop_timeout passed: a pass is stuck in network I/O; its journal is consistent
-            context.stderr.print(
-                f"mailmirror: {passes.remaining} pass(es) did not stop within daemon.stop_timeout; exiting",
-                markup=False,
-                highlight=False,
-            )
-            break
         reports.append(report)
         pair = pairs[report.pair]
         print_pass(context.stdout, report, pair.source, pair.destination)
@@ -301,7 +307,7 @@ def _collect_reports(context: Context, passes: ParallelPasses) -> tuple[list[Pai
             named = str(report.error).startswith(f"pair '{report.pair}'")
             message = str(report.error) if named else f"pair '{report.pair}': {report.error}"
             context.stderr.print(f"mailmirror: {message}", markup=False, highlight=False)
-    return reports, interrupted
+    return reports
 
 
 # -- run ------------------------------------------------------------------------------------------------

@@ -65,7 +65,11 @@ class ParallelPasses:
                 if not self.waiting:
                     return
                 name = self.waiting.pop(0)
-            self.reports.put(self._pass(name))
+            try:
+                report = self._pass(name)
+            except BaseException as error:  # a bug: say so in this pair's report, never leave `sync` waiting
+                report = _ended(PairReport(name, error=InternalError(f"pair '{name}': pass aborted ({error!r})")))
+            self.reports.put(report)
 
     def _pass(self, name: str) -> PairReport:
         pair = self.config.effective_pairs()[name]

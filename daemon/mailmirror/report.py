@@ -79,7 +79,9 @@ class RichProgress:
 
     def folder_finished(self, pair: str, report: FolderReport) -> None:
         with self.lock:
-            self.folders.pop((pair, report.source), None)
+            bar = self.folders.pop((pair, report.source), None)
+            if bar is not None:  # its numbers are in the pair's summary; the live area shows what runs
+                self.bars.remove_task(bar.task)
 
 
 def _rate(count: float, seconds: float) -> float:

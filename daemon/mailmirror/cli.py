@@ -222,7 +222,7 @@ def sync(
     _apply_log_config(context)
     names = context.pair_names(pairs)
     config = context.config
-    StateStore(config.state.path).close()  # created or migrated here, once, before the passes open it
+    StateStore(config.state.path).close()  # an unusable state.path: one config error (exit 78), before any pass
     show_bars = context.stdout.is_terminal if progress is None else progress
     bars = RichProgress(context.stdout) if show_bars else None
     passes = ParallelPasses(

@@ -442,7 +442,7 @@ def check(context: Context, accounts: tuple[str, ...]) -> None:
                     name,
                     server,
                     tls,
-                    "[green]ok[/green]",
+                    f"[green]ok[/green] ({session.mechanism})",
                     namespace,
                     " ".join(text for text in has if text),
                     " ".join(cap for cap, text in zip(REPORTED_CAPABILITIES, has, strict=True) if not text) or "-",

@@ -6,7 +6,7 @@ wire, and the server proves it knows it too; Dovecot offers them when its passdb
 plain text or as a SCRAM hash), SASL PLAIN, the IMAP LOGIN command. For OAuth2: OAUTHBEARER (RFC 7628),
 else XOAUTH2. An admin logging in on behalf of a user uses SASL PLAIN with an authorization identity,
 the only mechanism here that carries one, unless ``authuser_separator`` asks for Dovecot's
-``user*admin`` login name, which any mechanism can carry.
+``user*admin`` login name (sent with PLAIN or LOGIN: Dovecot 2.3 refuses it over SCRAM).
 
 Every refusal becomes an :class:`AuthenticationFailure` naming the account, the server, the user, the
 mechanism and the server's answer; for OAuth2 also which step failed (token endpoint, token refused,
@@ -70,8 +70,10 @@ def choose_mechanism(account: Account, capabilities: frozenset[str], password: s
     sasl = offered(capabilities)
     if uses_oauth2(account):
         return "OAUTHBEARER" if "OAUTHBEARER" in sasl or "XOAUTH2" not in sasl else "XOAUTH2"
-    if account.authuser and not account.authuser_separator:
-        return "PLAIN"  # the authorization identity needs SASL PLAIN
+    if account.authuser:
+        # The authorization identity needs SASL PLAIN; and Dovecot 2.3 refuses user*admin over SCRAM
+        # ([AUTHORIZATIONFAILED]), so the separator form uses PLAIN too, or LOGIN where PLAIN is not offered.
+        return "PLAIN" if "PLAIN" in sasl or not account.authuser_separator else "LOGIN"
     for mechanism in PASSWORD_PREFERENCE:
         if mechanism in sasl:
             return mechanism
@@ -158,13 +160,20 @@ class _ScramExchange:
         return b""
 
 
+def _unrepr(answer: str) -> str:
+    """imapclient words some refusals as a bytes repr (b'[AUTHENTICATIONFAILED] ...'): show the text."""
+    if len(answer) >= 3 and answer[0] == "b" and answer[1] in "'\"" and answer[-1] == answer[1]:
+        return answer[2:-1]
+    return answer
+
+
 def _who(account: Account) -> str:
     return f"'{account.username}'" + (f" (as admin '{account.authuser}')" if account.authuser else "")
 
 
 def _refused(account: Account, what: str, mechanism: str, answer: str) -> AuthenticationFailure:
     who = _who(account)
-    answer = answer.strip()
+    answer = _unrepr(answer.strip())
     if "AUTHORIZATIONFAILED" in answer.upper() and account.authuser:
         return AuthenticationFailure(
             f"{what}: admin '{account.authuser}' may not log in as '{account.username}' ({mechanism}): the "

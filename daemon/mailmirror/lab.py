@@ -666,7 +666,10 @@ passdb {{
         self._secure(self.oauth2_keys_dir)
 
     def add_master_user(self, username: str | None = None, password: str | None = None) -> LabUser:
-        """A master (admin) user who may log in as any user (``auth_lab`` servers only)."""
+        """A master (admin) user who may log in as any user (``auth_lab`` servers only).
+
+        Add master users before :meth:`start`: Dovecot stats the shared masters file at most once a second,
+        so one added while the server runs may stay unknown for up to a second."""
         if not self.auth_lab:
             raise LabError("master users need a server made with auth_lab=True")
         username = username or "admin" + secrets.token_hex(4)

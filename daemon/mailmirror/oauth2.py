@@ -358,11 +358,11 @@ def _access_token_from(client: OAuth2Client, url: str, answer: dict[str, Any], s
     return AccessToken(value=value, expires_at=started + lifetime, refresh_at=started + lifetime - ahead)
 
 
-def refresh(client: OAuth2Client) -> AccessToken:
+def refresh(client: OAuth2Client, clock: Callable[[], float] = time.monotonic) -> AccessToken:
     """One refresh-token grant; a rotated refresh token is stored before the access token is used."""
     url = client.effective_token_url
     refresh_token = current_refresh_token(client)
-    started = time.monotonic()
+    started = clock()
     session = _session(client)
     try:
         answer = dict(session.refresh_token(url, refresh_token=refresh_token, timeout=client.timeout.total_seconds()))
@@ -403,7 +403,7 @@ class TokenCache:
         with lock:  # one refresh per account at a time: parallel workers wait for it, then share the token
             token = self._tokens.get(key)
             if token is None or self._clock() >= token.refresh_at:
-                token = refresh(client)
+                token = refresh(client, self._clock)
                 self._tokens[key] = token
             return token.value
 
@@ -485,10 +485,12 @@ def poll_device_authorization(
     *,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
-) -> str:
-    """RFC 8628 §3.4-3.5: poll the token endpoint until the admin approved; store and return the refresh token."""
+) -> tuple[str, Path]:
+    """RFC 8628 §3.4-3.5: poll the token endpoint until the admin approved; store the refresh token.
+
+    Returns the refresh token and the file it is stored in."""
     url = client.effective_token_url
-    interval = max(grant.interval, 1.0)
+    interval = max(grant.interval, 0.1)
     deadline = clock() + grant.expires_in
     while True:
         sleep(interval)
@@ -499,7 +501,6 @@ def poll_device_authorization(
                     url,
                     grant_type=DEVICE_CODE_GRANT,
                     device_code=grant.device_code,
-                    client_id=client.client_id,
                     timeout=client.timeout.total_seconds(),
                 )
             )
@@ -532,5 +533,4 @@ def poll_device_authorization(
                 "(ask for the offline_access scope, or allow refresh tokens for this client)",
                 account=client.account,
             )
-        store_refresh_token(client, refresh_token)
-        return refresh_token
+        return refresh_token, store_refresh_token(client, refresh_token)

@@ -47,6 +47,10 @@ OAUTH2_MECHANISMS = frozenset({"XOAUTH2", "OAUTHBEARER"})
 LoginCommand = Callable[[IMAPClient, "Account", str], None]
 
 
+class ServerProofFailed(AuthenticationFailure):
+    """The server's SCRAM signature was wrong: it does not know the password (not the server meant?)."""
+
+
 def uses_oauth2(account: Account) -> bool:
     return account.oauth2 is not None or account.oauth2_token is not None
 
@@ -95,6 +99,40 @@ def login(client: IMAPClient, account_name: str, account: Account, what: str, lo
         raise ConfigError(f"{what}: no password configured")
     password = account.password.reveal()
     mechanism = choose_mechanism(account, capabilities, password)
+    try:
+        _password_login_translated(client, account, mechanism, password, what, login_command)
+    except AuthenticationFailure as refusal:
+        fallback = _fallback_after_scram(account, mechanism, capabilities, password)
+        if fallback is None or isinstance(refusal, ServerProofFailed):
+            raise  # never hand the password to a server that failed SCRAM's proof
+        # Dovecot offers SCRAM to every user but can check it only against a password stored in plain text
+        # or as a SCRAM hash; for a crypt-style hash it answers AUTHENTICATIONFAILED. Try the next best once.
+        try:
+            _password_login_translated(client, account, fallback, password, what, login_command)
+        except AuthenticationFailure as second:
+            raise AuthenticationFailure(f"{second.message} (after {mechanism} was refused as well)") from None
+        log.info(
+            "%s: %s refused, %s accepted: the server offers SCRAM but cannot check it for this user "
+            "(its password is stored as a hash SCRAM cannot use); auth: %s skips the try (%s)",
+            what,
+            mechanism,
+            fallback,
+            fallback.lower(),
+            refusal.message.rsplit(": ", 1)[-1],
+        )
+        return fallback
+    return mechanism
+
+
+def _fallback_after_scram(account: Account, mechanism: str, capabilities: frozenset[str], password: str) -> str | None:
+    if account.auth != "auto" or not mechanism.startswith("SCRAM-"):
+        return None
+    return "PLAIN" if "PLAIN" in offered(capabilities) or not password.isascii() else "LOGIN"
+
+
+def _password_login_translated(
+    client: IMAPClient, account: Account, mechanism: str, password: str, what: str, login_command: LoginCommand
+) -> None:
     who = _who(account)
     try:
         _password_login(client, account, mechanism, password, what, login_command)
@@ -105,13 +143,12 @@ def login(client: IMAPClient, account_name: str, account: Account, what: str, lo
     except IMAPClientError as error:
         raise _refused(account, what, mechanism, _text(error)) from None
     except scramp.ScramException as error:  # the server failed to prove it knows the password
-        raise AuthenticationFailure(
+        raise ServerProofFailed(
             f"{what}: login as {who} with {mechanism} failed: the server's SCRAM answer did not check out "
             f"({error.__class__.__name__}): is this the right server?"
         ) from None
     except (UnicodeError, ValueError, TypeError) as error:  # never let such an error carry the secret
         raise AuthenticationFailure(f"{what}: login as {who} with {mechanism} failed: {type(error).__name__}") from None
-    return mechanism
 
 
 def _password_login(

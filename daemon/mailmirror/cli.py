@@ -43,10 +43,10 @@ Exit codes:
   0   success
   64  usage error (unknown pair, bad option)
   65  verify found differences
-  69  a server could not be reached, or TLS failed
+  69  a server or an OAuth2 token endpoint could not be reached, or TLS failed
   70  internal error (a bug: please report it)
   75  the pass finished but some messages failed (retryable)
-  77  authentication failed
+  77  authentication failed (a server or token endpoint refused the credentials)
   78  configuration error
   130 interrupted (Ctrl-C); sync: 143 stopped by SIGTERM
 """
@@ -410,11 +410,14 @@ def verify(context: Context, pairs: tuple[str, ...]) -> None:
 # -- check ------------------------------------------------------------------------------------------------
 
 
-@cli.command(short_help="Log in to every account, report capabilities.")
+@cli.command(short_help="Log in to every account, report login mechanism and capabilities.")
 @click.argument("accounts", nargs=-1)
 @pass_context
 def check(context: Context, accounts: tuple[str, ...]) -> None:
     """Validate the config, log in to every account (or ACCOUNTS) and report server capabilities.
+
+    The Login column shows the mechanism used (auth: auto picks the strongest the server offers and
+    the credentials allow: SCRAM-SHA-256, SCRAM-SHA-1, PLAIN, LOGIN; OAUTHBEARER, XOAUTH2).
 
     Nothing is written anywhere. Exit 69 when a server cannot be reached or TLS fails, 77 when a login
     is refused; every account is tried and reported either way.

@@ -27,17 +27,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-import requests
-from authlib.integrations.base_client.errors import OAuthError
-from authlib.integrations.requests_client import OAuth2Session
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from mailmirror.errors import AuthenticationFailure, ConfigError, ConnectionFailure
 from mailmirror.secrets import Secret
 from mailmirror.units import ConfigPath, Duration
+
+if TYPE_CHECKING:
+    from authlib.integrations.requests_client import OAuth2Session
 
 log = logging.getLogger(__name__)
 
@@ -271,6 +271,8 @@ def current_refresh_token(client: OAuth2Client) -> str:
 
 
 def _session(client: OAuth2Client) -> OAuth2Session:
+    from authlib.integrations.requests_client import OAuth2Session  # Authlib and requests: only when used
+
     secret = client.client_secret.reveal() if client.client_secret is not None else None
     method = "client_secret_post" if secret is not None else "none"
     return OAuth2Session(
@@ -285,6 +287,9 @@ def _session(client: OAuth2Client) -> OAuth2Session:
 
 def _endpoint_error(client: OAuth2Client, url: str, doing: str, error: Exception) -> Exception:
     """Translate what Authlib/requests raise into our errors: no token, no body, no secret in the text."""
+    import requests
+    from authlib.integrations.base_client.errors import OAuthError
+
     where = f"account '{client.account}': OAuth2 token endpoint {url}"
     if isinstance(error, OAuthError):
         description = f": {error.description}" if error.description else ""
@@ -360,6 +365,9 @@ def _access_token_from(client: OAuth2Client, url: str, answer: dict[str, Any], s
 
 def refresh(client: OAuth2Client, clock: Callable[[], float] = time.monotonic) -> AccessToken:
     """One refresh-token grant; a rotated refresh token is stored before the access token is used."""
+    import requests
+    from authlib.integrations.base_client.errors import OAuthError
+
     url = client.effective_token_url
     refresh_token = current_refresh_token(client)
     started = clock()
@@ -439,6 +447,9 @@ class DeviceAuthorization:
 
 def start_device_authorization(client: OAuth2Client) -> DeviceAuthorization:
     """RFC 8628 §3.1: ask for a user code the admin types in at the provider's verification page."""
+    import requests
+    from authlib.integrations.base_client.errors import OAuthError
+
     url = client.effective_device_url
     if url is None:
         raise ConfigError(
@@ -489,6 +500,9 @@ def poll_device_authorization(
     """RFC 8628 §3.4-3.5: poll the token endpoint until the admin approved; store the refresh token.
 
     Returns the refresh token and the file it is stored in."""
+    import requests
+    from authlib.integrations.base_client.errors import OAuthError
+
     url = client.effective_token_url
     interval = max(grant.interval, 0.1)
     deadline = clock() + grant.expires_in

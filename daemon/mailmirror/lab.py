@@ -47,6 +47,19 @@ Dovecot facts these servers rely on (Dovecot 2.3.19):
 * Folder names: with separator "/" (``LAYOUT=fs``) names may contain "." but may not start with "~" and
   "mAildir" is reserved; with the Maildir++ layout (separator ".") names may not contain "/".
 
+``DovecotServer(..., auth_lab=True)`` adds what the authentication tests need (off by default, so other
+servers are unchanged): ``auth_mechanisms = plain login xoauth2 oauthbearer scram-sha-1 scram-sha-256``;
+a master-user passdb (``masters``, ``master = yes``, ``pass = yes``, ``auth_master_user_separator = *``)
+filled by :meth:`DovecotServer.add_master_user`; and an ``oauth2`` passdb limited to
+``mechanisms = xoauth2 oauthbearer`` (without that filter it also takes a JWT as a LOGIN password)
+validating JWTs locally (``introspection_mode = local``, ``username_attribute = email``) with keys at
+``oauth2-keys/<azp or "default">/<ALG>/<kid or "default">`` (:meth:`DovecotServer.add_oauth2_key`:
+HS* keys base64 on one line, RS*/ES* PEM public keys).  Tokens need header ``typ: JWT`` and claims
+``sub``, ``exp`` and ``email``; a refused token gets a ``+ <base64 JSON>`` challenge that the client
+answers (empty line for XOAUTH2, ``AQ==`` for OAUTHBEARER) before ``NO [AUTHENTICATIONFAILED]``.  Keys are
+cached until ``doveadm reload``, and the first login right after a reload may fail with an internal
+error: add keys and master users before :meth:`start`.
+
 For speed the servers use ``mail_fsync = never``: fine for throwaway mail, not a durability benchmark.
 The usual tools work against an instance: ``doveadm -c <root>/dovecot.conf mailbox list -u <user>``.
 """

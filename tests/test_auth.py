@@ -243,6 +243,21 @@ def test_token_refused_even_after_refresh_is_named(
     assert issuer.token_requests == 2
 
 
+def test_mailbox_refused_with_a_valid_token_is_named(
+    auth_server: DovecotServer, issuer: Issuer, workdir: Path, evidence: Evidence
+) -> None:
+    """The token checks out, but the server has no such mailbox: not a token problem, and it says so."""
+    ghost = LabUser("ghost" + os.urandom(4).hex(), "unused")
+    config = write_config(workdir, oauth2_account_yaml("a", auth_server, ghost, issuer, workdir))
+    done = run_cli(config, evidence, "check", "a")
+    assert done.returncode == 77, done.stderr
+    assert (
+        f"login as '{ghost.username}' with OAUTHBEARER: the server refused the mailbox login (the token was not "
+        "the problem)"
+    ) in " ".join(done.stderr.split())
+    assert issuer.token_requests == 1
+
+
 def test_rotated_refresh_token_is_stored_and_used(
     auth_server: DovecotServer, user: LabUser, issuer: Issuer, workdir: Path
 ) -> None:

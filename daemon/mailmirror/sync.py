@@ -32,7 +32,7 @@ from mailmirror.errors import (
 from mailmirror.identity import fingerprint, header_fields_to_fetch, without_size
 from mailmirror.imap import AppendRefused, Folder, FolderMissing, MailboxStatus, MessageToAppend, Session
 from mailmirror.locks import PairLock
-from mailmirror.mapping import FolderMapping, Namespace, pair_mappings, pattern_matches
+from mailmirror.mapping import WELL_KNOWN_NAMES, FolderMapping, Namespace, pair_mappings, pattern_matches
 from mailmirror.planner import (
     Copy,
     Deletions,
@@ -769,8 +769,12 @@ def duplicate_priority_order(
     source_ns: Namespace,
 ) -> list[FolderMapping]:
     """skip_cross_folder_duplicates: the folders named in duplicate_priority first (in that order), then the
-    others in the usual order, and the All Mail folder (\\All) last: its copy of a message loses."""
+    others in the usual order, and the All Mail folder (\\All, else by its well-known name) last: its copy of a
+    message loses."""
     all_mail = {folder.name for folder in source_folders if folder.special_use == "\\All"}
+    if not all_mail:  # a server that does not announce \All (or a listing without SPECIAL-USE)
+        known = {name.casefold() for name in WELL_KNOWN_NAMES["\\All"]}
+        all_mail = {f.name for f in source_folders if source_ns.to_neutral(f.name).casefold() in known}
 
     def rank(mapping: FolderMapping) -> tuple[int, int]:
         if mapping.source in all_mail:

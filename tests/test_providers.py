@@ -118,6 +118,18 @@ def test_unknown_provider_is_a_config_error_with_file_and_line(tmp_path: Path, m
     assert any(line.startswith("config.yaml:3: accounts.b.host: required key is missing") for line in lines)
 
 
+def test_config_validate_exits_78_for_an_unknown_provider(tmp_path: Path) -> None:
+    config = tmp_path / "mailmirror.yaml"
+    config.write_text(
+        ACCOUNTS.replace("provider: generic", "provider: exchange") + "pairs:\n  p: {source: gm, destination: plain}\n"
+    )
+    result = Setup(tmp_path, config).run("config", "validate")
+    assert result.returncode == 78, result
+    expected = f"{config}:4: accounts.plain.provider: must be one of gmail, office365, generic (got 'exchange')"
+    assert expected in result.stderr.splitlines()
+    assert "Traceback" not in result.stderr
+
+
 def test_a_preset_value_that_conflicts_with_explicit_config_names_the_preset(tmp_path: Path) -> None:
     text = ACCOUNTS + "pairs:\n  p: {source: plain, destination: gm, messages: {min_size: 40MiB}}\n"
     with pytest.raises(InvalidConfig) as caught:

@@ -277,6 +277,10 @@ def test_plan_shows_what_the_preset_changed(
         "overridden": False,
     }
     assert "[Gmail]/Chats" not in text.split("Provider presets")[0]  # not in the folder table
+    # the plan counts what a pass copies: each message once, the labels' duplicates skipped
+    copies = {folder["source"]: folder["copy"] for folder in document["pairs"][0]["folders"]}
+    assert sum(copies.values()) == len(gmail_mailbox().kept_in)
+    assert copies["[Gmail]/All Mail"] == 1  # only the archived message has no other folder
 
 
 def test_office365_source_maps_special_folders_and_skips_outbox_and_sync_issues(

@@ -244,6 +244,8 @@ def test_gmail_source_copies_each_message_once_all_mail_last(
 
     again = setup.sync()
     assert (again.copied, again.error) == (0, None)
+    verdict = setup.verify()
+    assert verdict.clean, [(f.source, f.differences) for f in verdict.folders if f.differences]
 
 
 def test_plan_shows_what_the_preset_changed(
@@ -307,6 +309,7 @@ def test_office365_source_maps_special_folders_and_skips_outbox_and_sync_issues(
     placed = where_is_each_message(dst_client)
     assert placed == {key: [destination_of[folder]] for key, folder in layout.kept_in.items()}
     assert not {"Outbox", "Sync Issues"} & {name for _f, _d, name in dst_client.list_folders()}
+    assert setup.verify().clean
 
 
 def test_office365_destination_gets_the_outlook_names(

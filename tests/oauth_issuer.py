@@ -57,6 +57,7 @@ class Issuer:
     fail_status: int | None = None
     bad_signature: bool = False
     device_pending_polls: int = 1
+    device_slow_down_polls: int = 0  # the first polls are answered slow_down
     device_outcome: str = "approve"  # or "deny"
     device_interval: float = 0.1
     refresh_tokens: dict[str, str] = field(default_factory=dict)  # refresh token -> user
@@ -170,6 +171,8 @@ class Issuer:
                 return 400, {"error": "expired_token"}
             self._device_codes[code] += 1
             polls = self._device_codes[code]
+        if polls <= self.device_slow_down_polls:
+            return 400, {"error": "slow_down"}
         if polls <= self.device_pending_polls:
             return 400, {"error": "authorization_pending"}
         if self.device_outcome == "deny":

@@ -373,6 +373,31 @@ def test_device_authorization_denied(
     assert "account 'a': the authorization was denied at the provider's page" in done.stderr
 
 
+def test_device_polling_slows_down_and_gives_up_when_the_code_expires(
+    auth_server: DovecotServer, user: LabUser, issuer: Issuer, workdir: Path
+) -> None:
+    config = write_config(workdir, oauth2_account_yaml("a", auth_server, user, issuer, workdir))
+    client = load_config(config).accounts["a"].oauth2
+    assert client is not None
+    issuer.device_user = user.username
+    issuer.device_slow_down_polls, issuer.device_pending_polls = 1, 2
+    waits: list[float] = []
+    grant = oauth2.start_device_authorization(client)
+    refresh_token, path = oauth2.poll_device_authorization(client, grant, sleep=waits.append)
+    assert waits == [0.1, 5.1, 5.1]  # RFC 8628 §3.5: slow_down adds 5 seconds to the interval
+    assert path == workdir / "oauth2" / "a.json" and refresh_token in path.read_text()
+    now = [0.0]
+
+    def tick(seconds: float) -> None:
+        now[0] += seconds
+
+    issuer.device_pending_polls = 10**6  # nobody approves
+    issuer.device_interval = 10  # six polls within the code's 60 s
+    grant = oauth2.start_device_authorization(client)
+    with pytest.raises(AuthenticationFailure, match="the device code expired before it was approved"):
+        oauth2.poll_device_authorization(client, grant, sleep=tick, clock=lambda: now[0])
+
+
 def test_refresh_during_a_long_pass_loses_and_doubles_nothing(
     auth_server: DovecotServer,
     user: LabUser,

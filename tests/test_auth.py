@@ -333,10 +333,10 @@ def test_token_endpoint_trouble_exits_69(
     done = run_cli(write_config(workdir, accounts), evidence, "check", "a")
     assert done.returncode == 69, done.stderr
     expected = {
-        "unreachable": "cannot be reached the refresh token: Connection refused",
-        "slow": "did not answer the refresh token within 2s",
-        "http 503": "failed the refresh token: HTTP 503",
-        "not json": "gave an unusable answer the refresh token",
+        "unreachable": "cannot be reached (Connection refused) while refreshing the access token",
+        "slow": "did not answer within 2s while refreshing the access token",
+        "http 503": "answered HTTP 503 Service Unavailable while refreshing the access token",
+        "not json": "gave an unusable answer (Token endpoint response is not a JSON object (HTTP 200).) while",
     }[problem]
     assert f"account 'a': OAuth2 token endpoint {issuer.token_url} {expected}" in done.stderr
 

@@ -280,37 +280,45 @@ def _session(client: OAuth2Client) -> OAuth2Session:
         client_secret=secret,
         token_endpoint_auth_method=method,
         scope=client.effective_scope,
-        # Never retry a POST to the token endpoint behind our back: a second use of a rotated refresh token
-        # may revoke the whole grant.
     )
 
 
-def _endpoint_error(client: OAuth2Client, url: str, doing: str, error: Exception) -> Exception:
+#: What was sent to the token endpoint (what it refused) and the step, for messages.
+_STEPS = {
+    "refresh": ("the refresh token", "while refreshing the access token"),
+    "device": ("the device authorization request", "while asking for a device code"),
+    "poll": ("the device code", "while waiting for the device code's approval"),
+}
+
+
+def _endpoint_error(client: OAuth2Client, url: str, step: str, error: Exception) -> Exception:
     """Translate what Authlib/requests raise into our errors: no token, no body, no secret in the text."""
     import requests
     from authlib.integrations.base_client.errors import OAuthError
 
-    where = f"account '{client.account}': OAuth2 token endpoint {url}"
+    endpoint = "device authorization endpoint" if step == "device" else "token endpoint"
+    where = f"account '{client.account}': OAuth2 {endpoint} {url}"
+    sent, doing = _STEPS[step]
     if isinstance(error, OAuthError):
         description = f": {error.description}" if error.description else ""
         return AuthenticationFailure(
-            f"{where} refused {doing} ({error.error}{description})" + _advice(client, error.error),
+            f"{where} refused {sent} ({error.error}{description})" + _advice(client, error.error),
             account=client.account,
         )
     if isinstance(error, requests.Timeout):
         return ConnectionFailure(
-            f"{where} did not answer {doing} within {client.timeout.total_seconds():g}s", account=client.account
+            f"{where} did not answer within {client.timeout.total_seconds():g}s {doing}", account=client.account
         )
     if isinstance(error, requests.HTTPError) and error.response is not None:
         return ConnectionFailure(
-            f"{where} failed {doing}: HTTP {error.response.status_code} {error.response.reason}",
+            f"{where} answered HTTP {error.response.status_code} {error.response.reason} {doing}",
             account=client.account,
         )
     if isinstance(error, requests.ConnectionError):
-        return ConnectionFailure(f"{where} cannot be reached {doing}: {_root_cause(error)}", account=client.account)
+        return ConnectionFailure(f"{where} cannot be reached ({_root_cause(error)}) {doing}", account=client.account)
     if isinstance(error, requests.RequestException):
-        return ConnectionFailure(f"{where} failed {doing}: {type(error).__name__}", account=client.account)
-    return ConnectionFailure(f"{where} gave an unusable answer {doing}: {_safe_text(error)}", account=client.account)
+        return ConnectionFailure(f"{where} failed ({type(error).__name__}) {doing}", account=client.account)
+    return ConnectionFailure(f"{where} gave an unusable answer ({_safe_text(error)}) {doing}", account=client.account)
 
 
 def _root_cause(error: BaseException) -> str:
@@ -375,7 +383,7 @@ def refresh(client: OAuth2Client, clock: Callable[[], float] = time.monotonic) -
     try:
         answer = dict(session.refresh_token(url, refresh_token=refresh_token, timeout=client.timeout.total_seconds()))
     except (OAuthError, requests.RequestException, ValueError) as error:
-        raise _endpoint_error(client, url, "the refresh token", error) from None
+        raise _endpoint_error(client, url, "refresh", error) from None
     finally:
         session.close()
     rotated = answer.get("refresh_token")
@@ -470,7 +478,7 @@ def start_device_authorization(client: OAuth2Client) -> DeviceAuthorization:
             raise OAuthError(error=str(answer["error"]), description=answer.get("error_description"))
         response.raise_for_status()
     except (OAuthError, requests.RequestException, ValueError) as error:
-        raise _endpoint_error(client, url, "the device authorization request", error) from None
+        raise _endpoint_error(client, url, "device", error) from None
     finally:
         session.close()
     try:
@@ -535,9 +543,9 @@ def poll_device_authorization(
                     f"account '{client.account}': the authorization was denied at the provider's page",
                     account=client.account,
                 ) from None
-            raise _endpoint_error(client, url, "the device code", error) from None
+            raise _endpoint_error(client, url, "poll", error) from None
         except (requests.RequestException, ValueError) as error:
-            raise _endpoint_error(client, url, "the device code", error) from None
+            raise _endpoint_error(client, url, "poll", error) from None
         finally:
             session.close()
         refresh_token = answer.get("refresh_token")

@@ -48,6 +48,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from mailmirror.errors import ConfigError, UsageError
+from mailmirror.oauth2 import OAuth2Client
 from mailmirror.providers import AppliedPreset, ProviderName, apply_account_presets, pair_preset_layer
 from mailmirror.secrets import Secret
 from mailmirror.units import CONFIG_DIR, ConfigPath, Duration, Size, format_duration
@@ -430,15 +431,36 @@ class Account(_Section):
             "authentication identity, username being the authorization identity."
         ),
     )
-    auth: Literal["login", "plain", "xoauth2", "oauthbearer"] = Field(
-        default="login",
-        description="Authentication: LOGIN, SASL PLAIN, or OAuth2 (XOAUTH2, OAUTHBEARER) with oauth2_token.",
+    authuser_separator: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1,
+        description=(
+            "With authuser: log in as username + this character + authuser (Dovecot's auth_master_user_separator, "
+            "e.g. '*': 'alice*admin') instead of SASL PLAIN with an authorization identity."
+        ),
+    )
+    auth: Literal["auto", "login", "plain", "scram-sha-256", "scram-sha-1", "xoauth2", "oauthbearer"] = Field(
+        default="auto",
+        description=(
+            "Login mechanism. auto: the strongest the server offers and the credentials allow (SCRAM-SHA-256, "
+            "SCRAM-SHA-1, PLAIN, LOGIN for a password; OAUTHBEARER, XOAUTH2 for OAuth2; PLAIN for authuser); "
+            "`mailmirror check` shows the choice. Or one of login (the LOGIN command), plain, scram-sha-256, "
+            "scram-sha-1, xoauth2, oauthbearer."
+        ),
+    )
+    oauth2: OAuth2Client | None = Field(
+        default=None,
+        description=(
+            "OAuth2 client mailmirror gets access tokens from itself (refreshed before expiry; rotated refresh "
+            "tokens stored in token_file). Instead of password or oauth2_token."
+        ),
     )
     oauth2_token: Secret | None = Field(
         default=None,
         description=(
-            f"OAuth2 access token: a secret reference, {SECRET_SHAPES}, typically a command printing a fresh "
-            "token. Required with auth: xoauth2/oauthbearer."
+            f"A ready OAuth2 access token: a secret reference, {SECRET_SHAPES}, typically a command printing a "
+            "fresh token. Prefer oauth2, which refreshes tokens itself."
         ),
     )
     timeout: Duration = Field(
@@ -481,16 +503,28 @@ class Account(_Section):
 
     @model_validator(mode="after")
     def _credentials_match_auth(self) -> Account:
-        if self.auth in OAUTH_MECHANISMS:
-            if self.oauth2_token is None:
-                raise _field_error("oauth2_token", f"required with auth: {self.auth} (a secret: {SECRET_SHAPES})")
+        oauth_sources = [name for name in ("oauth2", "oauth2_token") if getattr(self, name) is not None]
+        if len(oauth_sources) > 1:
+            raise _field_error("oauth2_token", "give either oauth2 (mailmirror gets tokens itself) or oauth2_token")
+        if self.auth in OAUTH_MECHANISMS or (self.auth == "auto" and oauth_sources):
+            if not oauth_sources:
+                raise _field_error(
+                    "oauth2_token",
+                    f"required with auth: {self.auth} (a secret: {SECRET_SHAPES}), or oauth2 (an OAuth2 client)",
+                )
             if self.password is not None:
-                raise _field_error("password", f"not used with auth: {self.auth}, which logs in with oauth2_token")
+                raise _field_error("password", f"not used with {oauth_sources[0]}, which logs in with OAuth2 tokens")
+            if self.authuser is not None:
+                raise _field_error("authuser", "not used with OAuth2: the token names the user")
         else:
+            if self.password is None and self.auth == "auto":
+                raise _field_error("password", f"required (a secret: {SECRET_SHAPES}), or oauth2 for OAuth2 logins")
             if self.password is None:
                 raise _field_error("password", f"required with auth: {self.auth} (a secret: {SECRET_SHAPES})")
-            if self.oauth2_token is not None:
-                raise _field_error("oauth2_token", "only used with auth: xoauth2 or oauthbearer")
+            if oauth_sources:
+                raise _field_error(oauth_sources[0], "only used with auth: auto, xoauth2 or oauthbearer")
+        if self.authuser_separator is not None and self.authuser is None:
+            raise _field_error("authuser_separator", "only used with authuser")
         if self.tls == "none" and self.tls_ca is not None:
             raise _field_error("tls_ca", "has no effect with tls: none")
         return self
@@ -912,6 +946,8 @@ class Config(_Section):
                 secret = getattr(account, field_name)
                 if isinstance(secret, Secret):
                     secret.attach_label(f"accounts.{name}.{field_name}")
+            if account.oauth2 is not None:
+                account.oauth2.attach(name, self.state.path.parent / "oauth2" / f"{name}.json")
 
     def pair(self, name: str) -> Pair:
         """The pair called ``name`` with ``defaults`` merged in. Unknown name → :class:`UsageError` (exit 64)."""

@@ -24,6 +24,7 @@ from imapclient.exceptions import CapabilityError, IMAPClientAbortError, IMAPCli
 from imapclient.imap_utf7 import decode as decode_utf7
 from imapclient.response_parser import parse_fetch_response, parse_response
 
+from mailmirror import auth
 from mailmirror.errors import AuthenticationFailure, ConfigError, ConnectionFailure, ServerRefused, Throttled
 
 if TYPE_CHECKING:
@@ -167,6 +168,7 @@ class Session:
         self.separator, self.prefix = self._namespace()
         self.selected: str | None = None
         self.selected_readonly = True
+        self.mechanism = "LOGIN"  # how it logged in (auth.login's choice)
 
     # -- connecting --------------------------------------------------------------------------------------
 
@@ -188,9 +190,10 @@ class Session:
         what = f"account '{account_name}' ({where})"
         client = _connect_client(account, what)
         try:
-            _login(client, account, what)
+            mechanism = auth.login(client, account_name, account, what, _login)
             client.normalise_times = False
             session = cls(account_name, account, client)  # asks CAPABILITY and NAMESPACE
+            session.mechanism = mechanism
         except (IMAPClientAbortError, OSError, EOFError) as error:
             with contextlib.suppress(Exception):
                 client.shutdown()

@@ -47,6 +47,19 @@ Dovecot facts these servers rely on (Dovecot 2.3.19):
 * Folder names: with separator "/" (``LAYOUT=fs``) names may contain "." but may not start with "~" and
   "mAildir" is reserved; with the Maildir++ layout (separator ".") names may not contain "/".
 
+``DovecotServer(..., auth_lab=True)`` adds what the authentication tests need (off by default, so other
+servers are unchanged): ``auth_mechanisms = plain login xoauth2 oauthbearer scram-sha-1 scram-sha-256``;
+a master-user passdb (``masters``, ``master = yes``, ``pass = yes``, ``auth_master_user_separator = *``)
+filled by :meth:`DovecotServer.add_master_user`; and an ``oauth2`` passdb limited to
+``mechanisms = xoauth2 oauthbearer`` (without that filter it also takes a JWT as a LOGIN password)
+validating JWTs locally (``introspection_mode = local``, ``username_attribute = email``) with keys at
+``oauth2-keys/<azp or "default">/<ALG>/<kid or "default">`` (:meth:`DovecotServer.add_oauth2_key`:
+HS* keys base64 on one line, RS*/ES* PEM public keys).  Tokens need header ``typ: JWT`` and claims
+``sub``, ``exp`` and ``email``; a refused token gets a ``+ <base64 JSON>`` challenge that the client
+answers (empty line for XOAUTH2, ``AQ==`` for OAUTHBEARER) before ``NO [AUTHENTICATIONFAILED]``.  Keys are
+cached until ``doveadm reload``, and the first login right after a reload may fail with an internal
+error: add keys and master users before :meth:`start`.
+
 For speed the servers use ``mail_fsync = never``: fine for throwaway mail, not a durability benchmark.
 The usual tools work against an instance: ``doveadm -c <root>/dovecot.conf mailbox list -u <user>``.
 """
@@ -54,6 +67,7 @@ The usual tools work against an instance: ``doveadm -c <root>/dovecot.conf mailb
 from __future__ import annotations
 
 import atexit
+import base64
 import contextlib
 import fcntl
 import grp
@@ -384,6 +398,7 @@ class DovecotServer:
         drop_capabilities: Sequence[str] = (),
         ca: LabCA | None = None,
         special_use: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
+        auth_lab: bool = False,
     ) -> None:
         if len(separator) != 1 or separator.isalnum() or separator in ' "\\\r\n':
             raise ValueError(f"unsupported hierarchy separator {separator!r}")
@@ -416,6 +431,9 @@ class DovecotServer:
         self.state_dir = self.root / "state"
         self.tls_dir = self.root / "tls"
         self._ca = ca
+        self.auth_lab = auth_lab
+        self.oauth2_keys_dir = self.root / "oauth2-keys"
+        self.masters_path = self.root / "masters"
         self._base_dir: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.RLock()
@@ -493,6 +511,8 @@ class DovecotServer:
         self.passwd_path.touch()
         for path in (self.users_dir, self.passwd_path, *self.users_dir.iterdir()):
             self._secure(path)
+        if self.auth_lab:
+            self._prepare_auth_lab()
         self.config_path.write_text(self._config_text(cert, key))
 
     def _secure(self, path: Path) -> None:
@@ -548,9 +568,10 @@ ssl_key = <{key}
 ssl_dh = <{self.ca.dh_path}
 
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = {self._auth_mechanisms()}
 auth_username_format = %u
 auth_failure_delay = 0
+{self._auth_lab_passdbs()}
 # One passwd-file per user: Dovecot stats a passwd-file at most once per second, so a user appended to
 # a shared file right after another login could stay invisible for up to a second.  A new per-user
 # file is always read fresh.  Unknown users (no file: internal failure) fall through to the
@@ -617,6 +638,88 @@ service auth-worker {{
   user = $default_internal_user
 }}
 """
+
+    # ------------------------------------------------------------------ auth lab (OAuth2, master users, SCRAM)
+
+    def _auth_mechanisms(self) -> str:
+        if not self.auth_lab:
+            return "plain login"
+        return "plain login xoauth2 oauthbearer scram-sha-1 scram-sha-256"
+
+    def _auth_lab_passdbs(self) -> str:
+        """With ``auth_lab``: master users (``user*admin`` or SASL PLAIN authzid) and JWTs validated locally.
+
+        The oauth2 passdb is limited to the OAuth2 mechanisms: without that filter it would also accept a
+        JWT as a LOGIN password.  ``pass = yes`` makes a master login also check the target user exists.
+        """
+        if not self.auth_lab:
+            return ""
+        return f"""\
+auth_master_user_separator = *
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {self.masters_path}
+  master = yes
+  pass = yes
+}}
+passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {self.root / "dovecot-oauth2.conf.ext"}
+}}
+"""
+
+    def _prepare_auth_lab(self) -> None:
+        self.oauth2_keys_dir.mkdir(exist_ok=True)
+        self.masters_path.touch()
+        (self.root / "dovecot-oauth2.conf.ext").write_text(
+            "introspection_mode = local\n"
+            f"local_validation_key_dict = fs:posix:prefix={self.oauth2_keys_dir}/\n"
+            "username_attribute = email\n"
+        )
+        for path in (self.masters_path, self.root / "dovecot-oauth2.conf.ext", *self.oauth2_keys_dir.rglob("*")):
+            self._secure(path)
+        self._secure(self.oauth2_keys_dir)
+
+    def add_master_user(self, username: str | None = None, password: str | None = None) -> LabUser:
+        """A master (admin) user who may log in as any user (``auth_lab`` servers only).
+
+        Add master users before :meth:`start`: Dovecot stats the shared masters file at most once a second,
+        so one added while the server runs may stay unknown for up to a second."""
+        if not self.auth_lab:
+            raise LabError("master users need a server made with auth_lab=True")
+        username = username or "admin" + secrets.token_hex(4)
+        password = password or secrets.token_urlsafe(12)
+        if not _USERNAME_RE.match(username) or any(ch in password for ch in ":\r\n\0"):
+            raise ValueError("unsupported master user name or password")
+        with self._lock:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with self.masters_path.open("a") as fh:
+                fh.write(f"{username}:{{PLAIN}}{password}\n")
+            self._secure(self.masters_path)
+        return LabUser(username, password)
+
+    def add_oauth2_key(self, algorithm: str, key: str, *, kid: str = "default", azp: str = "default") -> None:
+        """Trust a JWT signing key: HS* keys as raw secrets (stored base64), RS*/ES* keys as PEM public keys.
+
+        Dovecot caches keys: call :meth:`reload` after adding one to a running server.
+        """
+        if not self.auth_lab:
+            raise LabError("OAuth2 keys need a server made with auth_lab=True")
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", kid + azp) or not re.fullmatch(r"(HS|RS|ES|PS)(256|384|512)", algorithm):
+            raise ValueError("unsupported kid, azp or algorithm")
+        value = base64.b64encode(key.encode()).decode() if algorithm.startswith("HS") else key
+        with self._lock:
+            directory = self.oauth2_keys_dir / azp / algorithm
+            directory.mkdir(parents=True, exist_ok=True)
+            (directory / kid).write_text(value if value.endswith("\n") else value + "\n")
+            for path in (self.oauth2_keys_dir, self.oauth2_keys_dir / azp, directory, directory / kid):
+                self._secure(path)
+
+    def reload(self) -> None:
+        """``doveadm reload``: the auth process forgets cached keys (and re-reads its configuration)."""
+        self._prepare()
+        _run([shutil.which("doveadm") or "/usr/bin/doveadm", "-c", self.config_path, "reload"], "doveadm reload")
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -65,7 +65,7 @@ class _Connection:
         return data
 
     def capabilities(self) -> str:
-        caps = self.config["capability"]
+        caps = str(self.config["capability"])
         if not self.tls:
             caps += " STARTTLS"
         return caps + " AUTH=PLAIN"

@@ -59,6 +59,7 @@ from mailmirror.lab_servers import (
     lab_program,
     read_tail,
     stop_process_group,
+    track_running,
     wait_for_greeting,
 )
 
@@ -209,11 +210,13 @@ class CourierServer:
             except LabError:
                 self._terminate()
                 raise
+            track_running(self, True)
             self.start_seconds = time.monotonic() - began
 
     def stop(self) -> None:
         with self._lock:
             self._terminate()
+            track_running(self, False)
 
     def _terminate(self) -> None:
         if self._proc is not None:

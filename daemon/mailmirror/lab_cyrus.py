@@ -63,6 +63,7 @@ from mailmirror.lab_servers import (
     lab_program,
     read_tail,
     stop_process_group,
+    track_running,
     wait_for_greeting,
 )
 
@@ -74,9 +75,6 @@ CYRUS_ADMIN = "cyrusadmin"
 _START_TIMEOUT = 15.0
 _USERNAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")  # no "." (a hierarchy separator in one of the modes)
 _MAX_SOCKET_DIR_LEN = 90
-
-_running_lock = threading.Lock()
-_running: set[CyrusServer] = set()
 
 
 class CyrusServer:
@@ -199,6 +197,7 @@ lmtpsocket: {self.run_dir}/lmtp
 mboxname_lockpath: {self.run_dir}/lock
 proc_path: {self.run_dir}/proc
 syslog_prefix: mmlab-{self.name}
+failedloginpause: 0
 """
 
     def _cyrus_conf(self) -> str:
@@ -251,8 +250,7 @@ DAEMON {{
             except LabError:
                 self._terminate()
                 raise LabError(f"cyrus {self.name} did not start\n{self._diagnostics(offset)}") from None
-            with _running_lock:
-                _running.add(self)
+            track_running(self, True)
             self._create_pending_mailboxes()
             self.start_seconds = time.monotonic() - began
 
@@ -263,8 +261,7 @@ DAEMON {{
     def stop(self) -> None:
         with self._lock:
             self._terminate()
-            with _running_lock:
-                _running.discard(self)
+            track_running(self, False)
 
     def _terminate(self) -> None:
         if self._proc is not None:

@@ -13,10 +13,12 @@ port that offers STARTTLS and an implicit-TLS port, a certificate from a :class:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -137,6 +139,28 @@ def make_lab_server(kind: str, root: Path, name: str, *, ca: LabCA | None = None
 
 
 # ------------------------------------------------------------------------------- process handling
+
+_running_lock = threading.Lock()
+_running: set[LabServer] = set()
+
+
+def track_running(server: LabServer, running: bool) -> None:
+    """Remember started Cyrus/Courier servers, so that they are stopped when Python exits (atexit) even
+    if nobody called stop() -- as mailmirror.lab does for Dovecot."""
+    with _running_lock:
+        if running:
+            _running.add(server)
+        else:
+            _running.discard(server)
+
+
+@atexit.register
+def _stop_all_running() -> None:
+    with _running_lock:
+        servers = list(_running)
+    for server in servers:
+        with contextlib.suppress(Exception):
+            server.stop()
 
 
 def stop_process_group(proc: subprocess.Popen[bytes], what: str, timeout: float = 5.0) -> None:

@@ -8,7 +8,7 @@ corpus (tests/contract_corpus.py).
 Scenarios: first copy (flags, keywords, INTERNALDATE, nested / non-ASCII / empty folders, a big-ish
 message, a message without Message-ID), subscriptions, ``verify``, a pass with no change, flag and
 keyword changes, mirrored expunges, new mail, a renamed folder, UIDVALIDITY changes on either side,
-special-use automap, and a message with 8-bit header bytes.
+special-use automap, automap never merging two source folders, and a message with 8-bit header bytes.
 
 Tests failing only because of a defect listed in issue 14 carry an ``xfail`` naming it (fixed on branch
 h5-server-defects; remove the marks when it is merged).
@@ -365,3 +365,31 @@ def test_8bit_header_bytes(lab_server: LabServerOf, source_kind: str, destinatio
     assert "altered" in output, f"the destination changed the bytes but the pass did not say so:\n{output}"
     checked = setup.run("verify")
     assert checked.returncode != 0 and "altered" in checked.stdout + checked.stderr, checked.stdout
+
+
+#: With a Dovecot destination, sync keeps the two folders apart but verify merges them ("Drafts +
+#: Entwürfe" -> Drafts: 2 missing): sync does not see Dovecot's \\Drafts (LIST-STATUS without SPECIAL-USE),
+#: verify's LIST does.
+MERGES = defect(
+    "special-use not requested in LIST-STATUS, so sync and verify map differently; automap merges two "
+    "source folders (verify: Drafts + Entwürfe)"
+)
+
+
+@pytest.mark.parametrize(("source_kind", "destination_kind"), pair_params(("*", "dovecot", MERGES)))
+def test_automap_never_merges_two_source_folders(
+    lab_server: LabServerOf, source_kind: str, destination_kind: str
+) -> None:
+    """A source with a drafts folder and another folder whose name is a well-known drafts name
+    ("Entwürfe"): the second keeps its own name; verify agrees right after the pass."""
+    source, destination = lab_server(source_kind), lab_server(destination_kind)
+    su, du = source.add_user(), destination.add_user()
+    with connected(source, su) as client:
+        create_special_use(source, client, "Drafts", "\\Drafts")
+        seed(client, source.folder_name("Drafts"), [SeedMessage(message("Drafts", 600), ("\\Draft",))])
+        seed(client, source.folder_name("Entwürfe"), [SeedMessage(message("Entwürfe", 601 + n)) for n in range(2)])
+    setup = make_pair(source, su, destination, du)
+    sync_ok(setup)
+    copy = snapshot(destination, du)
+    assert len(copy.get("Drafts", [])) == 1 and len(copy.get("Entwürfe", [])) == 2, {k: len(v) for k, v in copy.items()}
+    verify_ok(setup)

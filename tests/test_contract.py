@@ -213,14 +213,6 @@ MIRROR = "deletions: {destination: mirror, max_share: 1.0}"
 
 
 NO_UIDNEXT = defect("Courier's SELECT has no UIDNEXT: later passes send UID SEARCH UID 0:* and fail")
-#: Not an issue 14 defect -- reported to the lead: Courier gives a renamed folder a new UIDVALIDITY, so
-#: the rename is not recognised (README: "same UIDVALIDITY under a new name"); the folder is copied again
-#: under its new name and the old copy stays on the destination.
-COURIER_RENAME = pytest.mark.xfail(
-    reason="Courier changes a folder's UIDVALIDITY on RENAME: the rename is not followed (copied again, "
-    "old destination folder kept); not an issue 14 defect",
-    strict=True,
-)
 
 
 @pytest.mark.parametrize(("source_kind", "destination_kind"), pair_params(("*", "courier", NO_UIDNEXT)))
@@ -266,7 +258,7 @@ def test_first_copy_changes_and_verify(lab_server: LabServerOf, source_kind: str
     run_ok(setup, "verify")
 
 
-@pytest.mark.parametrize(("source_kind", "destination_kind"), pair_params(("courier", "*", COURIER_RENAME)))
+@pytest.mark.parametrize(("source_kind", "destination_kind"), pair_params())
 def test_renamed_folder(lab_server: LabServerOf, source_kind: str, destination_kind: str) -> None:
     """A folder renamed on the source is renamed on the destination, not copied again."""
     source, destination = lab_server(source_kind), lab_server(destination_kind)

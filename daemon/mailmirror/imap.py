@@ -97,6 +97,8 @@ class Folder:
 @dataclass(frozen=True)
 class MailboxStatus:
     uidvalidity: int
+    #: Never 0 after `Session.select()` (learned when the SELECT answer lacks it, as Courier's does); 0 in a
+    #: STATUS / LIST-STATUS answer that did not give it: unknown, never stored nor sent.
     uidnext: int
     messages: int
     highestmodseq: int | None
@@ -167,6 +169,9 @@ class Session:
         self.separator, self.prefix = self._namespace()
         self.selected: str | None = None
         self.selected_readonly = True
+        # Learned on the first SELECT/STATUS that lacks UIDNEXT (Courier): None until known.
+        self.uidnext_in_select: bool | None = None
+        self.uidnext_in_status: bool | None = None
 
     # -- connecting --------------------------------------------------------------------------------------
 
@@ -289,6 +294,10 @@ class Session:
         STATUS / LSUB for what they need.
         """
         returns = []
+        if self.has("LIST-EXTENDED") and self.has("SPECIAL-USE"):
+            # RFC 6154: a server may leave the special-use attributes out of an extended LIST unless they are
+            # asked for (Dovecot does), while its plain LIST has them: ask, so that every listing agrees.
+            returns.append("SPECIAL-USE")
         if self.has("LIST-EXTENDED"):
             returns.append("SUBSCRIBED")
         if self.has("LIST-STATUS"):
@@ -396,26 +405,73 @@ class Session:
         return len(sizes), sum(sizes.values())
 
     def select(self, name: str, *, readonly: bool) -> MailboxStatus:
-        """SELECT (or EXAMINE when readonly: the source is never opened read-write)."""
-        with self._talking(f"opening '{name}'"):
-            try:
-                response = self.client.select_folder(name, readonly=readonly)
-            except IMAPClientAbortError:
-                raise
-            except IMAPClientError as error:
-                raise FolderMissing(f"{name}: {error}") from None
-        self.selected, self.selected_readonly = name, readonly
+        """SELECT (or EXAMINE when readonly: the source is never opened read-write).
+
+        The UIDNEXT returned is never 0. A server whose SELECT answer lacks it (Courier) is asked STATUS
+        UIDNEXT just *before* the SELECT (so every message below it is in the opened view), else the
+        highest UID in the view + 1 (``UID FETCH * (UID)``): at most the true UIDNEXT, so a later pass
+        looking above it misses nothing.
+        """
+        told = self._status_uidnext(name) if self.uidnext_in_select is False else None
+        response = self._select(name, readonly)
+        uidnext = response.get(b"UIDNEXT")
+        if uidnext is None and self.uidnext_in_select is None:
+            self.uidnext_in_select = False
+            log.debug("account '%s': SELECT answers no UIDNEXT; it is learned otherwise", self.account_name)
+            told = self._status_uidnext(name)
+            if told is not None:  # open it again after the STATUS: the view then holds every UID below
+                response = self._select(name, readonly)
+        elif uidnext is not None:
+            self.uidnext_in_select = True
+        if uidnext is None:
+            uidnext = told if told is not None else self._highest_uid(int(response[b"EXISTS"])) + 1
         modseq = response.get(b"HIGHESTMODSEQ")
         permanent = response.get(b"PERMANENTFLAGS")
-        uidnext = response.get(b"UIDNEXT")
         return MailboxStatus(
             uidvalidity=int(response[b"UIDVALIDITY"]),
-            uidnext=int(uidnext) if uidnext is not None else 0,
+            uidnext=max(1, int(uidnext)),
             messages=int(response[b"EXISTS"]),
             highestmodseq=int(modseq) if modseq is not None else None,
             # EXAMINE answers PERMANENTFLAGS () whatever the folder keeps: only SELECT tells.
             permanent_flags=_flags(permanent) if permanent is not None and not readonly else None,
         )
+
+    def _select(self, name: str, readonly: bool) -> dict[bytes, Any]:
+        with self._talking(f"opening '{name}'"):
+            try:
+                response: dict[bytes, Any] = self.client.select_folder(name, readonly=readonly)
+            except IMAPClientAbortError:
+                raise
+            except IMAPClientError as error:
+                raise FolderMissing(f"{name}: {error}") from None
+        self.selected, self.selected_readonly = name, readonly
+        return response
+
+    def _status_uidnext(self, name: str) -> int | None:
+        """STATUS (UIDNEXT) of a folder, None when the server does not answer it (remembered)."""
+        if self.uidnext_in_status is False:
+            return None
+        with self._talking(f"asking the status of '{name}'"):
+            try:
+                result = self.client.folder_status(name, ["UIDNEXT"])
+            except IMAPClientAbortError:
+                raise
+            except IMAPClientError as error:
+                raise FolderMissing(f"{name}: {error}") from None
+        value = result.get(b"UIDNEXT")
+        if value is None or int(value) < 1:
+            self.uidnext_in_status = False
+            return None
+        self.uidnext_in_status = True
+        return int(value)
+
+    def _highest_uid(self, exists: int) -> int:
+        """The highest UID in the selected folder's view (0 when it is empty): ``UID FETCH * (UID)``."""
+        if exists == 0:
+            return 0
+        with self._talking(f"fetching the last UID in '{self.selected}'"):
+            response = self._fetch("*", ["UID"])
+        return max((int(uid) for uid in response), default=0)
 
     def enable_condstore(self) -> None:
         """ENABLE CONDSTORE (RFC 7162), so that SELECT answers HIGHESTMODSEQ as on the pass's first
@@ -472,6 +528,7 @@ class Session:
 
     def uids_between(self, first_uid: int, last_uid: int) -> list[int]:
         """UIDs present in [first_uid, last_uid] of the selected folder."""
+        first_uid = max(1, first_uid)  # UID 0 does not exist: "0:n" is refused (Courier: NO)
         if last_uid < first_uid:
             return []
         with self._talking(f"searching '{self.selected}'"):
@@ -521,6 +578,7 @@ class Session:
 
     def uids_from(self, first_uid: int) -> list[int]:
         """UIDs >= first_uid (``UID SEARCH UID n:*`` answers the highest UID even when below n)."""
+        first_uid = max(1, first_uid)  # UID 0 does not exist: "0:*" is refused (Courier: NO)
         with self._talking(f"searching '{self.selected}'"):
             found = self.client.search(["UID", f"{first_uid}:*"])
         return sorted(int(uid) for uid in found if int(uid) >= first_uid)
@@ -767,7 +825,7 @@ def _append_arguments(message: MessageToAppend) -> bytes:
 def _status_from(values: dict[str, int]) -> MailboxStatus:
     return MailboxStatus(
         uidvalidity=values["UIDVALIDITY"],
-        uidnext=values["UIDNEXT"],
+        uidnext=values.get("UIDNEXT", 0),  # 0: the server did not say (never stored, never sent)
         messages=values["MESSAGES"],
         highestmodseq=values.get("HIGHESTMODSEQ"),
     )

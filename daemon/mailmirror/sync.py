@@ -487,6 +487,7 @@ class PairPass:
         )
         unchanged = (
             flags_unchanged
+            and src.uidnext > 0  # 0: the server's STATUS did not say (Courier-like): open the folder
             and (src.uidvalidity, src.uidnext, src.messages)
             == (known.src_uidvalidity, known.src_uidnext, known.src_messages)
             and dst.uidvalidity == known.dst_uidvalidity
@@ -1021,7 +1022,7 @@ class FolderPass:
         the state was lost): all unclaimed ones on a folder's first pass, afterwards only those that
         arrived since the last pass."""
         claimed = {m.dst_uid for m in synced.values() if m.dst_uid}
-        if known is not None and known.dst_uidnext is not None and not self.owner.full:
+        if known is not None and known.dst_uidnext and not self.owner.full:  # 0 (older passes): unknown
             uids = self.destination.uids_from(known.dst_uidnext)
         else:
             uids = self.destination.all_uids()

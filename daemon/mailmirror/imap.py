@@ -596,6 +596,23 @@ class Session:
             response = self._fetch("1:*", ["RFC822.SIZE"])
         return {int(uid): int(data[b"RFC822.SIZE"]) for uid, data in response.items() if b"RFC822.SIZE" in data}
 
+    def fetch_stored(
+        self, sizes_of: Sequence[int], headers_of: Sequence[int] = ()
+    ) -> dict[int, tuple[int, bytes | None]]:
+        """UID -> (RFC822.SIZE, header section or None) of messages just appended to the selected folder, in
+        one FETCH: the header only for ``headers_of`` (asked for all of them when there are any)."""
+        if not sizes_of:
+            return {}
+        items = ["RFC822.SIZE", "BODY.PEEK[HEADER]"] if headers_of else ["RFC822.SIZE"]
+        with self._talking(f"checking appended messages in '{self.selected}'"):
+            response = self._fetch(uid_set(sizes_of), items)
+        wanted = set(headers_of)
+        return {
+            int(uid): (int(data[b"RFC822.SIZE"]), bytes(data[b"BODY[HEADER]"]) if int(uid) in wanted else None)
+            for uid, data in response.items()
+            if b"RFC822.SIZE" in data and (int(uid) not in wanted or b"BODY[HEADER]" in data)
+        }
+
     def fetch_meta(self, uids: Sequence[int], header_fields: Sequence[str]) -> list[MessageMeta]:
         """Size, flags, INTERNALDATE and the identity header fields, without bodies, in chunks."""
         fields = " ".join(field.upper() for field in header_fields)

@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING
 
 from mailmirror.errors import MailmirrorError
 from mailmirror.imap import FolderMissing, MessageDigest, Session
-from mailmirror.mapping import FolderMapping, Namespace, pair_mappings
+from mailmirror.mapping import FolderMapping
 from mailmirror.planner import FlagRules, destination_flags
-from mailmirror.sync import duplicate_priority_order
+from mailmirror.sync import list_and_map
 
 if TYPE_CHECKING:
     from mailmirror.config import Config, Pair
@@ -190,15 +190,9 @@ def verify_pair(name: str, pair: Pair, config: Config) -> PairVerdict:
 
 
 def _mappings(pair: Pair, source: Session, destination: Session) -> list[FolderMapping]:
-    source_folders = source.list_folders()
-    mappings = [
-        mapping for mapping in pair_mappings(pair.folders, source, destination, source_folders) if mapping.selectable
-    ]
-    if pair.messages.skip_cross_folder_duplicates:
-        mappings = duplicate_priority_order(
-            mappings, source_folders, pair.messages.duplicate_priority, Namespace(source.separator, source.prefix)
-        )
-    return mappings
+    """The mapping a pass uses (the same listing and rules: sync.list_and_map), selectable folders only."""
+    _source_view, _destination_view, mappings = list_and_map(pair, source, destination)
+    return [mapping for mapping in mappings if mapping.selectable]
 
 
 def _grouped_by_destination(mappings: list[FolderMapping]) -> list[list[FolderMapping]]:

@@ -21,7 +21,7 @@ from imapclient import IMAPClient
 from mailmirror.config import load_config
 from mailmirror.imap import Session
 from mailmirror.lab import DovecotServer, LabUser
-from tests.rewrite_proxy import ServerMask
+from tests.rewrite_proxy import ServerMask, munge_header_8bit
 from tests.support import Setup, account_yaml, simple_message
 
 pytestmark = pytest.mark.dovecot
@@ -73,6 +73,11 @@ def masked_setup(
 def append(client: IMAPClient, folder: str, *indexes: int, tag: str = "") -> None:
     for index in indexes:
         client.append(folder, simple_message(index, tag=tag))
+
+
+def flat(text: str) -> str:
+    """Terminal output with its line wrapping undone."""
+    return " ".join(text.split())
 
 
 def stored_markers(setup: Setup) -> list[tuple[str, int | None, int | None]]:
@@ -183,3 +188,181 @@ def test_select_learns_uidnext_the_server_does_not_give(
         assert session.select("Empty", readonly=True).uidnext == 1
         session.select("INBOX", readonly=True)
         assert session.uids_from(0) == [1, 2] and session.uids_between(0, 5) == [1, 2]
+
+
+# -- 2, 3, 5. special-use folders, automap without merges, stable labels, deletions in the summary -------
+
+
+def umlaut_setup(
+    source_server: DovecotServer,
+    dest_server: DovecotServer,
+    src_user: LabUser,
+    dst_user: LabUser,
+    src_client: IMAPClient,
+    pair_options: str = "",
+) -> Setup:
+    """A source with a real \\Drafts folder (the lab's Dovecot gives "Drafts" the attribute) and a folder
+    with a well-known German name for drafts, as in issue 14."""
+    for folder in ("Drafts", "Entwürfe", "Work"):
+        src_client.create_folder(folder)
+    append(src_client, "Drafts", 1, 2, tag="d")
+    append(src_client, "Entwürfe", 3, 4, 5, tag="e")
+    append(src_client, "Work", 6, tag="w")
+    append(src_client, "INBOX", 7, tag="i")
+    return masked_setup(source_server, src_user, dest_server, dst_user, pair_options=pair_options)
+
+
+def test_extended_list_carries_special_use(
+    source_server: DovecotServer, src_user: LabUser, src_client: IMAPClient
+) -> None:
+    src_client.create_folder("Drafts")
+    setup = masked_setup(source_server, src_user, source_server, src_user)
+    account = load_config(setup.config_path).accounts["src"]
+    with Session.open("src", account) as session:
+        folders, statuses, subscribed = session.list_folders_with_status()
+    assert {f.name: f.special_use for f in folders}["Drafts"] == "\\Drafts"
+    assert "Drafts" in statuses and subscribed is not None
+
+
+@pytest.mark.parametrize("destination_has_drafts", [False, True], ids=["empty-destination", "destination-drafts"])
+def test_verify_is_clean_right_after_a_sync_with_special_use_folders(
+    source_server: DovecotServer,
+    dest_server: DovecotServer,
+    src_user: LabUser,
+    dst_user: LabUser,
+    src_client: IMAPClient,
+    dst_client: IMAPClient,
+    destination_has_drafts: bool,
+) -> None:
+    """Sync saw no special-use attributes (LIST-STATUS did not ask), verify did: they mapped differently and
+    verify exited 65 on a perfect copy; automap poured Entwürfe into Drafts depending on the destination."""
+    if destination_has_drafts:
+        dst_client.create_folder("Drafts")
+    setup = umlaut_setup(source_server, dest_server, src_user, dst_user, src_client)
+    first = setup.run("sync")
+    assert first.returncode == 0, first.stdout + first.stderr
+    verified = setup.run("verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "Drafts + " not in verified.stdout and "Entwürfe + " not in verified.stdout
+    assert {name.decode() if isinstance(name, bytes) else name for _f, _d, name in dst_client.list_folders()} >= {
+        "Drafts", "Entwürfe", "Work"}  # fmt: skip
+    dst_client.select_folder("Entwürfe", readonly=True)
+    assert len(dst_client.search()) == 3
+
+    rules_first = {f.source: (f.destination, f.rule) for f in setup.sync().folders}
+    append(src_client, "Entwürfe", 8, tag="e")
+    rules_second = {f.source: (f.destination, f.rule) for f in setup.sync().folders}
+    assert rules_first == rules_second  # the same destination and label on every pass
+    assert setup.run("verify").returncode == 0
+
+
+def test_pass_labels_do_not_flip_and_deletions_are_counted(
+    source_server: DovecotServer,
+    dest_server: DovecotServer,
+    src_user: LabUser,
+    dst_user: LabUser,
+    src_client: IMAPClient,
+) -> None:
+    setup = umlaut_setup(
+        source_server,
+        dest_server,
+        src_user,
+        dst_user,
+        src_client,
+        pair_options="deletions: {destination: mirror, max_share: 0.5}",
+    )
+    first = setup.run("sync")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "│ Drafts (new)" in first.stdout and "│ Entwürfe (new)" in first.stdout, first.stdout
+    assert "0 deleted on the destination" in flat(first.stdout)
+
+    src_client.select_folder("Entwürfe")
+    src_client.delete_messages(src_client.search(["SUBJECT", "message 3"]))
+    src_client.expunge()
+    second = setup.run("sync")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "1 deleted on the destination" in flat(second.stdout), second.stdout
+    assert "│ Drafts " in second.stdout and "(automap" not in second.stdout  # no label appears on pass 2
+    row = next(line for line in second.stdout.splitlines() if line.startswith("│ Entwürfe"))
+    assert [cell.strip() for cell in row.split("│")][3:5] == ["0", "0"] and "│       1 │" in row, row
+
+
+def test_merges_a_rule_asks_for_are_marked_in_plan_and_pass(
+    source_server: DovecotServer,
+    dest_server: DovecotServer,
+    src_user: LabUser,
+    dst_user: LabUser,
+    src_client: IMAPClient,
+) -> None:
+    for folder in ("Sent", "Sent 2019", "Work", "WORK"):
+        src_client.create_folder(folder)
+        append(src_client, folder, len(folder), tag=folder)
+    setup = masked_setup(
+        source_server, src_user, dest_server, dst_user, pair_options='folders: {map: {"Sent 2019": "Sent"}}'
+    )
+    plan = setup.run("plan")
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    assert "map, merged with Sent" in plan.stdout and "merged with WORK" in plan.stdout, plan.stdout
+    synced = setup.run("sync")
+    assert synced.returncode == 0, synced.stdout + synced.stderr
+    assert "Sent (map, merged with Sent" in synced.stdout and "(merged with WORK" in synced.stdout, synced.stdout
+    assert setup.run("verify").returncode == 0
+
+
+# -- 4. a destination that stores other bytes (Cyrus munge8bit) -----------------------------------------
+
+
+def eight_bit_message(index: int) -> bytes:
+    return (
+        f"From: Jörg Müller <joerg{index}@example.org>\r\nTo: Alice <alice@example.org>\r\n"
+        f"Subject: Grüße {index}\r\nDate: Tue, 2 Jan 2024 10:{index:02d}:00 +0000\r\n"
+        f"Message-ID: <umlaut-{index}@example.org>\r\n\r\nHallo {index}\r\n"
+    ).encode()
+
+
+def test_a_destination_that_alters_messages_is_reported(
+    source_server: DovecotServer,
+    dest_server: DovecotServer,
+    src_user: LabUser,
+    dst_user: LabUser,
+    src_client: IMAPClient,
+) -> None:
+    assert munge_header_8bit(eight_bit_message(1)) != eight_bit_message(1)
+    assert len(munge_header_8bit(eight_bit_message(1))) == len(eight_bit_message(1))
+    append(src_client, "INBOX", 1, 2, 3)
+    for index in (4, 5):
+        src_client.append("INBOX", eight_bit_message(index))
+    with ServerMask(dest_server.port, munge_8bit=True) as mask:
+        setup = masked_setup(source_server, src_user, dest_server, dst_user, destination_mask=mask)
+        synced = setup.run("sync")
+        assert synced.returncode == 0, synced.stdout + synced.stderr
+        text = flat(synced.stdout)
+        assert "2 altered by the destination server" in text, synced.stdout
+        assert "Complete: every" not in text and "Complete, but 2 messages were altered" in text
+        assert "Altered by the destination server:" in text
+
+        verified = setup.run("verify")
+        assert verified.returncode == DATA_ERROR, verified.stdout + verified.stderr
+        assert "altered by the destination server (same message, other bytes)" in flat(verified.stdout)
+        assert "missing on the destination" not in verified.stdout, verified.stdout
+        verdict = setup.verify()
+        (folder,) = verdict.folders
+        assert (len(folder.altered), folder.missing, folder.extra) == (2, [], [])
+
+        again = setup.sync()  # nothing to do: the altered copies are known, never copied again
+        assert again.error is None and again.copied == 0 and again.altered == 0
+
+
+def test_a_destination_that_keeps_the_bytes_is_not_reported_as_altering(
+    source_server: DovecotServer,
+    dest_server: DovecotServer,
+    src_user: LabUser,
+    dst_user: LabUser,
+    src_client: IMAPClient,
+) -> None:
+    for index in (1, 2):
+        src_client.append("INBOX", eight_bit_message(index))
+    setup = masked_setup(source_server, src_user, dest_server, dst_user)
+    report = setup.sync()
+    assert report.complete and report.copied == 2 and report.altered == 0
+    assert setup.verify().clean

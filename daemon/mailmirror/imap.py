@@ -13,7 +13,7 @@ import logging
 import re
 import socket
 import ssl
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -127,6 +127,7 @@ class MessageDigest:
     sha256: str
     flags: frozenset[str]
     internaldate: datetime
+    identity: str | None = None  # what `fetch_digests(identity=...)` made of the message's bytes
 
 
 @dataclass(frozen=True)
@@ -645,8 +646,15 @@ class Session:
             response = self._fetch(uid_set(uids), ["BODY.PEEK[]"])
         return {int(uid): bytes(data[b"BODY[]"]) for uid, data in response.items() if b"BODY[]" in data}
 
-    def fetch_digests(self, uids: Sequence[int], sizes: dict[int, int], max_bytes: int) -> Iterator[MessageDigest]:
-        """SHA-256 of each message's exact bytes with its flags and INTERNALDATE, fetched in bounded batches."""
+    def fetch_digests(
+        self,
+        uids: Sequence[int],
+        sizes: dict[int, int],
+        max_bytes: int,
+        identity: Callable[[bytes], str] | None = None,
+    ) -> Iterator[MessageDigest]:
+        """SHA-256 of each message's exact bytes with its flags and INTERNALDATE, fetched in bounded batches;
+        with ``identity``, also what it makes of the bytes (e.g. a fingerprint of identity headers)."""
         batch: list[int] = []
         batch_bytes = 0
         for uid in [*uids, None]:
@@ -659,11 +667,13 @@ class Session:
                     response = self._fetch(uid_set(batch), ["BODY.PEEK[]", "FLAGS", "INTERNALDATE"])
                 for got_uid, data in sorted(response.items()):
                     if b"BODY[]" in data:
+                        raw = bytes(data[b"BODY[]"])
                         yield MessageDigest(
                             int(got_uid),
-                            hashlib.sha256(bytes(data[b"BODY[]"])).hexdigest(),
+                            hashlib.sha256(raw).hexdigest(),
                             _flags(data.get(b"FLAGS", ())),
                             data[b"INTERNALDATE"],
+                            identity(raw) if identity is not None else None,
                         )
             if uid is not None:
                 batch, batch_bytes = [uid], sizes.get(uid, 0)

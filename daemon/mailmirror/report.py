@@ -176,7 +176,7 @@ def print_verdict(console: Console, verdict: PairVerdict) -> None:
     table = Table(title=f"Verify pair '{verdict.pair}'", title_justify="left")
     for column in ("Source folder", "Destination folder"):
         table.add_column(column)
-    for column in ("Source", "Dest.", "Missing", "Dupl.", "Flags", "Date", "Extra"):
+    for column in ("Source", "Dest.", "Missing", "Dupl.", "Flags", "Date", "Altered", "Extra"):
         table.add_column(column, justify="right")
     for folder in verdict.folders:
         table.add_row(
@@ -188,6 +188,7 @@ def print_verdict(console: Console, verdict: PairVerdict) -> None:
             _count(len(folder.duplicates)),
             _count(len(folder.flag_differences)),
             _count(len(folder.date_differences)),
+            _count(len(folder.altered)),
             str(len(folder.extra)),
         )
     console.print(table)
@@ -197,6 +198,10 @@ def print_verdict(console: Console, verdict: PairVerdict) -> None:
         details += [f"{folder.source}: destination UID {uid} is a duplicate" for uid in folder.duplicates]
         details += [f"{folder.source}: UID {s}→{d}: flags {why}" for s, d, why in folder.flag_differences]
         details += [f"{folder.source}: UID {s}→{d}: INTERNALDATE {why}" for s, d, why in folder.date_differences]
+        details += [
+            f"{folder.source}: UID {s}→{d}: altered by the destination server (same message, other bytes)"
+            for s, d in folder.altered
+        ]
     for line in details[:MAX_LISTED]:
         console.print(f"  {line}", markup=False, highlight=False)
     if len(details) > MAX_LISTED:
@@ -210,7 +215,14 @@ def print_verdict(console: Console, verdict: PairVerdict) -> None:
             "destination exactly once, byte-identical, with the same flags and INTERNALDATE.[/green]"
         )
     else:
-        console.print(f"  [red]{verdict.differences} differences.[/red]")
+        altered = sum(len(folder.altered) for folder in verdict.folders)
+        why = (
+            f" {altered} messages were altered by the destination server: it stores other bytes than it was "
+            "sent (e.g. Cyrus munge8bit replaces 8-bit header characters); they are there, not missing."
+            if altered
+            else ""
+        )
+        console.print(f"  [red]{verdict.differences} differences.{why}[/red]")
 
 
 def _count(value: int) -> str:

@@ -39,7 +39,13 @@ Order of decisions for each source folder
      \\Archive, \\All), else from a well-known name in several languages (:data:`WELL_KNOWN_NAMES`,
      compared case-insensitively with the whole relative name), goes to the destination folder with the
      same attribute, else to an existing destination folder with a well-known name for that use (the
-     same name as the source's preferred, then the list order). Nothing found: the next rules apply.
+     same name as the source's preferred, then the list order; a folder known only by its name prefers a
+     destination folder of the same name to one with the attribute). Nothing found: the next rules apply.
+     Folders with the attribute choose first, then those known by name (each in sync order), and automap
+     never sends two source folders to one destination folder: a folder whose target already receives
+     another source folder (by any rule) keeps the name the next rules give it, with a warning. The rule
+     is "automap" only when automap changed the name, so a folder's rule does not change once the first
+     pass has created its destination folder.
    - ``rename``: every rule, in order, ``re.sub(pattern, replacement, name)`` on the relative name
      (cumulatively); rule "rename" when the name changed. Empty levels a rename leaves ("a//b", "/b")
      are dropped; a rename that leaves nothing at all is a :class:`ConfigError`.
@@ -54,9 +60,9 @@ Order of decisions for each source folder
    equal case-insensitively (Unicode case folding) to an existing destination folder becomes that
    folder's name (an exact match preferred). A source folder whose destination name equals,
    case-insensitively, the one of an earlier folder ("Sent" and "SENT"; or a.b and a_b onto a "."
-   server; or two folders automapped to the same \\Sent) goes to that earlier folder's destination, as
+   server; or an explicit map of two folders to one) goes to that earlier folder's destination, as
    imapsync merges them: its mapping keeps its rule and gets :attr:`FolderMapping.merged_into` = the
-   earlier source folder's server name.
+   earlier source folder's server name (shown in `plan` and the pass table).
 7. Non-selectable source folders (\\Noselect, \\NonExistent) still get a mapping, with
    ``selectable=False``: the sync skips them (their children imply them on the destination).
 """

@@ -8,19 +8,24 @@ LIST-STATUS that does not ask for them.
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import tempfile
 import textwrap
 from collections.abc import Iterator
 from contextlib import ExitStack
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from imapclient import IMAPClient
 
 from mailmirror.config import load_config
-from mailmirror.imap import Session
+from mailmirror.identity import loose_identity
+from mailmirror.imap import MessageDigest, Session
 from mailmirror.lab import DovecotServer, LabUser
+from mailmirror.verify import FolderVerdict, compare_folder
+from tests.conftest import MakeServer
 from tests.rewrite_proxy import ServerMask, munge_header_8bit
 from tests.support import Setup, account_yaml, simple_message
 
@@ -320,15 +325,20 @@ def eight_bit_message(index: int) -> bytes:
     ).encode()
 
 
+@pytest.mark.parametrize("appends", ["multiappend", "pipelined"])
 def test_a_destination_that_alters_messages_is_reported(
     source_server: DovecotServer,
     dest_server: DovecotServer,
+    make_server: MakeServer,
     src_user: LabUser,
-    dst_user: LabUser,
     src_client: IMAPClient,
+    appends: str,
 ) -> None:
     assert munge_header_8bit(eight_bit_message(1)) != eight_bit_message(1)
     assert len(munge_header_8bit(eight_bit_message(1))) == len(eight_bit_message(1))
+    if appends == "pipelined":  # one APPEND per message, LITERAL+ (Cyrus has no MULTIAPPEND)
+        dest_server = make_server(drop_capabilities=["MULTIAPPEND"])
+    dst_user = dest_server.add_user()
     append(src_client, "INBOX", 1, 2, 3)
     for index in (4, 5):
         src_client.append("INBOX", eight_bit_message(index))
@@ -366,3 +376,19 @@ def test_a_destination_that_keeps_the_bytes_is_not_reported_as_altering(
     report = setup.sync()
     assert report.complete and report.copied == 2 and report.altered == 0
     assert setup.verify().clean
+
+
+def test_verify_pairs_altered_copies_by_identity() -> None:
+    """Pure: one message the destination rewrote, one really missing, one extra, one identical."""
+    when = datetime(2024, 1, 2, 10, 0, tzinfo=UTC)
+
+    def digest(uid: int, raw: bytes) -> MessageDigest:
+        return MessageDigest(uid, hashlib.sha256(raw).hexdigest(), frozenset(), when, loose_identity(raw))
+
+    same, rewritten, lost = eight_bit_message(1), eight_bit_message(2), eight_bit_message(3)
+    source = [digest(1, same), digest(2, rewritten), digest(3, lost)]
+    destination = [digest(7, same), digest(8, munge_header_8bit(rewritten)), digest(9, eight_bit_message(4))]
+    verdict = FolderVerdict("INBOX", "INBOX")
+    compare_folder(verdict, source, destination, None)
+    assert (verdict.altered, verdict.missing, verdict.extra) == ([(2, 8)], [3], [9])
+    assert verdict.differences == 2

@@ -606,7 +606,13 @@ class Session:
             return {}
         items = ["RFC822.SIZE", "BODY.PEEK[HEADER]"] if headers_of else ["RFC822.SIZE"]
         with self._talking(f"checking appended messages in '{self.selected}'"):
-            response = self._fetch(uid_set(sizes_of), items)
+            try:
+                response = self._fetch(uid_set(sizes_of), items)
+            except IMAPClientAbortError:
+                raise
+            except IMAPClientError as error:  # a check only: the copies are confirmed, the folder goes on
+                log.debug("account '%s': no check of appended messages: %s", self.account_name, error)
+                return {}
         wanted = set(headers_of)
         return {
             int(uid): (int(data[b"RFC822.SIZE"]), bytes(data[b"BODY[HEADER]"]) if int(uid) in wanted else None)

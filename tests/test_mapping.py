@@ -529,6 +529,14 @@ CASES = [
         merged={"Entwürfe": "Drafts"},
     ),
     Case(
+        "an explicit map onto a special folder's own name merges there, marked",
+        [("Sent", "\\Sent"), "Sent 2019"],
+        [("Sent", "Sent", "default"), ("Sent 2019", "Sent", "map")],
+        destination=DOVECOT_SPECIAL,
+        rules={"map": {"Sent 2019": "Sent"}},
+        merged={"Sent 2019": "Sent"},
+    ),
+    Case(
         "an explicit map of two folders to one merges them, marked",
         ["Sent", "Sent 2019"],
         [("Sent", "Sent", "default"), ("Sent 2019", "Sent", "map")],

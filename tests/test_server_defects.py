@@ -308,6 +308,7 @@ def test_merges_a_rule_asks_for_are_marked_in_plan_and_pass(
     plan = setup.run("plan")
     assert plan.returncode == 0, plan.stdout + plan.stderr
     assert "map, merged with Sent" in plan.stdout and "merged with WORK" in plan.stdout, plan.stdout
+    assert "Folder " not in plan.stdout and "would copy 4 messages" in flat(plan.stdout), plan.stdout  # dry run too
     synced = setup.run("sync")
     assert synced.returncode == 0, synced.stdout + synced.stderr
     assert "Sent (map, merged with Sent" in synced.stdout and "(merged with WORK" in synced.stdout, synced.stdout

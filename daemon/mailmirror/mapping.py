@@ -544,6 +544,8 @@ def _automap(
         assert one.use is not None
         target = destination.automap_target(one.use, one.relative, destination_ns, by_attribute=one.by_attribute)
         other = None if target is None else receiving.get(_case_key(target))
+        if target is not None and _case_key(target) == _case_key(one.name):
+            other = None  # its target is its own name: a merge there is the names' (and marked), not automap's
         if target is not None and other is not None and other != one.folder.name:
             log.warning(
                 "automap: source folder '%s' (%s) is not merged into destination folder '%s', which already "

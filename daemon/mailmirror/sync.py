@@ -243,6 +243,7 @@ class PairPass:
         self.report = PairReport(name, dry_run=dry_run)
         self.flag_rules = FlagRules(tuple(re.compile(p) for p in pair.flags.drop), dict(pair.flags.rename))
         self.order: list[str] = []  # every mapped source folder, in the order a full pass takes them
+        self.to_create: set[str] = set()  # dry run: destination folders a pass would create
 
     def kept_before(self, src_folder: str) -> frozenset[str]:
         """skip_cross_folder_duplicates: fingerprints copied from the folders processed before this one."""
@@ -365,6 +366,8 @@ class PairPass:
                     report.created = True
                     if not self.dry_run:
                         destination.create_folder(mapping.destination)
+                    else:
+                        self.to_create.add(mapping.destination)
                     existing.add(mapping.destination)
                 if (
                     rules.subscribe
@@ -375,10 +378,11 @@ class PairPass:
                     destination.subscribe(mapping.destination)
                 if self.measure:
                     report.source_size = source.folder_size(mapping.source)
-                    if not report.created:
+                    if mapping.destination not in self.to_create:
                         report.destination_size = destination.folder_size(mapping.destination)
                 if (
                     report.created
+                    or mapping.destination in self.to_create  # a dry run merging into a folder to create
                     or mapping.source in needs_attention
                     or not self._unchanged(mapping, report, source, destination, source_view, destination_view)
                 ):
@@ -902,7 +906,7 @@ class FolderPass:
         self.report.skipped, self.report.failed = [], []
         source_status = self.source.select(self.mapping.source, readonly=not moving)
         self.report.source_messages = source_status.messages
-        if self.owner.dry_run and self.report.created:
+        if self.owner.dry_run and self.mapping.destination in self.owner.to_create:
             self._plan_dry_into_new_folder()
             return []
         destination_status = self.destination.select(self.mapping.destination, readonly=self.owner.dry_run)

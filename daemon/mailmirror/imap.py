@@ -449,7 +449,8 @@ class Session:
         return response
 
     def _status_uidnext(self, name: str) -> int | None:
-        """STATUS (UIDNEXT) of a folder, None when the server does not answer it (remembered)."""
+        """STATUS (UIDNEXT) of a folder, None when the server does not answer it (remembered: the highest UID
+        + 1 is used from then on, which is never above the true UIDNEXT)."""
         if self.uidnext_in_status is False:
             return None
         with self._talking(f"asking the status of '{name}'"):
@@ -457,8 +458,9 @@ class Session:
                 result = self.client.folder_status(name, ["UIDNEXT"])
             except IMAPClientAbortError:
                 raise
-            except IMAPClientError as error:
-                raise FolderMissing(f"{name}: {error}") from None
+            except IMAPClientError as error:  # the SELECT says whether the folder exists
+                log.debug("account '%s': STATUS UIDNEXT of '%s' refused: %s", self.account_name, name, error)
+                result = {}
         value = result.get(b"UIDNEXT")
         if value is None or int(value) < 1:
             self.uidnext_in_status = False

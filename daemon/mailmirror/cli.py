@@ -347,8 +347,10 @@ def run(context: Context) -> None:
 def plan(context: Context, pairs: tuple[str, ...], as_json: bool) -> None:
     """Show, for PAIRS (all by default), each source folder → destination folder with the rule that chose
     the name (map, automap, rename, under, default), message count and size on both sides, and what a pass
-    would copy, update and delete. Reads both servers; changes nothing and records nothing.
+    would copy, update and delete, then the settings the accounts' provider presets chose (and those the
+    config overrode). Reads both servers; changes nothing and records nothing.
     """
+    from mailmirror.providers import presets_json, print_presets
     from mailmirror.report import plan_json, print_plan
     from mailmirror.state import StateStore
     from mailmirror.sync import PairPass
@@ -369,8 +371,10 @@ def plan(context: Context, pairs: tuple[str, ...], as_json: bool) -> None:
                 errors.append(report.error)
             if as_json:
                 documents.append(plan_json(report, pair.source, pair.destination))
+                documents[-1]["presets"] = presets_json(config.presets_of(name))
             else:
                 print_plan(context.stdout, report, pair.source, pair.destination)
+                print_presets(context.stdout, name, config.presets_of(name))
     finally:
         store.close()
     if as_json:

@@ -48,6 +48,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from mailmirror.errors import ConfigError, UsageError
+from mailmirror.providers import AppliedPreset, ProviderName, apply_account_presets, pair_preset_layer
 from mailmirror.secrets import Secret
 from mailmirror.units import CONFIG_DIR, ConfigPath, Duration, Size, format_duration
 
@@ -380,7 +381,18 @@ class LogConfig(_Section):
 class Account(_Section):
     """An IMAP account: where to connect and how to log in. Referenced by name from pairs."""
 
-    host: str = Field(min_length=1, description="IMAP server host name or IP address.")
+    provider: ProviderName | None = Field(
+        default=None,
+        description=(
+            "A preset of the provider's known limits and folder quirks (gmail, office365, generic), applied as "
+            "ordinary defaults: host, max_connections, rate limits, and for pairs using the account folders not "
+            "to copy, label duplicates, message size limit, throttling retries. What the config sets wins; "
+            "`mailmirror plan` shows each preset value; docs/providers.md lists them with their sources."
+        ),
+    )
+    host: str = Field(
+        min_length=1, description="IMAP server host name or IP address (with provider: gmail/office365, optional)."
+    )
     port: int | None = Field(
         default=None,
         ge=1,
@@ -850,18 +862,22 @@ class Config(_Section):
     )
 
     _effective_pairs: dict[str, Pair] = PrivateAttr(default_factory=dict)
+    _account_presets: list[AppliedPreset] = PrivateAttr(default_factory=list)
+    _pair_presets: dict[str, list[AppliedPreset]] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="wrap")
     @classmethod
     def _check_across_sections(cls, data: Any, handler: ModelWrapValidatorHandler[Config]) -> Config:
         """Check what no single section can: account references, and each pair once defaults are merged in."""
         reference_errors = _account_reference_errors(data)
+        data, account_presets = apply_account_presets(data)
         try:
             config = handler(data)
         except ValidationError as error:
             raise _validation_error([*_copy_errors(error), *reference_errors]) from None
         if reference_errors:
             raise _validation_error(reference_errors)
+        config._account_presets = account_presets
         config._apply_defaults()
         config._label_secrets()
         return config
@@ -870,13 +886,25 @@ class Config(_Section):
         effective: dict[str, Pair] = {}
         errors: list[InitErrorDetails] = []
         for name, pair in self.pairs.items():
+            preset, self._pair_presets[name] = self._pair_preset_layer(name, pair)
             try:
-                effective[name] = _inherit_defaults(self.defaults, pair)
+                effective[name] = _inherit_defaults(self.defaults, pair, preset)
             except ValidationError as error:
-                errors += _copy_errors(error, prefix=("pairs", name), note=" (with values inherited from defaults)")
+                note = " (with values inherited from defaults" + (" and provider presets)" if preset else ")")
+                errors += _copy_errors(error, prefix=("pairs", name), note=note)
         if errors:
             raise _validation_error(errors)
         self._effective_pairs = effective
+
+    def _pair_preset_layer(self, name: str, pair: Pair) -> tuple[dict[str, Any], list[AppliedPreset]]:
+        source, destination = self.accounts.get(pair.source), self.accounts.get(pair.destination)
+        explicit = (self.defaults.model_dump(exclude_unset=True), pair.model_dump(exclude_unset=True))
+        return pair_preset_layer(
+            name,
+            source.provider if source is not None else None,
+            destination.provider if destination is not None else None,
+            explicit,
+        )
 
     def _label_secrets(self) -> None:
         for name, account in self.accounts.items():
@@ -895,6 +923,16 @@ class Config(_Section):
     def effective_pairs(self) -> dict[str, Pair]:
         """Every pair, in file order, with ``defaults`` merged in."""
         return dict(self._effective_pairs)
+
+    def presets_of(self, pair_name: str) -> list[AppliedPreset]:
+        """The provider preset values behind the pair's settings and its two accounts' (see
+        :mod:`mailmirror.providers`), including those the config overrode."""
+        pair = self.pairs.get(pair_name)
+        if pair is None:
+            return []
+        prefixes = tuple(f"accounts.{account}." for account in (pair.source, pair.destination))
+        accounts = [row for row in self._account_presets if row.setting.startswith(prefixes)]
+        return accounts + self._pair_presets.get(pair_name, [])
 
 
 def _names(names: Iterable[str]) -> str:
@@ -943,9 +981,10 @@ def _as_name(value: Any) -> str | None:
     return None
 
 
-def _inherit_defaults(defaults: PairDefaults, pair: Pair) -> Pair:
-    """The pair with every section merged over the defaults: what the pair set explicitly wins."""
-    inherited = defaults.model_dump(exclude_unset=True)
+def _inherit_defaults(defaults: PairDefaults, pair: Pair, preset: dict[str, Any] | None = None) -> Pair:
+    """The pair with every section merged over the defaults, and those over the accounts' provider presets:
+    what the pair set explicitly wins, then what defaults set."""
+    inherited = _deep_merge(preset or {}, defaults.model_dump(exclude_unset=True))
     own = pair.model_dump(exclude_unset=True)
     own_schedule = own.get("schedule", {})
     if "every" in own_schedule or "cron" in own_schedule:

@@ -32,7 +32,7 @@ from mailmirror.errors import (
 from mailmirror.identity import fingerprint, header_fields_to_fetch, without_size
 from mailmirror.imap import AppendRefused, Folder, FolderMissing, MailboxStatus, MessageToAppend, Session
 from mailmirror.locks import PairLock
-from mailmirror.mapping import FolderMapping, Namespace, pair_mappings, pattern_matches
+from mailmirror.mapping import WELL_KNOWN_NAMES, FolderMapping, Namespace, pair_mappings, pattern_matches
 from mailmirror.planner import (
     Copy,
     Deletions,
@@ -244,12 +244,16 @@ class PairPass:
         self.flag_rules = FlagRules(tuple(re.compile(p) for p in pair.flags.drop), dict(pair.flags.rename))
         self.order: list[str] = []  # every mapped source folder, in the order a full pass takes them
         self.to_create: set[str] = set()  # dry run: destination folders a pass would create
+        #: dry run: fingerprints each source folder would copy or adopt (kept_before of the folders after it)
+        self.dry_kept: dict[str, frozenset[str]] = {}
 
     def kept_before(self, src_folder: str) -> frozenset[str]:
         """skip_cross_folder_duplicates: fingerprints copied from the folders processed before this one."""
         if not self.pair.messages.skip_cross_folder_duplicates or src_folder not in self.order:
             return frozenset()
-        return self.store.fingerprints(self.name, self.order[: self.order.index(src_folder)])
+        before = self.order[: self.order.index(src_folder)]
+        planned = frozenset().union(*(self.dry_kept.get(folder, frozenset()) for folder in before))
+        return self.store.fingerprints(self.name, before) | planned
 
     def run(self) -> PairReport:
         lock = None if self.dry_run else PairLock(self.config.state.path, self.name)
@@ -769,8 +773,12 @@ def duplicate_priority_order(
     source_ns: Namespace,
 ) -> list[FolderMapping]:
     """skip_cross_folder_duplicates: the folders named in duplicate_priority first (in that order), then the
-    others in the usual order, and the All Mail folder (\\All) last: its copy of a message loses."""
+    others in the usual order, and the All Mail folder (\\All, else by its well-known name) last: its copy of a
+    message loses."""
     all_mail = {folder.name for folder in source_folders if folder.special_use == "\\All"}
+    if not all_mail:  # a server that does not announce \All (or a listing without SPECIAL-USE)
+        known = {name.casefold() for name in WELL_KNOWN_NAMES["\\All"]}
+        all_mail = {f.name for f in source_folders if source_ns.to_neutral(f.name).casefold() in known}
 
     def rank(mapping: FolderMapping) -> tuple[int, int]:
         if mapping.source in all_mail:
@@ -1249,6 +1257,8 @@ class FolderPass:
         self._report_dry(plan, Deletions())
 
     def _report_dry(self, plan: FolderPlan, deletions: Deletions) -> None:
+        kept = {copy.message.fingerprint for copy in plan.copy} | {adopt.message.fingerprint for adopt in plan.adopt}
+        self.owner.dry_kept[self.mapping.source] = frozenset(kept)
         self.report.deleted = 0 if deletions.refused else len(deletions.dst_uids)
         self.report.copied = len(plan.copy)
         self.report.bytes_copied = plan.copy_bytes

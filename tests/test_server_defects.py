@@ -19,11 +19,15 @@ from pathlib import Path
 
 import pytest
 from imapclient import IMAPClient
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from mailmirror.config import load_config
 from mailmirror.identity import loose_identity
 from mailmirror.imap import MessageDigest, Session
 from mailmirror.lab import DovecotServer, LabUser
+from mailmirror.metrics import Metrics
+from mailmirror.sync import FolderReport, PairReport
 from mailmirror.verify import FolderVerdict, compare_folder
 from tests.conftest import MakeServer
 from tests.rewrite_proxy import ServerMask, munge_header_8bit
@@ -393,3 +397,18 @@ def test_verify_pairs_altered_copies_by_identity() -> None:
     compare_folder(verdict, source, destination, None)
     assert (verdict.altered, verdict.missing, verdict.extra) == ([(2, 8)], [3], [9])
     assert verdict.differences == 2
+
+
+def test_altered_copies_are_counted_in_the_metrics() -> None:
+    metrics = Metrics()
+    metrics.configure({"p": 60.0}, ["a"])
+    metrics.pass_started("p")
+    report = PairReport("p", folders=[FolderReport("INBOX", "INBOX", "default", altered=[(4, "x"), (5, "y")])])
+    report.finished = report.started
+    metrics.pass_finished("p", report, pending=0)
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(generate_latest(metrics.registry).decode())
+        for sample in family.samples
+    }
+    assert samples[("mailmirror_messages_altered_total", (("pair", "p"),))] == 2

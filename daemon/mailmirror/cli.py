@@ -394,7 +394,8 @@ def verify(context: Context, pairs: tuple[str, ...]) -> None:
 
     Reads every message on both sides (read-only, BODY.PEEK) and compares them by SHA-256 of their exact
     bytes, with flags and INTERNALDATE. Exit 0 when every source message is on the destination exactly
-    once and identical, 65 on any difference (listed).
+    once and identical, 65 on any difference (listed). A message the destination server stored with other
+    bytes (same identity headers) is reported as altered, not as missing plus extra.
     """
     from mailmirror.report import print_verdict
     from mailmirror.verify import verify_pair

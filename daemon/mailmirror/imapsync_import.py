@@ -445,7 +445,7 @@ _SIDED: dict[str, Option] = {
     "passfile": Option(True, _passfile, "accounts.X.password: {file: PATH}"),
     "ssl": Option(False, _ssl, "accounts.X.tls: implicit"),
     "tls": Option(False, _tls, "accounts.X.tls: starttls"),
-    "authuser": Option(True, _account_key("authuser"), "accounts.X.authuser (with auth: plain)"),
+    "authuser": Option(True, _authuser, "accounts.X.authuser (with auth: plain)"),
     "authmech": Option(True, _authmech, "accounts.X.auth: login, plain, xoauth2 (others: not supported)"),
     "oauthaccesstoken": Option(
         True, _oauth_token, "accounts.X.oauth2_token: {file: PATH}, or {env: …} for a token on the command line"

@@ -128,8 +128,7 @@ def test_the_option_wins_over_the_environment() -> None:
     assert resolve_shard(None, {"MAILMIRROR_SHARD": "1/2"}) == Shard(1, 2)
 
 
-def test_a_sharded_config_has_its_pairs_state_database_and_metrics_port(tmp_path: Path) -> None:
-    names = [f"p{index}" for index in range(40)]
+def write_config(tmp_path: Path, names: list[str]) -> Path:
     (tmp_path / "pw").write_text("x\n", encoding="utf-8")
     accounts = "".join(
         f"  {side}:\n    host: {side}.example\n    username: u\n    password: {{file: {tmp_path / 'pw'}}}\n"
@@ -142,6 +141,12 @@ def test_a_sharded_config_has_its_pairs_state_database_and_metrics_port(tmp_path
         f"accounts:\n{accounts}pairs:\n{pairs}",
         encoding="utf-8",
     )
+    return path
+
+
+def test_a_sharded_config_has_its_pairs_state_database_and_metrics_port(tmp_path: Path) -> None:
+    names = [f"p{index}" for index in range(40)]
+    path = write_config(tmp_path, names)
     config = load_config(path)
     seen: list[str] = []
     for index in range(3):
@@ -157,6 +162,23 @@ def test_a_sharded_config_has_its_pairs_state_database_and_metrics_port(tmp_path
     pod = apply_shard(config, Shard(2, 3), environ={"MAILMIRROR_METRICS_LISTEN": "0.0.0.0:9464"})
     assert pod.metrics.listen == "0.0.0.0:9464"
     assert apply_shard(config, None) is config
+
+
+def test_the_cli_names_the_shard_of_a_pair_another_shard_owns(tmp_path: Path) -> None:
+    names = [f"p{index}" for index in range(10)]
+    path = write_config(tmp_path, names)
+    elsewhere = next(name for name in names if shard_of(name, 3) != 0)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "daemon")}
+    command = [sys.executable, "-m", "mailmirror", "-c", str(path)]
+    result = subprocess.run(
+        [*command, "sync", elsewhere, "--shard", "0/3"], capture_output=True, text=True, env=env, check=False
+    )
+    assert result.returncode == 64, result.stderr
+    assert f"'{elsewhere}': --shard {shard_of(elsewhere, 3)}/3" in result.stderr
+    result = subprocess.run(
+        [*command, "status"], capture_output=True, text=True, env={**env, "MAILMIRROR_SHARD": "3/3"}, check=False
+    )
+    assert result.returncode == 64 and "shard 3 does not exist among 3" in result.stderr, result.stderr
 
 
 def test_every_series_of_a_shard_carries_its_label() -> None:

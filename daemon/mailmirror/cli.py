@@ -78,6 +78,13 @@ class Context:
     def pair_names(self, wanted: Sequence[str]) -> list[str]:
         known = list(self.config.effective_pairs())
         unknown = [name for name in wanted if name not in known]
+        if unknown and self.shard is not None:
+            from mailmirror.shards import shard_of
+
+            owners = ", ".join(
+                f"{name!r}: --shard {shard_of(name, self.shard.count)}/{self.shard.count}" for name in unknown
+            )
+            raise UsageError(f"unknown pair in shard {self.shard} (if it is in the config, its shard is {owners})")
         if unknown:
             raise UsageError(f"unknown pair {', '.join(map(repr, unknown))} (pairs in the config: {', '.join(known)})")
         return list(wanted) or known

@@ -301,3 +301,5 @@ def test_a_converted_imapsync_command_line_syncs_the_lab_servers(
     assert synced.returncode == 0, synced.stdout + synced.stderr
     assert message_count(dst_client, "INBOX") == 5
     assert message_count(dst_client, "Projects") == 1
+    verified = run_cli("-c", str(config_path), "verify", env={"MAILMIRROR_DESTINATION_PASSWORD": dst_user.password})
+    assert verified.returncode == 0, verified.stdout + verified.stderr

@@ -38,7 +38,7 @@ NAMES = [f"user{index:05d}@example.org" for index in range(10_000)]
 
 @pytest.mark.parametrize("count", [1, 2, 3, 8, 50])
 def test_every_pair_belongs_to_exactly_one_shard(count: int) -> None:
-    owners = {name: [k for k in range(count) if Shard(k, count).owns(name)] for name in NAMES[:2000]}
+    owners = {name: [k for k in range(count) if Shard(k, count).owns(name)] for name in NAMES[:400]}
     assert all(len(shards) == 1 for shards in owners.values())
 
 

@@ -33,6 +33,7 @@ from mailmirror.errors import (
 if TYPE_CHECKING:
     from mailmirror.config import Config
     from mailmirror.parallel import ParallelPasses
+    from mailmirror.shards import Shard
     from mailmirror.sync import PairReport
 
 DEFAULT_CONFIG = "/etc/mailmirror/config.yaml"
@@ -63,24 +64,52 @@ class Context:
         self.stdout = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
         self.stderr = Console(stderr=True, highlight=False)
         self._config: Config | None = None
+        self.shard: Shard | None = None  # set by --shard / $MAILMIRROR_SHARD on the commands that take it
 
     @property
     def config(self) -> Config:
         if self._config is None:
             from mailmirror.config import load_config
+            from mailmirror.shards import apply_shard
 
-            self._config = load_config(self.config_path)
+            self._config = apply_shard(load_config(self.config_path), self.shard)
         return self._config
 
     def pair_names(self, wanted: Sequence[str]) -> list[str]:
         known = list(self.config.effective_pairs())
         unknown = [name for name in wanted if name not in known]
+        if unknown and self.shard is not None:
+            from mailmirror.shards import shard_of
+
+            owners = ", ".join(
+                f"{name!r}: --shard {shard_of(name, self.shard.count)}/{self.shard.count}" for name in unknown
+            )
+            raise UsageError(f"unknown pair in shard {self.shard} (if it is in the config, its shard is {owners})")
         if unknown:
             raise UsageError(f"unknown pair {', '.join(map(repr, unknown))} (pairs in the config: {', '.join(known)})")
         return list(wanted) or known
 
 
 pass_context = click.make_pass_decorator(Context)
+
+
+def _take_shard(click_context: click.Context, _param: click.Parameter, value: str | None) -> None:
+    from mailmirror.shards import resolve_shard
+
+    context = click_context.find_object(Context)
+    assert context is not None  # the group made it
+    context.shard = resolve_shard(value)
+
+
+shard_option = click.option(
+    "--shard",
+    metavar="K/N",
+    expose_value=False,
+    callback=_take_shard,
+    help="Only the pairs of shard K of N (K from 0 to N-1; default: $MAILMIRROR_SHARD, or the pod name's "
+    "ordinal with $MAILMIRROR_SHARDS), with the shard's own state database (state.shard-K-of-N.db). "
+    "See docs/scale-out.md.",
+)
 
 
 def _setup_logging(verbose: int, quiet: bool, log_format: str = "text") -> None:
@@ -189,6 +218,7 @@ def _exit_code_for(errors: Sequence[MailmirrorError]) -> ExitCode:
     "at most its accounts' max_connections, and a pass keeps the extra connections of its transfer.workers "
     "while it runs: with many pairs on one server, raise max_connections or lower transfer.workers.",
 )
+@shard_option
 @pass_context
 def sync(
     context: Context,
@@ -314,6 +344,7 @@ def _collect_reports(context: Context, passes: ParallelPasses, stop: _StopReques
 
 
 @cli.command(short_help="The daemon: every pair on its schedule, IDLE push, reload on SIGHUP.")
+@shard_option
 @pass_context
 def run(context: Context) -> None:
     """Run every pair on its schedule, in the foreground (for systemd: Type=notify).
@@ -330,7 +361,7 @@ def run(context: Context) -> None:
     from mailmirror.daemon import Daemon
 
     _apply_log_config(context)
-    code = Daemon(context.config_path).run()
+    code = Daemon(context.config_path, shard=context.shard).run()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -343,6 +374,7 @@ def run(context: Context) -> None:
 @cli.command(short_help="Folder mapping, sizes and what a pass would do; changes nothing.")
 @click.argument("pairs", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (one JSON document).")
+@shard_option
 @pass_context
 def plan(context: Context, pairs: tuple[str, ...], as_json: bool) -> None:
     """Show, for PAIRS (all by default), each source folder → destination folder with the rule that chose
@@ -388,6 +420,7 @@ def plan(context: Context, pairs: tuple[str, ...], as_json: bool) -> None:
 
 @cli.command(short_help="Deep-compare source and destination (the cutover proof).")
 @click.argument("pairs", nargs=-1)
+@shard_option
 @pass_context
 def verify(context: Context, pairs: tuple[str, ...]) -> None:
     """Deep-compare source and destination of PAIRS (all by default): the cutover proof.
@@ -476,6 +509,7 @@ def _capability_text(capabilities: frozenset[str], name: str) -> str:
 
 
 @cli.command(short_help="Each pair's last pass, from the state database.")
+@shard_option
 @pass_context
 def status(context: Context) -> None:
     """Show, from the state database, each pair's last pass: when, outcome, messages copied, failures."""
@@ -589,6 +623,50 @@ def oauth2_authorize(context: Context, account_name: str) -> None:
         markup=False,
         highlight=False,
     )
+
+
+# -- import ---------------------------------------------------------------------------------------------
+
+
+@cli.group("import", short_help="Convert another tool's settings (imapsync) into a mailmirror config.")
+def import_group() -> None:
+    """Convert another tool's settings into mailmirror config YAML."""
+
+
+@import_group.command("imapsync", context_settings={"ignore_unknown_options": True})
+@click.option(
+    "--sync-loop",
+    "sync_loop",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="An imapsync sync_loop file (host1;user1;password1;host2;user2;password2;extra options): one pair a line; "
+    "the OPTIONS apply to every line.",
+)
+@click.option("--state", "state_path", metavar="PATH", help="state.path of the generated config.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here (default: stdout).")
+@click.argument("options", nargs=-1, type=click.UNPROCESSED)
+def import_imapsync(
+    sync_loop: Path | None, state_path: str | None, output: Path | None, options: tuple[str, ...]
+) -> None:
+    """Convert an imapsync command line (mailmirror import imapsync -- --host1 … --user1 …) or a sync_loop file
+    into config YAML. Options mailmirror cannot express are named on stderr and in a comment at the top;
+    passwords are never written: --password1 becomes {env: NAME} (export it), --passfile1 {file: PATH}.
+    docs/imapsync.md maps every option.
+    """
+    from mailmirror.imapsync_import import convert_command_line, convert_sync_loop
+
+    if sync_loop is not None:
+        conversion = convert_sync_loop(sync_loop, options, state_path=state_path)
+    else:
+        conversion = convert_command_line(options, state_path=state_path)
+    text = conversion.yaml_text()
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+    for line in conversion.unsupported:
+        click.echo(f"mailmirror: not converted: {line}", err=True)
+    for line in conversion.notes:
+        click.echo(f"mailmirror: note: {line}", err=True)
 
 
 # -- demo -------------------------------------------------------------------------------------------------

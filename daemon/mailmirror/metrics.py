@@ -6,7 +6,9 @@ config disappears from the scrape with its entry, and nothing here is a global s
 
 Labels are config names only: `pair`, `account`, and small fixed sets (`side`, `reason`, `outcome`),
 so cardinality is bounded by the config. Counters are labelled by pair alone (plus such a fixed set),
-so that `sum(mailmirror_messages_copied_total)` is the number of messages copied.
+so that `sum(mailmirror_messages_copied_total)` is the number of messages copied. A shard
+(`mailmirror run --shard K/N`, see mailmirror.shards) adds the constant label `shard="K"` to every
+mailmirror_* series, so that the shards of one config stay apart even when scraped under one target.
 """
 
 from __future__ import annotations
@@ -118,8 +120,9 @@ class AccountMetrics:
 class Metrics:
     """What the daemon reports; thread-safe; `registry` is what the HTTP endpoint serves."""
 
-    def __init__(self) -> None:
+    def __init__(self, shard: str | None = None) -> None:
         self._lock = threading.Lock()
+        self.shard = shard  # `mailmirror run --shard K/N`: every mailmirror_* series gets the label shard="K"
         self.pairs: dict[str, PairMetrics] = {}
         self.accounts: dict[str, AccountMetrics] = {}
         self.reload_successful = True
@@ -252,6 +255,11 @@ class Metrics:
                 *_pair_histograms(self.pairs),
                 *_account_counters(self.accounts),
             ]
+        if self.shard is not None:
+            for family in families:
+                family.samples = [
+                    sample._replace(labels={**sample.labels, "shard": self.shard}) for sample in family.samples
+                ]
         return iter(families)
 
     def _instance_families(self, pair_count: int) -> Iterator[Metric]:

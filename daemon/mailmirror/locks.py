@@ -138,11 +138,17 @@ class DestinationLock:
     def _lock_file(self) -> int:
         _prepare_lock_dir(self.directory)
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-            writable = True
-        except PermissionError:  # created by another user (root ran `sync`): locking needs no write access
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
-            writable = False
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+                writable = True
+            except PermissionError:  # created by another user (root ran `sync`): locking needs no write access
+                fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
+                writable = False
+        except OSError as error:
+            raise ConfigError(
+                f"destination lock {self.path}: cannot open it ({error.strerror or error}); run as the user of the "
+                "daemon (e.g. sudo -u mailmirror) or set daemon.lock_dir"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -25,6 +25,7 @@ from imapclient import IMAPClient
 from mailmirror.config import load_config
 from mailmirror.lab import DovecotServer, LabUser, SeedMessage, seed
 from mailmirror.locks import DestinationLock
+from mailmirror.mailboxes import mailbox_identity
 from tests.proxy import Fault, FaultProxy
 from tests.support import ROOT, Setup, account_yaml, message_count, simple_message
 
@@ -317,6 +318,46 @@ pairs:
     destination: {destination}
     folders: {{under: Backup}}
 """
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        (("localhost", 143, "alice"), ("127.0.0.1", 143, "alice")),
+        (("::1", 993, "alice"), ("[::1]", 993, "Alice")),
+        (("localhost", 993, "alice"), ("::ffff:127.0.0.1", 993, "alice")),
+        (("IMAP.Example.org.", 993, "alice"), ("imap.example.org", 993, " alice")),
+        (("2001:DB8::1", 993, "a"), ("2001:db8:0::1", 993, "a")),
+    ],
+)
+def test_spellings_of_one_mailbox_are_one_identity(one: tuple[str, int, str], other: tuple[str, int, str]) -> None:
+    assert mailbox_identity(*one) == mailbox_identity(*other)
+    assert mailbox_identity(*one).key == mailbox_identity(*other).key
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        ("localhost", 1143, "alice"),
+        ("imap.example.org", 143, "alice"),
+        ("localhost", 143, "bob"),
+        ("127.0.0.2", 143, "alice"),
+    ],
+)
+def test_other_mailboxes_are_other_identities(other: tuple[str, int, str]) -> None:
+    assert mailbox_identity("127.0.0.1", 143, "alice") != mailbox_identity(*other)
+
+
+def test_passes_of_one_process_into_one_mailbox_take_turns(tmp_path: Path) -> None:
+    identity = mailbox_identity("localhost", 143, "alice")
+    first = DestinationLock(tmp_path, identity, "dst", "pair 'a'")
+    second = DestinationLock(tmp_path, identity, "dst", "pair 'b'")
+    assert first.acquire()
+    stop_waiting = iter([False, True])
+    assert not second.acquire(lambda: next(stop_waiting))  # waited (twice half a second), then asked to stop
+    first.release()
+    assert second.acquire()
+    second.release()
 
 
 def _validate(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:

@@ -48,7 +48,9 @@ def normal_host(host: str) -> str:
         return text
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
-    return LOOPBACK if address.is_loopback else address.compressed
+    # 127.0.0.1 and ::1 are what "localhost" resolves to; other 127/8 addresses may be other servers
+    loopback = address == ipaddress.ip_address("127.0.0.1") or address == ipaddress.ip_address("::1")
+    return LOOPBACK if loopback else address.compressed
 
 
 def mailbox_identity(host: str, port: int, username: str) -> MailboxIdentity:

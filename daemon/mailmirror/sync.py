@@ -1120,7 +1120,13 @@ class FolderPass:
 
     def _delete_copied_from_source(self, status: MailboxStatus) -> MailboxStatus:
         """Move semantics: delete from the source what the destination confirmed (status done)."""
-        done = [uid for uid, m in self.store.messages(self.pair, self.mapping.source).items() if m.status == "done"]
+        # a message whose late copy is still watched for stays: the watch compares with its row
+        watched = {w.src_uid for w in self.store.late_write_watches(self.pair, self.mapping.source)}
+        done = [
+            uid
+            for uid, m in self.store.messages(self.pair, self.mapping.source).items()
+            if m.status == "done" and uid not in watched
+        ]
         if not done:
             return status
         if not self.source.delete_messages(done):

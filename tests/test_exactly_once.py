@@ -159,6 +159,29 @@ def test_without_a_late_write_window_the_late_appends_stay_duplicates(
     assert setup.run("verify").returncode == 65
 
 
+def test_without_uidplus_late_duplicates_are_named_not_expunged(
+    tmp_path: Path,
+    source_server: DovecotServer,
+    src_user: LabUser,
+    src_client: IMAPClient,
+    make_server: Callable[..., DovecotServer],
+) -> None:
+    server = make_server(drop_capabilities=("UIDPLUS",))
+    user = server.add_user()
+    total = 4
+    seed(src_client, "INBOX", [SeedMessage(simple_message(i, size=1500)) for i in range(total)])
+    with FaultProxy(server.host, server.port) as proxy:
+        setup = _stall_setup(tmp_path, source_server, src_user, proxy, user, "1h")
+        first = _stall_then_resume(setup, proxy)
+        assert first.returncode == TEMPFAIL, first.stdout + first.stderr
+        proxy.release_held()
+        _wait_for(lambda: _count(server, user) == 2 * total, "the late APPEND to be executed")
+        second = setup.run("sync")
+    assert second.returncode == TEMPFAIL, second.stdout + second.stderr
+    assert "lacks UIDPLUS" in second.stdout and "delete them by hand" in second.stdout, second.stdout
+    assert _count(server, user) == 2 * total  # named, never expunged blindly
+
+
 def test_a_late_write_watch_that_sees_nothing_closes_when_it_expires(
     tmp_path: Path,
     source_server: DovecotServer,

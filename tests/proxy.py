@@ -140,6 +140,8 @@ class _Connection:
         self._close_lock = threading.Lock()
         self.holding = False  # a "hold" fault fired: client bytes go to `held`, the server side stays open
         self.held = bytearray()
+        self.client_gone = False  # the client closed while its bytes were held
+        self._hold_lock = threading.Lock()
         self.threads = [
             threading.Thread(target=self._pump, args=("up", client, server), daemon=True),
             threading.Thread(target=self._pump, args=("down", server, client), daemon=True),
@@ -163,7 +165,11 @@ class _Connection:
                 if swallowing:
                     continue
                 if self.holding and direction == "up":
-                    self.held += data
+                    with self._hold_lock:
+                        if self.holding:
+                            self.held += data
+                            continue
+                    sink.sendall(data)  # released meanwhile
                     continue
                 if self.holding:  # the server's answers to a client that gave up: dropped
                     if self.transcript is not None:
@@ -201,15 +207,19 @@ class _Connection:
             pass
         finally:
             if self.holding and direction == "up":
-                pass  # the client gave up; the server keeps its side until release_held() and stop()
+                self.client_gone = True  # the server keeps its side until release_held() and stop()
             else:
                 self.close()
 
     def release(self) -> int:
-        """Deliver the held bytes to the server (late); how many."""
-        data, self.held = bytes(self.held), bytearray()
-        with contextlib.suppress(OSError):
-            self.server.sendall(data)
+        """Deliver the held bytes to the server (late); how many. A client still connected gets the
+        answers and talks on normally from then on."""
+        with self._hold_lock:
+            data, self.held = bytes(self.held), bytearray()
+            with contextlib.suppress(OSError):
+                self.server.sendall(data)
+            if not self.client_gone:
+                self.holding = False
         return len(data)
 
     def close(self) -> None:

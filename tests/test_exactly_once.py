@@ -261,17 +261,36 @@ def test_one_pair_under_two_state_databases_at_once_copies_each_message_once(
     src_user: LabUser,
     dst_user: LabUser,
     src_client: IMAPClient,
+    destination_proxy: FaultProxy,
 ) -> None:
-    total = 60
+    """The issue's path 2, made deterministic: the first process's APPEND is held (it waits, holding the
+    destination) while a copy of the config with another state.path runs; then the APPEND goes through."""
+    total = 30
     seed(src_client, "INBOX", [SeedMessage(simple_message(i, size=3000)) for i in range(total)])
-    # the issue's case: a copy of the config with another state.path; only the default lock dir is shared
-    locks = tmp_path / "locks"
-    first = _pair_config(tmp_path, source_server, {"alice": src_user}, dest_server, dst_user, locks, "a.yaml")
-    second = _pair_config(tmp_path, source_server, {"alice": src_user}, dest_server, dst_user, locks, "b.yaml")
-    env_runs = [_background(first), _background(second)]
-    codes = [run.wait(timeout=300) for run in env_runs]
-    assert set(codes) <= {0, TEMPFAIL} and 0 in codes, codes  # the other one waits for its turn or is told
-    for setup in (first, second):
+    locks = tmp_path / "locks"  # what the default lock directory is for every config of a machine
+    setups = []
+    for name in ("a.yaml", "b.yaml"):
+        text = (
+            f"state: {{path: {tmp_path / (name + '.state.db')}}}\n"
+            f"daemon: {{lock_dir: {locks}}}\n"
+            "accounts:\n"
+            + account_yaml("src", source_server, src_user, tmp_path)
+            + _proxied_account("dst", destination_proxy, dst_user, tmp_path, "60s")
+            + "pairs:\n  test:\n    source: src\n    destination: dst\n    transfer: {workers: 1}\n"
+        )
+        setups.append(_write(tmp_path, text, name))
+    first, second = setups
+
+    destination_proxy.inject(Fault("up", pattern=b" APPEND ", action="hold", once=True))
+    running = _Background(first)
+    _wait_for(lambda: destination_proxy.triggered == 1, "the first process's APPEND to be held")
+    meanwhile = second.run("sync")
+    assert meanwhile.returncode == TEMPFAIL, meanwhile.stdout + meanwhile.stderr
+    assert "is being written by mailmirror pid" in meanwhile.stderr and "a.yaml.state.db" in meanwhile.stderr
+    destination_proxy.release_held()
+    assert running.wait(timeout=120) == 0
+
+    for setup in (second, first):
         again = setup.run("sync")
         assert again.returncode == 0, again.stdout + again.stderr
         verify = setup.run("verify")
@@ -321,10 +340,6 @@ class _Background:
     def wait(self, timeout: float) -> int:
         self.proc.communicate(timeout=timeout)
         return self.proc.returncode
-
-
-def _background(setup: Setup) -> _Background:
-    return _Background(setup)
 
 
 # ------------------------------------------------------------------------ 4. one mailbox, two names

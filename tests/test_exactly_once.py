@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ from mailmirror.config import load_config
 from mailmirror.lab import DovecotServer, LabUser, SeedMessage, seed
 from mailmirror.locks import DestinationLock
 from mailmirror.mailboxes import mailbox_identity
+from mailmirror.state import StateStore, SyncedMessage
 from tests.proxy import Fault, FaultProxy
 from tests.support import ROOT, Setup, account_yaml, message_count, simple_message
 
@@ -205,6 +207,23 @@ def test_a_late_write_watch_that_sees_nothing_closes_when_it_expires(
     assert setup.run("verify").returncode == 0
 
 
+def test_late_write_watches_in_the_state_database(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.db")
+    try:
+        entry = SyncedMessage(7, None, "pending", "abc/100", 100, frozenset())
+        store.mark_done("p", "INBOX", [SyncedMessage(3, 41, "done", "def/9", 9, frozenset())])
+        store.watch_late_writes("p", "INBOX", [entry], 42, datetime.now(UTC) + timedelta(minutes=5))
+        assert "INBOX" in store.folders_needing_attention("p")  # the fast path never skips a watched folder
+        [watch] = store.late_write_watches("p", "INBOX")
+        assert (watch.src_uid, watch.fingerprint, watch.dst_uid_floor) == (7, "abc/100", 42)
+        assert store.claimed_dst_uids("INBOX") == {41}  # a folder not saved yet counts (cautious)
+        store.close_late_write_watches([watch.id])
+        assert store.late_write_watches("p", "INBOX") == []
+        assert "INBOX" not in store.folders_needing_attention("p")
+    finally:
+        store.close()
+
+
 # ------------------------------------------------------------------ 2. and 3. one writer per mailbox
 
 
@@ -307,7 +326,8 @@ def test_two_pairs_into_one_destination_in_parallel_copy_each_message_once(
     src_client: IMAPClient,
 ) -> None:
     quote = source_server.add_user()
-    alice_messages = [SeedMessage(simple_message(i, size=2000)) for i in range(40)]
+    when = datetime(2024, 1, 1, 10, 0, tzinfo=UTC)  # the shared five are the same message in every respect
+    alice_messages = [SeedMessage(simple_message(i, size=2000), internaldate=when) for i in range(40)]
     quote_messages = alice_messages[:5] + [SeedMessage(simple_message(100 + i, tag="quote")) for i in range(10)]
     seed(src_client, "INBOX", alice_messages)
     quote_client = source_server.connect(quote)

@@ -12,6 +12,7 @@ belong to an open file, so two threads of one process exclude each other too.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import socket
 import stat
@@ -63,6 +64,8 @@ class PairLock:
 
 
 # -- one writer per destination mailbox -------------------------------------------------------------------
+
+log = logging.getLogger(__name__)
 
 _SYSTEM_LOCK_DIR = Path("/run/mailmirror")
 _registry_guard = threading.Lock()
@@ -125,9 +128,11 @@ class DestinationLock:
     def acquire(self, stopping: Callable[[], bool] = lambda: False) -> bool:
         """Wait for this process's other passes into the mailbox, then take the machine-wide lock or raise
         LockedError naming the holder. False: a stop was requested while waiting."""
-        while not self._local.acquire(timeout=0.5):
-            if stopping():
-                return False
+        if not self._local.acquire(blocking=False):
+            log.info("%s: waiting for another pass writing into %s (one writer at a time)", self.holder, self.identity)
+            while not self._local.acquire(timeout=0.5):
+                if stopping():
+                    return False
         try:
             self._fd = self._lock_file()
         except BaseException:

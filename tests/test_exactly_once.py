@@ -305,7 +305,9 @@ def test_one_pair_under_two_state_databases_at_once_copies_each_message_once(
     _wait_for(lambda: destination_proxy.triggered == 1, "the first process's APPEND to be held")
     meanwhile = second.run("sync")
     assert meanwhile.returncode == TEMPFAIL, meanwhile.stdout + meanwhile.stderr
-    assert "is being written by mailmirror pid" in meanwhile.stderr and "a.yaml.state.db" in meanwhile.stderr
+    said = " ".join(meanwhile.stderr.split())  # the console wraps long lines
+    assert "is being written by mailmirror pid" in said, said
+    assert f"pair 'test' of {first.config_path}, state {tmp_path / 'a.yaml.state.db'}" in said, said
     destination_proxy.release_held()
     assert running.wait(timeout=120) == 0
 

@@ -878,6 +878,12 @@ class Config(_Section):
     )
 
     _effective_pairs: dict[str, Pair] = PrivateAttr(default_factory=dict)
+    _source_path: Path | None = PrivateAttr(default=None)
+
+    @property
+    def source_path(self) -> Path | None:
+        """The file this config was read from (None when built in memory): named to other processes."""
+        return self._source_path
 
     @model_validator(mode="wrap")
     @classmethod
@@ -1432,6 +1438,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         config = Config.model_validate(document.data, context={CONFIG_DIR: config_dir})
     except ValidationError as error:
         raise InvalidConfig(_problems_from(error, document, shown)) from None
+    config._source_path = Path(shown).absolute()
     for first, second, identity in same_mailbox_accounts(config):
         line = document.line_for(("accounts", second))
         log.warning(

@@ -270,7 +270,8 @@ class PairPass:
     def _destination_lock(self) -> DestinationLock:
         account = self.config.accounts[self.pair.destination]
         directory = self.config.daemon.lock_dir or default_lock_dir()
-        holder = f"pair '{self.name}', state {self.config.state.path}"
+        source = self.config.source_path
+        holder = f"pair '{self.name}'{f' of {source}' if source else ''}, state {self.config.state.path}"
         return DestinationLock(directory, account.identity, self.pair.destination, holder)
 
     def interrupted(self) -> bool:

@@ -819,6 +819,13 @@ class TransferRules(_Section):
             raise ValueError("must be longer than 0s")
         return value
 
+    @field_validator("late_write_window")
+    @classmethod
+    def _bounded_window(cls, value: Any) -> Any:
+        if isinstance(value, timedelta) and value > timedelta(days=7):
+            raise ValueError("must be at most 7d (a server does not hold commands that long; 0s turns the watch off)")
+        return value
+
 
 _SCHEDULE_DESCRIPTION = "When the pair runs."
 _FOLDERS_DESCRIPTION = "Folder selection and naming."

@@ -141,6 +141,7 @@ class _Connection:
         self.holding = False  # a "hold" fault fired: client bytes go to `held`, the server side stays open
         self.held = bytearray()
         self.client_gone = False  # the client closed while its bytes were held
+        self.appended = threading.Event()  # after a release: the server confirmed a held APPEND
         self._hold_lock = threading.Lock()
         self.threads = [
             threading.Thread(target=self._pump, args=("up", client, server), daemon=True),
@@ -174,11 +175,15 @@ class _Connection:
                 if self.holding:  # the server's answers to a client that gave up: dropped
                     if self.transcript is not None:
                         self.transcript[direction] += data
+                    if b" OK [APPENDUID" in data:
+                        self.appended.set()
                     with contextlib.suppress(OSError):
                         sink.sendall(data)
                     continue
                 if self.transcript is not None:
                     self.transcript[direction] += data
+                if direction == "up" and self.proxy._release_point is not None and self.proxy._release_point in data:
+                    self.proxy._release_before_forwarding()
                 if answering is not None:
                     data = answering.rewrite(data)
                     if data:
@@ -252,6 +257,7 @@ class FaultProxy:
         self.port: int = self._listener.getsockname()[1]
         self._lock = threading.Condition()
         self._fault: Fault | None = None
+        self._release_point: bytes | None = None
         self._connections: list[_Connection] = []
         self._all: list[_Connection] = []  # kept only when recording
         self._accepted = 0
@@ -295,6 +301,23 @@ class FaultProxy:
     def wait_triggered(self, count: int = 1, timeout: float = 30) -> bool:
         with self._lock:
             return self._lock.wait_for(lambda: self._triggered >= count, timeout)
+
+    def release_held_before(self, pattern: bytes) -> None:
+        """When a client next sends ``pattern`` (e.g. the resumed pass's APPEND), first deliver the held
+        bytes and wait (up to 30 s) until the server confirmed the held APPEND: a late write that lands
+        after the resumed pass looked for it and before it copies again."""
+        with self._lock:
+            self._release_point = pattern
+
+    def _release_before_forwarding(self) -> None:
+        with self._lock:
+            connections = [c for c in self._connections if c.holding]
+            if self._release_point is None or not connections:
+                return  # nothing held yet: this is the APPEND about to be held
+            self._release_point = None
+        for connection in connections:
+            connection.release()
+            connection.appended.wait(30)
 
     def release_held(self) -> int:
         """Send every "hold" connection's kept bytes to the server now; the number of bytes delivered."""

@@ -139,6 +139,30 @@ def test_stalled_destination_executing_appends_late_ends_exactly_once(
     assert third.returncode == 0 and "late duplicates" not in third.stdout, third.stdout + third.stderr
 
 
+def test_late_appends_landing_during_the_resumed_pass_are_removed_by_it(
+    tmp_path: Path,
+    source_server: DovecotServer,
+    dest_server: DovecotServer,
+    src_user: LabUser,
+    dst_user: LabUser,
+    src_client: IMAPClient,
+    destination_proxy: FaultProxy,
+) -> None:
+    """The issue's timing: the server runs the old APPEND after the resumed pass found nothing and before
+    it copies again. The same pass finds its own late copies at the end, removes them, and can prove it."""
+    total = 8
+    seed(src_client, "INBOX", [SeedMessage(simple_message(i, size=1800)) for i in range(total)])
+    setup = _stall_setup(tmp_path, source_server, src_user, destination_proxy, dst_user, "1h")
+    destination_proxy.release_held_before(b" APPEND ")
+
+    result = _stall_then_resume(setup, destination_proxy)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"Removed {total} late duplicates of our own" in result.stdout, result.stdout
+    assert _count(dest_server, dst_user) == total
+    verify = setup.run("verify")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
 def test_without_a_late_write_window_the_late_appends_stay_duplicates(
     tmp_path: Path,
     source_server: DovecotServer,

@@ -18,6 +18,8 @@ lines. Then, by ``action``:
 * ``"hold"`` (``"up"`` only): the client's bytes from then on are kept, not forwarded, and the server's
   side stays open when the client gives up and closes: a stalled server that has the commands in its
   socket buffer. :meth:`FaultProxy.release_held` delivers them late; the server's answers go nowhere.
+  :meth:`FaultProxy.release_held_before` delivers them just before a client next sends a pattern (the
+  resumed pass's APPEND) and waits until the server confirmed them.
 * ``"answer"`` (``"down"`` only): the ``count``-th tagged answer line containing ``pattern`` gets its
   status and text replaced by ``answer``, e.g. ``NO [UNAVAILABLE] Server Unavailable. 15``: a server
   throttling the client. The command did run on the server (its effect stays): the client must treat

@@ -32,7 +32,7 @@ from mailmirror.errors import (
     Stopped,
 )
 from mailmirror.identity import fingerprint, header_fields_to_fetch, without_size
-from mailmirror.imap import AppendRefused, Folder, FolderMissing, MailboxStatus, MessageToAppend, Session
+from mailmirror.imap import AppendRefused, Folder, FolderMissing, MailboxStatus, MessageToAppend, Session, uid_set
 from mailmirror.locks import DestinationLock, PairLock, default_lock_dir
 from mailmirror.mapping import FolderMapping, Namespace, pair_mappings, pattern_matches
 from mailmirror.planner import (
@@ -1246,7 +1246,7 @@ class FolderPass:
         if not self.destination.has("UIDPLUS"):  # a plain EXPUNGE could take messages others marked \Deleted
             self.report.unresolved = (
                 f"late duplicates of our own are in '{self.mapping.destination}' (UIDs "
-                f"{', '.join(map(str, uids))}) and the destination lacks UIDPLUS, so mailmirror does not expunge "
+                f"{uid_set(uids)}) and the destination lacks UIDPLUS, so mailmirror does not expunge "
                 "them: delete them by hand"
             )
             log.warning("%s: %s: %s", self.pair, self.mapping.source, self.report.unresolved)
@@ -1260,7 +1260,7 @@ class FolderPass:
             self.pair,
             self.mapping.destination,
             len(uids),
-            ", ".join(map(str, uids)),
+            uid_set(uids),
         )
 
     # -- listings ------------------------------------------------------------------------------------

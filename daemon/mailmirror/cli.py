@@ -46,7 +46,8 @@ Exit codes:
   65  verify found differences
   69  a server or an OAuth2 token endpoint could not be reached, or TLS failed
   70  internal error (a bug: please report it)
-  75  the pass finished but some messages failed (retryable)
+  75  the pass finished but some messages failed, or exactly once is not proven yet
+      (transfer.late_write_window), or another process writes the same destination (retryable)
   77  authentication failed (a server or token endpoint refused the credentials)
   78  configuration error
   130 interrupted (Ctrl-C); sync: 143 stopped by SIGTERM
@@ -241,8 +242,11 @@ def sync(
     daemon.stop_timeout), then exit 130 (143 for SIGTERM); the next sync goes on from there. A second
     Ctrl-C exits at once (nothing is lost either: the state journal resolves it on the next pass).
 
-    Exit 0 when every selected message is on the destination, 75 when some messages or folders failed
-    (the summary says why), 69/77 when a server is unreachable or refuses the login.
+    Exit 0 when every selected message is on the destination, 75 when some messages or folders failed,
+    when a lost connection's appends may still be executed late by the server (watched for
+    transfer.late_write_window; later passes remove such late copies of our own), or when another process
+    is writing into the same destination mailbox (the summary says why), 69/77 when a server is
+    unreachable or refuses the login.
     """
     from mailmirror.parallel import ParallelPasses
     from mailmirror.report import RichProgress

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 import os
 import re
 import types
@@ -48,6 +49,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from mailmirror.errors import ConfigError, UsageError
+from mailmirror.mailboxes import MailboxIdentity, mailbox_identity
 from mailmirror.oauth2 import OAuth2Client
 from mailmirror.providers import AppliedPreset, ProviderName, apply_account_presets, pair_preset_layer
 from mailmirror.secrets import Secret
@@ -74,6 +76,8 @@ __all__ = [
     "format_config_error",
     "load_config",
 ]
+
+log = logging.getLogger(__name__)
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 HEADER_NAME_PATTERN = r"^[!-9;-~]+$"
@@ -366,6 +370,15 @@ class DaemonConfig(_Section):
             "side, and more for transfer.workers while they are free)."
         ),
     )
+    lock_dir: ConfigPath | None = Field(
+        default=None,
+        description=(
+            "Directory of the destination locks (one writer per destination mailbox, whatever the config file or "
+            "state database): every mailmirror of the machine must use the same one. Default: /run/mailmirror "
+            "when it exists and is writable (the systemd units create it) or when run as root, else "
+            "$XDG_RUNTIME_DIR/mailmirror, else /tmp/mailmirror-UID. Local to one machine: see docs/architecture.md."
+        ),
+    )
 
 
 class LogConfig(_Section):
@@ -493,6 +506,11 @@ class Account(_Section):
         if self.port is not None:
             return self.port
         return 993 if self.tls == "implicit" else 143
+
+    @property
+    def identity(self) -> MailboxIdentity:
+        """Which mailbox this account is, however its host and port are spelled (mailboxes.py)."""
+        return mailbox_identity(self.host, self.effective_port, self.username)
 
     @field_validator("timeout")
     @classmethod
@@ -829,12 +847,29 @@ class TransferRules(_Section):
         json_schema_extra={"default": "2s"},
         description="First wait before such a retry; doubled each time, at most 5 minutes.",
     )
+    late_write_window: Duration = Field(
+        default=timedelta(minutes=10),
+        json_schema_extra={"default": "10m"},
+        description=(
+            "After a connection was lost with appends unconfirmed, how long the server might still execute them "
+            "late (a stalled server runs what sat in its socket buffer). Messages copied again meanwhile are "
+            "watched: each pass of the folder removes a late byte-identical copy of our own (needs UIDPLUS) "
+            "and exits 75 until the window ends. 0s: no watch (a late write would go unnoticed)."
+        ),
+    )
 
     @field_validator("backoff")
     @classmethod
     def _positive_backoff(cls, value: Any) -> Any:
         if not value:
             raise ValueError("must be longer than 0s")
+        return value
+
+    @field_validator("late_write_window")
+    @classmethod
+    def _bounded_window(cls, value: Any) -> Any:
+        if isinstance(value, timedelta) and value > timedelta(days=7):
+            raise ValueError("must be at most 7d (a server does not hold commands that long; 0s turns the watch off)")
         return value
 
 
@@ -898,6 +933,12 @@ class Config(_Section):
     _effective_pairs: dict[str, Pair] = PrivateAttr(default_factory=dict)
     _account_presets: list[AppliedPreset] = PrivateAttr(default_factory=list)
     _pair_presets: dict[str, list[AppliedPreset]] = PrivateAttr(default_factory=dict)
+    _source_path: Path | None = PrivateAttr(default=None)
+
+    @property
+    def source_path(self) -> Path | None:
+        """The file this config was read from (None when built in memory): named to other processes."""
+        return self._source_path
 
     @model_validator(mode="wrap")
     @classmethod
@@ -913,6 +954,9 @@ class Config(_Section):
             raise _validation_error(reference_errors)
         config._account_presets = account_presets
         config._apply_defaults()
+        same_mailbox_errors = _same_mailbox_errors(config)
+        if same_mailbox_errors:
+            raise _validation_error(same_mailbox_errors)
         config._label_secrets()
         return config
 
@@ -1006,6 +1050,35 @@ def _pair_reference_errors(pair_name: Any, pair: dict[str, Any], known: set[str]
         message = f"same account as source ({source!r}): a pair copies from one account to another"
         errors.append(_custom_error(("pairs", pair_name, "destination"), message, destination))
     return errors
+
+
+def _same_mailbox_errors(config: Config) -> list[InitErrorDetails]:
+    """Pairs whose source and destination are one mailbox under two account names: each pass would copy
+    the mailbox into itself (with folders.under, nesting one more level every time)."""
+    errors: list[InitErrorDetails] = []
+    for name, pair in config.pairs.items():
+        source, destination = config.accounts[pair.source], config.accounts[pair.destination]
+        if source.identity == destination.identity:
+            message = (
+                f"pair '{name}': source account '{pair.source}' and destination account '{pair.destination}' are "
+                f"the same mailbox ({source.identity}): the pair would copy the mailbox into itself. Point the "
+                "destination at another mailbox (or remove the pair)"
+            )
+            errors.append(_custom_error(("pairs", name, "destination"), message, pair.destination))
+    return errors
+
+
+def same_mailbox_accounts(config: Config) -> list[tuple[str, str, MailboxIdentity]]:
+    """Pairs of account names (in file order) that are one mailbox: worth a warning, not an error."""
+    first: dict[MailboxIdentity, str] = {}
+    found: list[tuple[str, str, MailboxIdentity]] = []
+    for name, account in config.accounts.items():
+        identity = account.identity
+        if identity in first:
+            found.append((first[identity], name, identity))
+        else:
+            first[identity] = name
+    return found
 
 
 def _as_name(value: Any) -> str | None:
@@ -1444,9 +1517,22 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise InvalidConfig([top_level_problem])
     config_dir = Path(shown).absolute().parent
     try:
-        return Config.model_validate(document.data, context={CONFIG_DIR: config_dir})
+        config = Config.model_validate(document.data, context={CONFIG_DIR: config_dir})
     except ValidationError as error:
         raise InvalidConfig(_problems_from(error, document, shown)) from None
+    config._source_path = Path(shown).absolute()
+    for first, second, identity in same_mailbox_accounts(config):
+        line = document.line_for(("accounts", second))
+        log.warning(
+            "%s:%s: accounts.%s: the same mailbox (%s) as account '%s'; mailmirror treats them as one mailbox "
+            "(one writer at a time); use one account name for it",
+            shown,
+            line,
+            second,
+            identity,
+            first,
+        )
+    return config
 
 
 def format_config_error(error: ConfigError) -> str:

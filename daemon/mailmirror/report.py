@@ -136,6 +136,12 @@ def print_pass(console: Console, report: PairReport, source: str, destination: s
     for folder in report.folders:
         if folder.error:
             console.print(f"  [red]Folder {folder.source}: {folder.error}[/red]")
+    removed = report.total("late_duplicates_removed")
+    if removed:
+        console.print(f"  Removed {removed} late duplicates of our own (appends of a lost connection executed late).")
+    for folder in report.folders:
+        if folder.unresolved:
+            console.print(f"  [yellow]Folder {folder.source}: not proven yet: {folder.unresolved}[/yellow]")
     if report.error is not None:
         console.print(f"  [red]Pass stopped: {report.error}[/red]")
     elif report.dry_run:
@@ -148,6 +154,11 @@ def print_pass(console: Console, report: PairReport, source: str, destination: s
         )
     elif report.complete:
         console.print("  [green]Complete: every selected source message is on the destination.[/green]")
+    elif all(folder.unresolved for folder in report.folders if not folder.complete):
+        console.print(
+            "  [yellow]Copied, not proven yet: a server may still execute a lost connection's appends "
+            "(see above); a later pass settles it.[/yellow]"
+        )
     else:
         console.print("  [yellow]Incomplete: some source messages are not on the destination (see above).[/yellow]")
 

@@ -11,6 +11,7 @@ Safety rules enforced here:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import queue
 import re
@@ -22,6 +23,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from mailmirror.errors import (
+    ConfigError,
     ConnectionFailure,
     InternalError,
     LockedError,
@@ -30,8 +32,8 @@ from mailmirror.errors import (
     Stopped,
 )
 from mailmirror.identity import fingerprint, header_fields_to_fetch, without_size
-from mailmirror.imap import AppendRefused, Folder, FolderMissing, MailboxStatus, MessageToAppend, Session
-from mailmirror.locks import PairLock
+from mailmirror.imap import AppendRefused, Folder, FolderMissing, MailboxStatus, MessageToAppend, Session, uid_set
+from mailmirror.locks import DestinationLock, PairLock, default_lock_dir
 from mailmirror.mapping import WELL_KNOWN_NAMES, FolderMapping, Namespace, pair_mappings, pattern_matches
 from mailmirror.planner import (
     Copy,
@@ -46,7 +48,7 @@ from mailmirror.planner import (
     plan_folder,
 )
 from mailmirror.renames import follow_renames
-from mailmirror.state import FolderState, StateStore, SyncedMessage
+from mailmirror.state import FolderState, LateWriteWatch, StateStore, SyncedMessage
 from mailmirror.transfer import ByteBudget, RateLimit, backoff_delay, bound_heap, rate_limit, split_evenly
 
 if TYPE_CHECKING:
@@ -89,10 +91,13 @@ class FolderReport:
     #: measured for `mailmirror plan`: (messages, bytes) on each side; None when not measured or absent
     source_size: tuple[int, int] | None = None
     destination_size: tuple[int, int] | None = None
+    #: exactly once not proven yet: appends of a lost connection may still execute late (the reason)
+    unresolved: str | None = None
+    late_duplicates_removed: int = 0  # late copies of our own lost appends, removed from the destination
 
     @property
     def complete(self) -> bool:
-        return self.error is None and not self.failed
+        return self.error is None and not self.failed and self.unresolved is None
 
 
 @dataclass
@@ -257,18 +262,32 @@ class PairPass:
 
     def run(self) -> PairReport:
         lock = None if self.dry_run else PairLock(self.config.state.path, self.name)
+        writer = None if self.dry_run else self._destination_lock()
         try:
             if lock is not None:
                 lock.acquire()
-        except LockedError as error:
+            if writer is not None and not writer.acquire(self.interrupted):
+                raise Stopped(f"pair '{self.name}': not started (stop requested)")
+        except (LockedError, Stopped, ConfigError) as error:
+            if lock is not None:
+                lock.release()
             self.report.error = error
             self.report.finished = time.monotonic()
             return self.report
         try:
             return self._run_locked()
         finally:
+            if writer is not None:
+                writer.release()
             if lock is not None:
                 lock.release()
+
+    def _destination_lock(self) -> DestinationLock:
+        account = self.config.accounts[self.pair.destination]
+        directory = self.config.daemon.lock_dir or default_lock_dir()
+        source = self.config.source_path
+        holder = f"pair '{self.name}'{f' of {source}' if source else ''}, state {self.config.state.path}"
+        return DestinationLock(directory, account.identity, self.pair.destination, holder)
 
     def interrupted(self) -> bool:
         """A stop request, or another worker failed: what check_stop raises on."""
@@ -895,6 +914,7 @@ class FolderPass:
         self.unconfirmed = False  # some appends await confirmation (no UIDPLUS)
         self.interrupted = False  # a copy run was cut: resume the rest once the journal is resolved
         self.refused: set[int] = set()  # source UIDs that failed during this pass's copies
+        self.removed_before_plan = 0  # late duplicates removed before planning (in destination_status)
 
     def bind(self, source: Session, destination: Session) -> None:
         """The worker's sessions for planning or finishing (never two workers at once)."""
@@ -919,7 +939,10 @@ class FolderPass:
             return []
         destination_status = self.destination.select(self.mapping.destination, readonly=self.owner.dry_run)
         known = self._known_state(source_status.uidvalidity, destination_status.uidvalidity)
-        self._resolve_pending()
+        self._resolve_pending(destination_status.uidnext)
+        if not self.owner.dry_run:
+            self._check_late_writes()
+            self.removed_before_plan = self.report.late_duplicates_removed  # were counted in this SELECT
         synced = {
             uid: m for uid, m in self.store.messages(self.pair, self.mapping.source).items() if m.status == "done"
         }
@@ -963,8 +986,8 @@ class FolderPass:
         if self.unconfirmed or self.interrupted:
             # SELECT again even when this session has the folder open: a server (Dovecot) shows another
             # session's appends only at a sync point, and a stale view would call stored messages missing
-            self.destination.select(self.mapping.destination, readonly=False)
-            self._resolve_pending()
+            reopened = self.destination.select(self.mapping.destination, readonly=False)
+            self._resolve_pending(reopened.uidnext)
             self.unconfirmed = False
         if self.report.error is not None:
             return []  # keep the last pass's markers: the next pass looks at this folder again
@@ -975,6 +998,7 @@ class FolderPass:
             if remaining:
                 log.info("%s: %s: resuming: %d messages left to copy", self.pair, self.mapping.source, len(remaining))
                 return remaining
+        self._check_late_writes()  # also the watches this pass opened: it cannot claim what it cannot prove
         deletions, source_status, destination_status = self.deletions, self.source_status, self.destination_status
         if deletions.dst_uids and not deletions.refused:
             self.destination.ensure_selected(self.mapping.destination, readonly=False)
@@ -983,7 +1007,9 @@ class FolderPass:
             self.source.ensure_selected(self.mapping.source, readonly=False)
             source_status = self._delete_copied_from_source(source_status)
         self.report.source_messages = source_status.messages
-        self.report.destination_messages = destination_status.messages + self.report.copied - self.report.deleted
+        self.report.destination_messages = (
+            destination_status.messages + self.report.copied - self.report.deleted - self.removed_before_plan
+        )
         if deletions.refused:
             return []  # keep the last pass's markers, so that the next pass looks at the expunges again
         self.store.save_folder(
@@ -1130,7 +1156,13 @@ class FolderPass:
 
     def _delete_copied_from_source(self, status: MailboxStatus) -> MailboxStatus:
         """Move semantics: delete from the source what the destination confirmed (status done)."""
-        done = [uid for uid, m in self.store.messages(self.pair, self.mapping.source).items() if m.status == "done"]
+        # a message whose late copy is still watched for stays: the watch compares with its row
+        watched = {w.src_uid for w in self.store.late_write_watches(self.pair, self.mapping.source)}
+        done = [
+            uid
+            for uid, m in self.store.messages(self.pair, self.mapping.source).items()
+            if m.status == "done" and uid not in watched
+        ]
         if not done:
             return status
         if not self.source.delete_messages(done):
@@ -1174,8 +1206,13 @@ class FolderPass:
             self.store.forget_folder(self.pair, self.mapping.source)
         return None
 
-    def _resolve_pending(self) -> None:
-        """Appends journalled but not confirmed (a crash, a cut connection, no UIDPLUS): look for them."""
+    def _resolve_pending(self, uidnext: int) -> None:
+        """Appends journalled but not confirmed (a crash, a cut connection, no UIDPLUS): look for them.
+
+        Run right after a fresh SELECT whose UIDNEXT is ``uidnext``. Those not found are copied again; the
+        old connection may still deliver them late (a stalled server), above ``uidnext``: they are
+        watched for (_check_late_writes) until transfer.late_write_window has passed.
+        """
         entries = self.store.messages(self.pair, self.mapping.source)
         pending = sorted((m for m in entries.values() if m.status == "pending"), key=lambda m: m.src_uid)
         if not pending or self.owner.dry_run:
@@ -1185,8 +1222,14 @@ class FolderPass:
         arrived = [uid for uid in self.destination.uids_from(floor) if uid not in claimed]
         candidates = self._destination_messages_for(arrived)
         found, missing = match_pending(pending, candidates, loose=self.owner.pair.deletions.source == "keep")
-        self.store.mark_done(self.pair, self.mapping.source, found)
-        self.store.drop_pending(self.pair, self.mapping.source, [m.src_uid for m in missing])
+        window = self.owner.pair.transfer.late_write_window
+        with self.store.transaction():
+            self.store.mark_done(self.pair, self.mapping.source, found)
+            self.store.drop_pending(self.pair, self.mapping.source, [m.src_uid for m in missing])
+            if missing and window:
+                self.store.watch_late_writes(
+                    self.pair, self.mapping.source, missing, uidnext or floor, datetime.now(UTC) + window
+                )
         if found or missing:
             log.info(
                 "%s: %s: resolved %d unconfirmed appends: %d found on the destination, %d to copy again",
@@ -1196,6 +1239,64 @@ class FolderPass:
                 len(found),
                 len(missing),
             )
+
+    def _check_late_writes(self) -> None:
+        """Open late-write watches of this folder: remove late copies of our own, close expired watches, and
+        say so (report.unresolved: exit 75) while some stay open."""
+        self.report.unresolved = None
+        watches = self.store.late_write_watches(self.pair, self.mapping.source)
+        if not watches:
+            return
+        self.destination.ensure_selected(self.mapping.destination, readonly=False)
+        ours = self.store.messages(self.pair, self.mapping.source)
+        claimed = self.store.claimed_dst_uids(self.mapping.destination)
+        claimed |= {m.dst_uid for m in ours.values() if m.dst_uid}
+        floor = min(w.dst_uid_floor for w in watches)
+        arrived = [uid for uid in self.destination.uids_from(floor) if uid not in claimed]
+        late = LateCopies(self.destination, self._destination_messages_for(arrived))
+        found: dict[int, int] = {}  # watch id -> the late copy's UID
+        for watch in watches:
+            own = ours.get(watch.src_uid)
+            if own is not None and own.status == "done" and own.dst_uid:
+                uid = late.take(watch, own.dst_uid)
+                if uid is not None:
+                    found[watch.id] = uid
+        if found:
+            self._remove_late_copies(found)
+        now = datetime.now(UTC)
+        expired = [w.id for w in watches if w.id not in found and w.deadline <= now]
+        self.store.close_late_write_watches(expired)
+        left = [w for w in watches if w.id not in found and w.id not in expired]
+        if left and self.report.unresolved is None:
+            until = max(w.deadline for w in left).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+            self.report.unresolved = (
+                f"{len(left)} appends of a lost connection were copied again; the server may still execute the "
+                f"old ones late, so exactly once is proven only when the watch ends at {until} "
+                "(transfer.late_write_window): the passes until then remove late copies of our own"
+            )
+            log.warning("%s: %s: %s", self.pair, self.mapping.source, self.report.unresolved)
+
+    def _remove_late_copies(self, found: dict[int, int]) -> None:
+        uids = sorted(found.values())
+        if not self.destination.has("UIDPLUS"):  # a plain EXPUNGE could take messages others marked \Deleted
+            self.report.unresolved = (
+                f"late duplicates of our own are in '{self.mapping.destination}' (UIDs "
+                f"{uid_set(uids)}) and the destination lacks UIDPLUS, so mailmirror does not expunge "
+                "them: delete them by hand"
+            )
+            log.warning("%s: %s: %s", self.pair, self.mapping.source, self.report.unresolved)
+            return
+        self.destination.delete_messages(uids)
+        self.store.close_late_write_watches(found.keys())
+        self.report.late_duplicates_removed += len(uids)
+        log.warning(
+            "%s: %s: removed %d late duplicates of our own (appends of a lost connection the server executed "
+            "after they were copied again): UIDs %s",
+            self.pair,
+            self.mapping.destination,
+            len(uids),
+            uid_set(uids),
+        )
 
     # -- listings ------------------------------------------------------------------------------------
 
@@ -1504,6 +1605,41 @@ class FolderPass:
             if len(confirmed) < len(group):
                 self.unconfirmed = True
             self.owner.progress.advance(self.pair, self.mapping.source, len(group), size)
+
+
+class LateCopies:
+    """Unclaimed destination messages that may be late copies of lost appends, matched to watches by
+    fingerprint (size aside) and then by the hash of their bytes against the copy we own."""
+
+    def __init__(self, destination: Session, candidates: Sequence[DestinationMessage]) -> None:
+        self.destination = destination
+        self.by_headers: dict[str, list[int]] = {}
+        for candidate in sorted(candidates, key=lambda m: m.uid):
+            self.by_headers.setdefault(without_size(candidate.fingerprint), []).append(candidate.uid)
+        self.hashes: dict[int, str | None] = {}
+        self.taken: set[int] = set()
+
+    def take(self, watch: LateWriteWatch, own_uid: int) -> int | None:
+        """The UID of a late copy of ``watch``'s message, byte-identical to ours at ``own_uid``."""
+        uids = [
+            uid
+            for uid in self.by_headers.get(without_size(watch.fingerprint), [])
+            if uid >= watch.dst_uid_floor and uid not in self.taken and uid != own_uid
+        ]
+        if not uids:
+            return None
+        own = self._hash(own_uid)
+        for uid in uids:
+            if own is not None and self._hash(uid) == own:
+                self.taken.add(uid)
+                return uid
+        return None
+
+    def _hash(self, uid: int) -> str | None:
+        if uid not in self.hashes:
+            body = self.destination.fetch_bodies([uid]).get(uid)
+            self.hashes[uid] = None if body is None else hashlib.sha256(body).hexdigest()
+        return self.hashes[uid]
 
 
 _EIGHT_BIT = re.compile(rb"[\x80-\xff]")

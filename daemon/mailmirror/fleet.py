@@ -128,7 +128,8 @@ def fleet_status(
         status.refused_reasons = reasons.get(name, [])
         if status.src_messages is not None:
             synced = _number(row.get("synced")) or 0
-            status.skipped_by_rule = max(0, status.src_messages - synced - status.refused - status.pending)
+            # pending counts the refused messages too (they are still wanted on the destination)
+            status.skipped_by_rule = max(0, status.src_messages - synced - max(status.pending, status.refused))
         verify = row.get("verify")
         if isinstance(verify, dict):
             status.verify = VerifyResult(**{**verify, "clean": bool(verify["clean"])})

@@ -463,3 +463,6 @@ def test_a_200_row_fleet_with_one_admin_credential_syncs_verifies_and_reports(
     again = run_cli(config, "-q", "sync", "-j", "8", "--no-progress", "staff-old0-*")
     assert again.returncode == 0, again.stderr
     assert fresh_count(server, users[0][1], "Migrated/INBOX") == 3
+    signed = run_cli(config, "-q", "report", "--verify", "-j", "2", "--format", "csv", "staff-old5?-*")
+    assert signed.returncode == 0, signed.stderr
+    assert len(signed.stdout.splitlines()) == 10 + 2  # old50-..old59-, and the TOTAL row

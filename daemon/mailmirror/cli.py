@@ -190,6 +190,9 @@ def cli(click_context: click.Context, config_path: Path, verbose: int, quiet: bo
       mailmirror sync --dry-run     what a pass would do, touching nothing
       mailmirror sync               one pass now (repeat, or run the daemon)
       mailmirror verify             prove every message is on the destination
+      mailmirror report --verify    the sign-off for the change ticket (md, json or csv)
+
+    PAIRS arguments are pair names or glob patterns ('staff-*').
     """
     click_context.obj = Context(config_path, verbose, quiet)
     _setup_logging(verbose, quiet)

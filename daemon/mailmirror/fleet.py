@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -20,11 +21,14 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
+from mailmirror.errors import ConfigError
 from mailmirror.state import StateStore, VerifyRecord
 
 if TYPE_CHECKING:
     from mailmirror.config import Config, Pair
     from mailmirror.verify import PairVerdict
+
+log = logging.getLogger(__name__)
 
 STATES = ("ok", "partial", "failing", "stale", "running", "never")
 FILTERS = ("failing", "stale", "incomplete")
@@ -193,18 +197,24 @@ def verify_pairs(
     from mailmirror.verify import verify_pair
 
     pairs = config.effective_pairs()
-    store = StateStore(config.state.path)
+    try:
+        store: StateStore | None = StateStore(config.state.path)
+    except ConfigError as error:  # verify itself needs no state: it still runs, unrecorded
+        log.warning("verify results are not recorded: %s", error)
+        store = None
     verdicts: list[PairVerdict] = []
     try:
         with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="verify") as pool:
             futures = [pool.submit(verify_pair, name, pairs[name], config) for name in names]
             for future in futures:
                 verdict = future.result()
-                store.record_verify(verdict.pair, verify_record(verdict))
+                if store is not None:
+                    store.record_verify(verdict.pair, verify_record(verdict))
                 on_verdict(verdict)
                 verdicts.append(verdict)
     finally:
-        store.close()
+        if store is not None:
+            store.close()
     return verdicts
 
 

@@ -237,8 +237,8 @@ BROKEN: list[tuple[str, str, str]] = [
     (
         "invalid_pair_name",
         VALID.replace("  alice:", "  alice smith:"),
-        "config.yaml:5: pairs[\"alice smith\"]: invalid name: use letters, digits, '.', '_', '@' and '-', starting with "
-        "a letter or digit (names become metric labels and state keys)",
+        "config.yaml:5: pairs[\"alice smith\"]: invalid name: use letters, digits, '.', '_', '@' and '-', starting "
+        "with a letter or digit (names become metric labels and state keys)",
     ),
     (
         "password_missing",

@@ -20,6 +20,7 @@ Inheritance from ``defaults``
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import logging
 import os
@@ -291,9 +292,12 @@ class _Section(BaseModel):
         return {**data, **{name: _empty_like(cls.model_fields[name].annotation) for name in blank}}
 
 
-def _container_fields(model: type[BaseModel]) -> list[str]:
+@functools.cache  # per model class: asked for every section of every pair (thousands with pair sets)
+def _container_fields(model: type[BaseModel]) -> tuple[str, ...]:
     """Fields holding a section, a mapping or a list (not Optional ones, for which null means something)."""
-    return [name for name, model_field in model.model_fields.items() if _empty_like(model_field.annotation) is not None]
+    return tuple(
+        name for name, model_field in model.model_fields.items() if _empty_like(model_field.annotation) is not None
+    )
 
 
 def _empty_like(declared: Any) -> dict[str, Any] | list[Any] | None:

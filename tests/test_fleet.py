@@ -154,6 +154,12 @@ def test_two_rows_into_one_destination_mailbox_are_refused_unless_under_differs(
     ]
 
 
+def test_a_list_without_rows_is_an_error(tmp_path: Path) -> None:
+    assert problems(fleet_config(tmp_path, "user,dest_user\n# nobody yet\n")) == [
+        "staff.csv: no rows: one row per pair after the header"
+    ]
+
+
 def test_a_template_naming_an_unknown_column_is_reported_in_the_config(tmp_path: Path) -> None:
     config = fleet_config(tmp_path, "user,dest_user\nalice,alice\n", STAFF.replace("{dest_user}", "{dest}"))
     assert problems(config) == [

@@ -372,6 +372,9 @@ def _expand_one(
     if not _private_enough(path, written, table, template, origins):
         return
     origins.counts[set_name] = 0
+    if not table.rows:
+        origins.problems.append(CsvProblem(written, None, None, "no rows: one row per pair after the header"))
+        return
     seen: dict[str, int] = {}
     for row in table.rows:
         _expand_row(template, table, row, seen, accounts, pairs, origins)

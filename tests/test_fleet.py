@@ -265,6 +265,30 @@ def test_pair_names_and_glob_patterns_on_the_command_line(tmp_path: Path) -> Non
     assert "unknown pair 'nobody-*' (no pair matches" in unknown.stderr
 
 
+def test_the_json_schema_accepts_a_config_of_pair_sets_only(tmp_path: Path) -> None:
+    import jsonschema
+    import yaml
+
+    from mailmirror.config import config_json_schema
+
+    schema = config_json_schema()
+    only_sets = yaml.safe_load(STAFF)
+    jsonschema.validate(only_sets, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"state": {"path": "x"}}, schema)
+    config = fleet_config(tmp_path, "user,dest_user\nalice,alice\n")
+    config.write_text(STAFF, encoding="utf-8")
+    assert list(load_config(config).pairs) == ["staff-alice"]
+
+
+def test_a_template_mistake_is_reported_once_at_its_line_in_the_config(tmp_path: Path) -> None:
+    config = fleet_config(tmp_path, "user,dest_user\na,a\nb,b\n", STAFF.replace("host: imap.old.example", "hots: x"))
+    assert problems(config) == [
+        "config.yaml:10: pair_sets.staff.source.host: required key is missing",
+        "config.yaml:10: pair_sets.staff.source.hots: unknown key (did you mean 'host'?)",
+    ]
+
+
 def test_a_thousand_rows_load(tmp_path: Path) -> None:
     rows = "user,dest_user\n" + "".join(f"user{i},u{i}\n" for i in range(1000))
     config = load_config(fleet_config(tmp_path, rows))

@@ -1714,6 +1714,11 @@ def config_json_schema() -> dict[str, Any]:
     """JSON Schema (draft 2020-12) of the config file, for editors: every object closed
     (``additionalProperties: false``), every option with a title, description and default."""
     schema = Config.model_json_schema(mode="validation")
+    # accounts and pairs may all come from pair_sets: one of pairs and pair_sets is required
+    schema["required"] = [name for name in schema.get("required", []) if name not in ("accounts", "pairs")]
+    schema["anyOf"] = [{"required": ["pairs"]}, {"required": ["pair_sets"]}]
+    if not schema["required"]:
+        del schema["required"]
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         **schema,

@@ -496,3 +496,13 @@ def test_a_200_row_fleet_with_one_admin_credential_syncs_verifies_and_reports(
     signed = run_cli(config, "-q", "report", "--verify", "-j", "2", "--format", "csv", "staff-old5?-*")
     assert signed.returncode == 0, signed.stderr
     assert len(signed.stdout.splitlines()) == 10 + 2  # old50-..old59-, and the TOTAL row
+
+    # a message lost on one destination: the sign-off says so, and exits like verify (65)
+    with server.connect(users[0][1]) as client:
+        client.select_folder("Migrated/INBOX")
+        client.delete_messages(client.search()[:1])
+        client.expunge()
+    lost = run_cli(config, "-q", "report", "--verify", "staff-old0-*", "staff-old1-*")
+    assert lost.returncode == 65, lost.stderr
+    assert "**Result: NOT READY for cutover** — 1 of 2 pairs" in lost.stdout
+    assert f"- staff-{users[0][0].username}: last verify: 1 missing" in lost.stdout

@@ -225,7 +225,7 @@ def test_a_sync_loop_file_gives_hosts_users_and_passwords(tmp_path: Path) -> Non
         tmp_path / "loop.txt",
         f"""
         imap.old.example;alice;{SECRET_WORD};imap.new.example;alice.n;pw2;
-        # bob has no password here: his template secret is used
+        # comment lines are skipped
         imap.old.example;bob;x;imap.new.example;bob.n;y
         imap.old.example;carol;x;imap.new.example;carol.n;y;--delete2
         """,

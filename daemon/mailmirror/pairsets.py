@@ -493,7 +493,9 @@ def _expand_row(
     for column, (option_path, is_list) in ROW_OPTION_COLUMNS.items():
         cell = row.values.get(column, "")
         if cell:
-            section = options.setdefault(option_path[0], {})
+            section = options.get(option_path[0])
+            if not isinstance(section, dict):  # a template that is not a mapping is reported by the model
+                section = options[option_path[0]] = {}
             section[option_path[1]] = [item.strip() for item in cell.split("|") if item.strip()] if is_list else cell
             if option_path[0] == "schedule" and option_path[1] in ("every", "cron"):
                 section.pop("cron" if option_path[1] == "every" else "every", None)

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +22,7 @@ import pytest
 from mailmirror.config import InvalidConfig, load_config
 from mailmirror.lab import DovecotServer, LabCA, LabUser
 from mailmirror.state import StateStore
-from tests.support import ROOT, fresh_count, simple_message
+from tests.support import ROOT, RunningDaemon, fresh_count, simple_message
 
 SECRET_WORD = "hunter2-never-shown"
 
@@ -506,3 +506,54 @@ def test_a_200_row_fleet_with_one_admin_credential_syncs_verifies_and_reports(
     assert lost.returncode == 65, lost.stderr
     assert "**Result: NOT READY for cutover** — 1 of 2 pairs" in lost.stdout
     assert f"- staff-{users[0][0].username}: last verify: 1 missing" in lost.stdout
+
+
+def test_the_daemon_runs_a_pair_set_with_a_password_file_per_row(
+    source_server: DovecotServer, dest_server: DovecotServer, start_daemon: Callable[[Path], RunningDaemon]
+) -> None:
+    directory = Path(tempfile.mkdtemp(prefix="mailmirror-fleet-daemon-"))
+    (directory / "pw").mkdir()
+    rows = ["user,dest_user"]
+    destinations = []
+    for index in range(3):
+        source, destination = source_server.add_user(), dest_server.add_user()
+        destinations.append(destination)
+        rows.append(f"{source.username},{destination.username}")
+        write(directory / "pw" / f"src-{source.username}", source.password)
+        write(directory / "pw" / f"dst-{destination.username}", destination.password)
+        with source_server.connect(source) as client:
+            for number in range(index + 1):
+                client.append("INBOX", simple_message(number, tag=source.username))
+    write(directory / "staff.csv", "\n".join(rows) + "\n", 0o644)
+
+    def account(server: DovecotServer, column: str, prefix: str) -> str:
+        return (
+            f"{{host: 127.0.0.1, port: {server.port}, tls: starttls, tls_ca: {server.ca_path}, "
+            f'username: "{{{column}}}", password: {{file: "pw/{prefix}-{{{column}}}"}}}}'
+        )
+
+    config = write(
+        directory / "mailmirror.yaml",
+        f"""
+        state: {{path: state.db}}
+        metrics: {{listen: "127.0.0.1:0"}}
+        pair_sets:
+          staff:
+            csv: staff.csv
+            source: {account(source_server, "user", "src")}
+            destination: {account(dest_server, "dest_user", "dst")}
+            schedule: {{every: 1h}}
+        """,
+        0o644,
+    )
+    daemon = start_daemon(config)
+    daemon.wait_for(
+        lambda: [fresh_count(dest_server, user) for user in destinations] == [1, 2, 3], "every row's pair synced"
+    )
+    names = [f"staff-{row.split(',')[0]}" for row in rows[1:]]
+    daemon.wait_for(lambda: all(f'pair="{name}"' in daemon.get("/metrics")[1] for name in names), "metrics per pair")
+    assert daemon.stop() == 0
+    statuses = json.loads(run_cli(config, "status", "--json").stdout)
+    assert [(pair["pair"], pair["state"], pair["copied"]) for pair in statuses["pairs"]] == [
+        (name, "ok", index + 1) for index, name in enumerate(names)
+    ]

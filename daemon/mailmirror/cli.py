@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from importlib import resources
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 
 import click
 from rich.console import Console
@@ -45,6 +45,7 @@ Exit codes:
   65  verify found differences
   69  a server could not be reached, or TLS failed
   70  internal error (a bug: please report it)
+  74  the state database could not be written (disk full, I/O error, corrupt)
   75  the pass finished but some messages failed (retryable)
   77  authentication failed
   78  configuration error
@@ -80,7 +81,48 @@ class Context:
         return list(wanted) or known
 
 
-pass_context = click.make_pass_decorator(Context)
+_pass_context_object = click.make_pass_decorator(Context)
+
+
+def _later_config(click_context: click.Context, _param: click.Parameter, value: Path | None) -> None:
+    if value is not None:
+        context = click_context.find_object(Context)
+        if context is not None:
+            context.config_path = value
+            context._config = None
+
+
+def _later_verbose(click_context: click.Context, _param: click.Parameter, value: int) -> None:
+    context = click_context.find_object(Context)
+    if value and context is not None:
+        context.verbose += value
+        _setup_logging(context.verbose, context.quiet)
+
+
+def _later_quiet(click_context: click.Context, _param: click.Parameter, value: bool) -> None:
+    context = click_context.find_object(Context)
+    if value and context is not None:
+        context.quiet = True
+        _setup_logging(context.verbose, context.quiet)
+
+
+def global_options(command: F) -> F:
+    """-c/--config, -v and -q also after the subcommand (`mailmirror sync -c FILE`), as well as before it."""
+    for option in (
+        click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_later_quiet,
+                     help="Only warnings and errors in the log (also before the command)."),
+        click.option("-v", "--verbose", count=True, expose_value=False, callback=_later_verbose,
+                     help="More detail in the log (also before the command)."),
+        click.option("-c", "--config", type=click.Path(path_type=Path), default=None, expose_value=False,
+                     callback=_later_config, help="The YAML config file (also before the command)."),
+    ):  # fmt: skip
+        command = option(command)
+    return command
+
+
+def pass_context(command: F) -> F:
+    """Hand the command the shared Context; the global options work after the command name too."""
+    return global_options(cast(F, _pass_context_object(command)))
 
 
 def _setup_logging(verbose: int, quiet: bool, log_format: str = "text") -> None:
@@ -118,7 +160,7 @@ class JsonFormatter(logging.Formatter):
     "-c",
     "--config",
     "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),
     default=lambda: os.environ.get("MAILMIRROR_CONFIG", DEFAULT_CONFIG),
     show_default=f"$MAILMIRROR_CONFIG or {DEFAULT_CONFIG}",
     help="The YAML file describing accounts and pairs.",
@@ -140,6 +182,8 @@ def cli(click_context: click.Context, config_path: Path, verbose: int, quiet: bo
       mailmirror sync --dry-run     what a pass would do, touching nothing
       mailmirror sync               one pass now (repeat, or run the daemon)
       mailmirror verify             prove every message is on the destination
+
+    The options -c/--config, -v and -q work before or after the command: `mailmirror sync -c FILE`.
     """
     click_context.obj = Context(config_path, verbose, quiet)
     _setup_logging(verbose, quiet)
@@ -502,6 +546,7 @@ def status(context: Context) -> None:
 
 
 @cli.group("config", short_help="Validate the config, print its JSON Schema or an example.")
+@global_options
 def config_group() -> None:
     """Validate the config, print its JSON Schema, or print an annotated example."""
 
@@ -517,6 +562,7 @@ def config_validate(context: Context) -> None:
 
 
 @config_group.command("schema")
+@global_options
 def config_schema() -> None:
     """Print the JSON Schema of the config (for editors: yaml-language-server, VS Code, …)."""
     from mailmirror.config import config_json_schema
@@ -525,6 +571,7 @@ def config_schema() -> None:
 
 
 @config_group.command("example")
+@global_options
 def config_example() -> None:
     """Print an annotated example config with every option and its default."""
     click.echo(resources.files("mailmirror").joinpath("data/config.example.yaml").read_text("utf-8"), nl=False)

@@ -43,7 +43,15 @@ from apscheduler.triggers.interval import IntervalTrigger
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 
 from mailmirror.config import Config, Pair, load_config
-from mailmirror.errors import ConfigError, ConnectionFailure, InternalError, LockedError, MailmirrorError, Stopped
+from mailmirror.errors import (
+    ConfigError,
+    ConnectionFailure,
+    InternalError,
+    LockedError,
+    MailmirrorError,
+    StateStorageError,
+    Stopped,
+)
 from mailmirror.health import Check, HealthServer
 from mailmirror.imap import Session
 from mailmirror.limits import ConnectionLimits
@@ -405,7 +413,7 @@ class Daemon:
             pending = None
             try:
                 store = StateStore(config.state.path)
-            except ConfigError as error:  # e.g. the disk or the database went read-only: back off, retry
+            except (ConfigError, StateStorageError) as error:  # e.g. a read-only or full disk: back off, retry
                 report = PairReport(name, error=error)
                 report.finished = time.monotonic()
             else:
@@ -517,7 +525,7 @@ class Daemon:
         with self._lock:
             for name in removed:
                 self.health.pop(name, None)
-        with contextlib.suppress(ConfigError):  # unreadable now: the passes will say so
+        with contextlib.suppress(ConfigError, StateStorageError):  # unreadable now: the passes will say so
             self._read_state()
         self._configure_metrics()  # before the new pairs' first passes can start
         for name in sorted(added | changed):

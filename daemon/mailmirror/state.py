@@ -16,6 +16,7 @@ The database is safe to inspect with the ``sqlite-utils`` CLI while the daemon r
 
 from __future__ import annotations
 
+import errno
 import functools
 import sqlite3
 import threading
@@ -28,7 +29,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 
 import sqlite_utils
 
-from mailmirror.errors import ConfigError
+from mailmirror.errors import ConfigError, MailmirrorError, StateStorageError
 
 SCHEMA_VERSION = 4
 
@@ -187,6 +188,55 @@ class Failure:
     attempts: int
 
 
+def state_error(path: Path, error: sqlite3.Error | OSError, doing: str) -> MailmirrorError:
+    """The error, in words, for an operation on the state database that failed: each cause its own fix."""
+    cause = _state_error_cause(error)
+    where = f"state database {path}"
+    if cause == "full":
+        return StateStorageError(
+            f"{where}: cannot {doing} it: the disk (or quota) is full. Free some space and run again: "
+            "what was recorded before is intact, and no mail was lost (the next pass resolves the batch in flight)"
+        )
+    if cause == "corrupt":
+        return StateStorageError(
+            f"{where}: not a mailmirror state database, or corrupt ({error}). Check that state.path points at "
+            "the right file; if the file is damaged, move it aside: the next pass starts a new one and "
+            "recognises the messages already on the destination (no duplicates)"
+        )
+    if cause == "access":
+        return ConfigError(
+            f"{where}: cannot {doing} it ({error}): the user running mailmirror needs to read and write that "
+            "file and its directory. Check state.path and its permissions"
+        )
+    if cause == "busy":
+        return StateStorageError(f"{where}: locked by another process for too long ({error}); run again later")
+    if isinstance(error, OSError):
+        return ConfigError(f"{where}: cannot {doing} it ({error.strerror or error}). Check state.path")
+    return StateStorageError(f"{where}: cannot {doing} it ({error})")
+
+
+def _state_error_cause(error: sqlite3.Error | OSError) -> str:
+    if isinstance(error, OSError):
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return "full"
+        return "access" if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else "other"
+    primary = (getattr(error, "sqlite_errorcode", 0) or 0) & 0xFF
+    causes = {
+        sqlite3.SQLITE_FULL: "full",
+        sqlite3.SQLITE_NOTADB: "corrupt",
+        sqlite3.SQLITE_CORRUPT: "corrupt",
+        sqlite3.SQLITE_CANTOPEN: "access",
+        sqlite3.SQLITE_READONLY: "access",
+        sqlite3.SQLITE_PERM: "access",
+        sqlite3.SQLITE_AUTH: "access",
+        sqlite3.SQLITE_BUSY: "busy",
+        sqlite3.SQLITE_LOCKED: "busy",
+    }
+    if primary in causes:
+        return causes[primary]
+    return "full" if "disk is full" in str(error) else "other"
+
+
 class StateStore:
     """All reads and writes of the state database.
 
@@ -207,9 +257,7 @@ class StateStore:
             self.db.execute("PRAGMA busy_timeout=10000")
             self._migrate()
         except (sqlite3.Error, OSError) as error:
-            raise ConfigError(
-                f"state database {path}: cannot open it ({error}). Check state.path and its permissions."
-            ) from None
+            raise state_error(path, error, "open") from None
 
     @_locked
     def close(self) -> None:

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import queue
 import re
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -27,6 +28,7 @@ from mailmirror.errors import (
     LockedError,
     MailmirrorError,
     ServerRefused,
+    StateStorageError,
     Stopped,
 )
 from mailmirror.identity import fingerprint, header_fields_to_fetch, without_size
@@ -46,7 +48,7 @@ from mailmirror.planner import (
     plan_folder,
 )
 from mailmirror.renames import follow_renames
-from mailmirror.state import FolderState, StateStore, SyncedMessage
+from mailmirror.state import FolderState, StateStore, SyncedMessage, state_error
 from mailmirror.transfer import ByteBudget, RateLimit, backoff_delay, bound_heap, rate_limit, split_evenly
 
 if TYPE_CHECKING:
@@ -281,7 +283,12 @@ class PairPass:
         )
 
     def _run_locked(self) -> PairReport:
-        run_id = None if self.dry_run else self.store.start_run(self.name)
+        try:
+            run_id = None if self.dry_run else self.store.start_run(self.name)
+        except sqlite3.Error as error:  # e.g. a full disk: nothing done yet
+            self.report.error = state_error(self.store.path, error, "write")
+            self.report.finished = time.monotonic()
+            return self.report
         try:
             source_account = self.config.accounts[self.pair.source]
             destination_account = self.config.accounts[self.pair.destination]
@@ -292,6 +299,9 @@ class PairPass:
                 self._run(source, destination)
         except MailmirrorError as error:
             self.report.error = error
+        except sqlite3.Error as error:  # the machine's fault (disk full, I/O error), not a bug
+            log.debug("%s: state database error", self.name, exc_info=True)
+            self.report.error = state_error(self.store.path, error, "write")
         except Exception as error:  # a bug: recorded as such, so that the daemon backs off and goes on
             log.debug("%s: internal error", self.name, exc_info=True)
             self.report.error = InternalError(
@@ -301,15 +311,22 @@ class PairPass:
         finally:
             self.report.finished = time.monotonic()
             if run_id is not None:
-                self.store.finish_run(
-                    run_id,
-                    outcome=_outcome(self.report),
-                    copied=self.report.copied,
-                    failed=self.report.failed,
-                    bytes_copied=self.report.bytes_copied,
-                    error=str(self.report.error) if self.report.error else None,
-                )
+                self._finish_run(run_id)
         return self.report
+
+    def _finish_run(self, run_id: int) -> None:
+        try:
+            self.store.finish_run(
+                run_id,
+                outcome=_outcome(self.report),
+                copied=self.report.copied,
+                failed=self.report.failed,
+                bytes_copied=self.report.bytes_copied,
+                error=str(self.report.error) if self.report.error else None,
+            )
+        except sqlite3.Error as error:
+            if self.report.error is None or not isinstance(self.report.error, StateStorageError):
+                self.report.error = state_error(self.store.path, error, "write")
 
     def _run(self, source: Session, destination: Session) -> None:
         rules = self.pair.folders

@@ -53,7 +53,7 @@ from mailmirror.errors import (
     Stopped,
 )
 from mailmirror.health import Check, HealthServer
-from mailmirror.imap import Session
+from mailmirror.imap import FolderMissing, Session
 from mailmirror.limits import ConnectionLimits
 from mailmirror.metrics import Metrics
 from mailmirror.notify import Notifier
@@ -66,6 +66,7 @@ IDLE_RENEW_SECONDS = 25 * 60  # RFC 2177: servers may drop an IDLE after 30 minu
 PUSH_DEBOUNCE_SECONDS = 0.1
 FIRST_BACKOFF_SECONDS = 30.0
 LOOP_SECONDS = 5.0  # the main loop wakes at least this often (watchdog, reload, status)
+MISSING_FOLDER_RETRY_SECONDS = 300.0  # an IDLE folder that does not exist (yet): looked for again this often
 DAYS = ["sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 
 
@@ -171,6 +172,17 @@ class IdleWatcher(threading.Thread):
             try:
                 self._watch()
                 backoff = 1.0
+            except FolderMissing:
+                backoff = max(backoff, MISSING_FOLDER_RETRY_SECONDS)
+                log.warning(
+                    "%s: schedule.idle names '%s', which the source account '%s' does not have (or cannot "
+                    "open): fix schedule.idle; looking again in %.0f s (the scheduled passes go on)",
+                    self.pair_name,
+                    self.folder,
+                    self.account_name,
+                    backoff,
+                )
+                self.stopping.wait(backoff)
             except (MailmirrorError, IMAPClientError, OSError) as error:
                 if isinstance(error, MailmirrorError):
                     self.failed(error)
@@ -183,6 +195,18 @@ class IdleWatcher(threading.Thread):
                     error,
                     backoff,
                 )
+                self.stopping.wait(backoff)
+                backoff = min(backoff * 2, 300.0)
+            except Exception as error:  # a bug: never a dead watcher (nor a thread traceback on stderr)
+                log.error(
+                    "%s: IDLE watcher on %s failed (%s: %s; a bug, please report it); restarting in %.0f s",
+                    self.pair_name,
+                    self.folder,
+                    type(error).__name__,
+                    error,
+                    backoff,
+                )
+                log.debug("IDLE watcher failure", exc_info=True)
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, 300.0)
 

@@ -806,7 +806,7 @@ def _appended_uids(response: Any, count: int) -> list[int | None]:
 GREETING_PROBE_SECONDS = 5.0
 #: TLS alerts and errors meaning "what came back was not TLS": a plain-text port.
 _NOT_TLS_REASONS = ("WRONG_VERSION_NUMBER", "UNKNOWN_PROTOCOL", "HTTP_REQUEST", "RECORD_LAYER_FAILURE")
-HOSTNAME_MISMATCH = 62  # X509_V_ERR_HOSTNAME_MISMATCH
+NAME_MISMATCH = (62, 64)  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
 
 
 def _connect_client(account: Account, what: str) -> IMAPClient:
@@ -827,7 +827,7 @@ def _connect_client(account: Account, what: str) -> IMAPClient:
             client.starttls(context)
         return client
     except ssl.SSLCertVerificationError as error:
-        if error.verify_code == HOSTNAME_MISMATCH and context is not None:
+        if error.verify_code in NAME_MISMATCH and context is not None:
             raise ConnectionFailure(_hostname_mismatch(account, context, what)) from None
         raise ConnectionFailure(
             f"{what}: the server's TLS certificate could not be verified ({error.verify_message}). "
@@ -864,8 +864,8 @@ def _checked_ssl_context(account: Account, what: str) -> ssl.SSLContext:
 def _client_with_greeting(account: Account, context: ssl.SSLContext | None, timeout: float, what: str) -> IMAPClient:
     """Connect and read the greeting; a plain-text account on an implicit-TLS port is recognised quickly."""
     implicit = account.tls == "implicit"
-    probe = min(timeout, GREETING_PROBE_SECONDS)
-    if implicit or probe >= timeout:
+    probe = min(timeout / 2, GREETING_PROBE_SECONDS)
+    if implicit:
         return IMAPClient(account.host, port=account.effective_port, ssl=implicit, ssl_context=context, timeout=timeout)
     try:  # the greeting is read under the connect timeout
         return IMAPClient(
@@ -944,10 +944,11 @@ def _bad_greeting(account: Account, error: Exception, what: str) -> str:
     """A greeting that is not IMAP (an HTTP or SMTP server, binary noise), shown short: its first line."""
     text = _text(error).strip()
     first = (text.splitlines() or ["nothing"])[0].removeprefix("unexpected response: ")
+    first = first.removeprefix("socket error: unterminated line: ")
     shown = first if len(first) <= 80 else first[:77] + "..."
     if "BYE" in first.upper():
         return f"{what}: the server refused the connection at once: {shown}"
-    if "EOF" in first or "socket error" in first:
+    if "EOF" in first:
         return f"{what}: the server closed the connection before its greeting ({shown}); is this an IMAP port?"
     looks_like_tls = any(marker in first for marker in ("\\x15\\x03", "\\x16\\x03"))
     hint = "; the server speaks TLS: use tls: implicit" if looks_like_tls and account.tls != "implicit" else ""

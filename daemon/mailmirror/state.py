@@ -192,6 +192,9 @@ def state_error(path: Path, error: sqlite3.Error | OSError, doing: str) -> Mailm
     """The error, in words, for an operation on the state database that failed: each cause its own fix."""
     cause = _state_error_cause(error)
     where = f"state database {path}"
+    misplaced = _path_problem(path)
+    if misplaced:
+        return ConfigError(f"{where}: {misplaced}. Check state.path: it names the database file")
     if cause == "full":
         return StateStorageError(
             f"{where}: cannot {doing} it: the disk (or quota) is full. Free some space and run again: "
@@ -213,6 +216,15 @@ def state_error(path: Path, error: sqlite3.Error | OSError, doing: str) -> Mailm
     if isinstance(error, OSError):
         return ConfigError(f"{where}: cannot {doing} it ({error.strerror or error}). Check state.path")
     return StateStorageError(f"{where}: cannot {doing} it ({error})")
+
+
+def _path_problem(path: Path) -> str | None:
+    if path.is_dir():
+        return "state.path is a directory, not a file (e.g. /var/lib/mailmirror/state.db)"
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            return f"{parent} is a file, not a directory"
+    return None
 
 
 def _state_error_cause(error: sqlite3.Error | OSError) -> str:

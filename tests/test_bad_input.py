@@ -712,7 +712,7 @@ def test_state_database_on_a_full_disk_at_open(small_disk: Path, case_dir: Path)
     assert_clean_outcome(case, result, [SECRET])
 
 
-def test_state_database_fills_the_disk_during_a_pass(
+def test_state_database_on_a_full_disk_when_it_exists(
     small_disk: Path,
     case_dir: Path,
     source_server: DovecotServer,

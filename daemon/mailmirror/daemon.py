@@ -36,7 +36,9 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.base import STATE_STOPPED
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
@@ -238,6 +240,32 @@ class IdleWatcher(threading.Thread):
                     self.changed()
 
 
+class _Scheduler(BackgroundScheduler):  # type: ignore[misc]
+    """APScheduler's background scheduler, without its shutdown race: a one-off job that ran while
+    `shutdown()` stopped the scheduler is no longer found when the scheduler's thread removes it, which
+    raised JobLookupError (a thread traceback) at every such stop."""
+
+    def remove_job(self, job_id: str, jobstore: str | None = None) -> None:
+        try:
+            super().remove_job(job_id, jobstore)
+        except JobLookupError:
+            if self.state != STATE_STOPPED:
+                raise
+
+
+def _log_thread_failure(args: threading.ExceptHookArgs) -> None:
+    """A thread that dies of an unexpected exception: one line in the log (a bug to report), never a raw
+    traceback on stderr; the traceback with -v."""
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "a thread"
+    log.error(
+        "internal error in %s (%s: %s); this is a bug, please report it", name, args.exc_type.__name__, args.exc_value
+    )
+    if args.exc_value is not None:
+        log.debug("thread failure", exc_info=args.exc_value)
+
+
 class Daemon:
     def __init__(self, config_path: Path, notifier: Notifier | None = None) -> None:
         self.config_path = config_path
@@ -250,7 +278,7 @@ class Daemon:
         self.watchers: dict[str, list[IdleWatcher]] = {}
         self.pair_mutex: dict[str, threading.Lock] = {}
         self.pair_stop: dict[str, threading.Event] = {}  # set when the pair is removed or changed, or on stop
-        self.scheduler = BackgroundScheduler(
+        self.scheduler = _Scheduler(
             executors={"default": ThreadPoolExecutor(self.config.daemon.max_parallel_passes)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
             timezone=UTC,
@@ -266,6 +294,7 @@ class Daemon:
     # -- lifecycle -------------------------------------------------------------------------------------
 
     def run(self) -> int:
+        threading.excepthook = _log_thread_failure
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGHUP, self._on_reload_signal)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import shutil
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -191,6 +192,8 @@ class Failure:
 def state_error(path: Path, error: sqlite3.Error | OSError, doing: str) -> MailmirrorError:
     """The error, in words, for an operation on the state database that failed: each cause its own fix."""
     cause = _state_error_cause(error)
+    if cause == "io" and _nearly_full(path):
+        cause = "full"  # SQLite reports a full disk while it grows the WAL as a mere I/O error
     where = f"state database {path}"
     misplaced = _path_problem(path)
     if misplaced:
@@ -210,6 +213,11 @@ def state_error(path: Path, error: sqlite3.Error | OSError, doing: str) -> Mailm
         return ConfigError(
             f"{where}: cannot {doing} it ({error}): the user running mailmirror needs to read and write that "
             "file and its directory. Check state.path and its permissions"
+        )
+    if cause == "io":
+        return StateStorageError(
+            f"{where}: cannot {doing} it: the operating system reported an I/O error ({error}). Check the disk "
+            "(dmesg, df); what was recorded before is intact"
         )
     if cause == "busy":
         return StateStorageError(f"{where}: locked by another process for too long ({error}); run again later")
@@ -246,7 +254,17 @@ def _state_error_cause(error: sqlite3.Error | OSError) -> str:
     }
     if primary in causes:
         return causes[primary]
+    if primary == sqlite3.SQLITE_IOERR:
+        return "io"
     return "full" if "disk is full" in str(error) else "other"
+
+
+def _nearly_full(path: Path) -> bool:
+    existing = next((folder for folder in (path.parent, *path.parents) if folder.is_dir()), None)
+    try:
+        return existing is not None and shutil.disk_usage(existing).free < 1024 * 1024
+    except OSError:
+        return False
 
 
 class StateStore:

@@ -25,9 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from imapclient import IMAPClient
 
-from mailmirror.lab import DovecotServer, LabCA, LabUser, free_port
-from tests.support import ROOT
+from mailmirror.config import load_config
+from mailmirror.lab import DovecotServer, LabCA, LabUser, SeedMessage, free_port, seed
+from mailmirror.mapping import FolderMapping
+from mailmirror.state import StateStore
+from mailmirror.sync import LogProgress, PairPass
+from tests.support import ROOT, RunningDaemon, make_setup, simple_message
 
 SECRET = "S3cr3t-catalogue-9f2c"  # the password of every account in config-only cases
 TIMEOUT = "2s"
@@ -719,12 +724,9 @@ def test_state_database_on_a_full_disk_when_it_exists(
     dest_server: DovecotServer,
     src_user: LabUser,
     dst_user: LabUser,
-    src_client: object,
+    src_client: IMAPClient,
 ) -> None:
-    from mailmirror.lab import SeedMessage, seed
-    from tests.support import make_setup, simple_message
-
-    seed(src_client, "INBOX", [SeedMessage(simple_message(i)) for i in range(20)])  # type: ignore[arg-type]
+    seed(src_client, "INBOX", [SeedMessage(simple_message(i)) for i in range(20)])
     setup = make_setup(source_server, src_user, dest_server, dst_user)
     text = setup.config_path.read_text().replace(f"{setup.directory}/state.db", f"{small_disk}/state.db")
     setup.config_path.write_text(text)
@@ -739,8 +741,6 @@ def test_state_database_on_a_full_disk_when_it_exists(
 def test_idle_on_a_missing_folder_warns_and_the_daemon_goes_on(
     source_server: DovecotServer, dest_server: DovecotServer, src_user: LabUser, dst_user: LabUser
 ) -> None:
-    from tests.support import RunningDaemon, make_setup
-
     setup = make_setup(
         source_server, src_user, dest_server, dst_user, pair_options="schedule: {idle: [NoSuchFolder, INBOX]}"
     )
@@ -770,3 +770,62 @@ def test_help_says_global_options_go_after_the_command_too() -> None:
     for command in ("sync", "check", "verify", "plan", "status", "run"):
         sub = run_cli([command, "--help"])
         assert "--config" in sub.stdout and "--verbose" in sub.stdout and "--quiet" in sub.stdout, command
+
+
+def test_deletion_guard_summary_says_what_happened(
+    source_server: DovecotServer,
+    dest_server: DovecotServer,
+    src_user: LabUser,
+    dst_user: LabUser,
+    src_client: IMAPClient,
+) -> None:
+    seed(src_client, "INBOX", [SeedMessage(simple_message(i)) for i in range(5)])
+    setup = make_setup(source_server, src_user, dest_server, dst_user, pair_options="deletions: {destination: mirror}")
+    first = setup.run("sync")
+    assert first.returncode == 0, first.stdout + first.stderr
+    src_client.select_folder("INBOX")
+    src_client.delete_messages(src_client.search()[:3])
+    src_client.expunge()
+    second = setup.run("sync")
+    case = sync_case(
+        "deletion-guard", 75, "deletion guard refused", "every selected source message is on the destination"
+    )
+    assert_clean_outcome(case, second, [src_user.password, dst_user.password])
+    assert "some source messages are not on the destination" not in second.stdout
+
+
+class _DeleteWhenStarted(LogProgress):
+    """Deletes the source folder as soon as its copies begin: a folder removed by someone else mid-pass."""
+
+    def __init__(self, server: DovecotServer, user: LabUser, folder: str) -> None:
+        self.server, self.user, self.folder = server, user, folder
+
+    def folder_started(self, pair: str, mapping: FolderMapping, messages: int, size: int) -> None:
+        if mapping.source == self.folder and messages:
+            with self.server.connect(self.user) as client:
+                client.delete_folder(self.folder)
+
+
+def test_a_folder_deleted_mid_pass_is_reported_as_such(
+    source_server: DovecotServer,
+    dest_server: DovecotServer,
+    src_user: LabUser,
+    dst_user: LabUser,
+    src_client: IMAPClient,
+) -> None:
+    src_client.create_folder("Doomed")
+    seed(src_client, "Doomed", [SeedMessage(simple_message(i)) for i in range(30)])
+    seed(src_client, "INBOX", [SeedMessage(simple_message(100 + i)) for i in range(3)])
+    setup = make_setup(source_server, src_user, dest_server, dst_user, pair_options="transfer: {workers: 1}")
+    config = load_config(setup.config_path)
+    store = StateStore(config.state.path)
+    try:
+        progress = _DeleteWhenStarted(source_server, src_user, "Doomed")
+        report = PairPass("test", config.effective_pairs()["test"], config, store, progress).run()
+    finally:
+        store.close()
+    doomed = next(folder for folder in report.folders if folder.source == "Doomed")
+    assert doomed.error is not None and "was deleted on the server during the pass" in doomed.error, doomed.error
+    inbox = next(folder for folder in report.folders if folder.source == "INBOX")
+    assert inbox.error is None and inbox.copied == 3
+    assert report.error is None

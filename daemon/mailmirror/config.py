@@ -1171,13 +1171,12 @@ def _read_text(shown: str) -> str:
     try:
         kind = _file_kind(os.stat(shown).st_mode)  # a FIFO would block the read forever
         if kind is not None:
-            message = f"{kind} (give the path of the YAML config file with -c)"
-            raise InvalidConfig([ConfigProblem(shown, None, "", message)])
+            raise InvalidConfig([ConfigProblem(shown, None, "", kind)])
         if not os.access(shown, os.R_OK):
             raise PermissionError
         raw = Path(shown).read_bytes()
     except FileNotFoundError:
-        message = "no such file (give the config file with -c FILE)"
+        message = "no such file"
         raise InvalidConfig([ConfigProblem(shown, None, "", message)]) from None
     except PermissionError:
         message = "permission denied: the user running mailmirror cannot read it (check its owner and mode)"

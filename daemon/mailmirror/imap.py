@@ -63,6 +63,15 @@ def is_throttling(text: str) -> bool:
     return _THROTTLED.search(text) is not None
 
 
+class FolderVanished(ConnectionFailure):
+    """The selected folder was deleted (by someone else) during the pass: the server closed the connection."""
+
+
+#: BYE texts of servers closing a session whose selected mailbox was deleted (Dovecot: "Mailbox was deleted
+#: under us", "Selected mailbox was deleted, have to disconnect.").
+_MAILBOX_GONE = re.compile(r"mailbox (was|has been) (deleted|removed)|deleted under us|\[NONEXISTENT\]", re.IGNORECASE)
+
+
 class FolderMissing(Exception):
     """The folder does not exist (or is not selectable) on the server."""
 
@@ -232,6 +241,13 @@ class Session:
         try:
             yield
         except (IMAPClientAbortError, OSError, EOFError) as error:
+            bye = self._bye_text()
+            if self.selected is not None and _MAILBOX_GONE.search(f"{bye} {error}"):
+                raise FolderVanished(
+                    f"account '{self.account_name}' ({self.server}): folder '{self.selected}' was deleted on the "
+                    f"server during the pass ({bye or error}); it is left out of this pass",
+                    account=self.account_name,
+                ) from None
             raise ConnectionFailure(
                 f"account '{self.account_name}' ({self.server}): connection lost while {doing}: {error}",
                 account=self.account_name,
@@ -240,6 +256,14 @@ class Session:
             if is_throttling(_text(error)):
                 raise self._throttled(doing, _text(error)) from None
             raise self._refused(doing, error) from None
+
+    def _bye_text(self) -> str:
+        """The server's last BYE (why it closed the connection), or ""."""
+        with contextlib.suppress(Exception):
+            byes = self.client._imap.untagged_responses.get("BYE") or []
+            if byes:
+                return _text(byes[-1]).strip()[:200]
+        return ""
 
     def _throttled(self, doing: str, reason: str) -> Throttled:
         return Throttled(

@@ -32,7 +32,15 @@ from mailmirror.errors import (
     Stopped,
 )
 from mailmirror.identity import fingerprint, header_fields_to_fetch, without_size
-from mailmirror.imap import AppendRefused, Folder, FolderMissing, MailboxStatus, MessageToAppend, Session
+from mailmirror.imap import (
+    AppendRefused,
+    Folder,
+    FolderMissing,
+    FolderVanished,
+    MailboxStatus,
+    MessageToAppend,
+    Session,
+)
 from mailmirror.locks import PairLock
 from mailmirror.mapping import FolderMapping, Namespace, pair_mappings, pattern_matches
 from mailmirror.planner import (
@@ -674,6 +682,9 @@ class Transfer:
             while (task := self._get()) is not None:
                 try:
                     self._do(worker, task)
+                except FolderVanished as error:  # not a network problem: that folder is gone, the others go on
+                    worker.close()
+                    self._folder_error(task, str(error))
                 except ConnectionFailure as error:  # Throttled too: retried after a backoff
                     worker.close()
                     self._interrupted(task, error)

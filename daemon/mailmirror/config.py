@@ -143,12 +143,18 @@ def _check_flag(flag: str) -> str:
 def _check_timezone(name: str) -> str:
     try:
         zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
         raise ValueError(f"unknown time zone {name!r} (use an IANA name such as Europe/Berlin or UTC)") from None
     return name
 
 
 def _check_existing_file(path: Path) -> Path:
+    try:
+        path.stat()
+    except FileNotFoundError:
+        raise ValueError(f"no such file: {path}") from None
+    except OSError as error:
+        raise ValueError(f"cannot use {str(path)[:80]}: {error.strerror or error}") from None
     if not path.exists():
         raise ValueError(f"no such file: {path}")
     if not path.is_file():

@@ -830,6 +830,7 @@ def _appended_uids(response: Any, count: int) -> list[int | None]:
 GREETING_PROBE_SECONDS = 5.0
 #: TLS alerts and errors meaning "what came back was not TLS": a plain-text port.
 _NOT_TLS_REASONS = ("WRONG_VERSION_NUMBER", "UNKNOWN_PROTOCOL", "HTTP_REQUEST", "RECORD_LAYER_FAILURE")
+CERT_NOT_YET_VALID, CERT_EXPIRED = 9, 10  # X509_V_ERR_CERT_NOT_YET_VALID, X509_V_ERR_CERT_HAS_EXPIRED
 NAME_MISMATCH = (62, 64)  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
 
 
@@ -853,6 +854,11 @@ def _connect_client(account: Account, what: str) -> IMAPClient:
     except ssl.SSLCertVerificationError as error:
         if error.verify_code in NAME_MISMATCH and context is not None:
             raise ConnectionFailure(_hostname_mismatch(account, context, what)) from None
+        if error.verify_code in (CERT_NOT_YET_VALID, CERT_EXPIRED):
+            raise ConnectionFailure(
+                f"{what}: the server's TLS certificate {error.verify_message}: the server's administrator must "
+                "renew it (or this machine's clock is wrong: check date); tls_ca does not help"
+            ) from None
         raise ConnectionFailure(
             f"{what}: the server's TLS certificate could not be verified ({error.verify_message}). "
             "Give the CA that signed it with tls_ca: /path/ca.pem, or, for a lab server only, tls_verify: false."
@@ -996,7 +1002,7 @@ def _login(client: IMAPClient, account: Account, what: str) -> None:
         password = account.password.reveal()
         if account.authuser:
             client.plain_login(account.authuser, password, authorization_identity=account.username)
-        elif account.auth == "plain" or not password.isascii() or not account.username.isascii():
+        elif account.auth == "plain" or not _fits_login(password) or not _fits_login(account.username):
             client.plain_login(account.username, password)  # SASL PLAIN carries UTF-8; LOGIN only ASCII
         else:
             client.login(_quoted(account.username), password)
@@ -1008,6 +1014,11 @@ def _login(client: IMAPClient, account: Account, what: str) -> None:
         raise AuthenticationFailure(f"{what}: login as {who} failed: {_text(error)}") from None
     except (UnicodeError, ValueError, TypeError) as error:  # never let such an error carry the secret
         raise AuthenticationFailure(f"{what}: login as {who} failed: {type(error).__name__}") from None
+
+
+def _fits_login(text: str) -> bool:
+    """Whether LOGIN can carry the text as a quoted string (ASCII, no line breaks); else SASL PLAIN."""
+    return text.isascii() and not any(character in text for character in "\r\n\0")
 
 
 def _quoted(text: str) -> str:

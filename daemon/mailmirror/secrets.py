@@ -20,6 +20,7 @@ import contextlib
 import os
 import re
 import signal
+import stat
 import subprocess
 import time
 from typing import Annotated, Any
@@ -41,6 +42,7 @@ from mailmirror.units import ConfigPath
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 COMMAND_TIMEOUT_SECONDS = 30
 _PIPE_GRACE_SECONDS = 1.0
+MAX_SECRET_BYTES = 64 * 1024  # a password or token; a larger file is the wrong file
 _POLL_SECONDS = 0.2
 SECRET_KINDS = ("env", "file", "command")
 
@@ -167,7 +169,12 @@ class Secret(BaseModel):
     def _read_file(self) -> str:
         assert self.file is not None
         try:
-            data = self.file.read_bytes()
+            if not stat.S_ISREG(os.stat(self.file).st_mode):  # a FIFO blocks, /dev/zero never ends
+                raise self._error("is not a regular file")
+            with self.file.open("rb") as handle:
+                data = handle.read(MAX_SECRET_BYTES + 1)
+            if len(data) > MAX_SECRET_BYTES:
+                raise self._error(f"is larger than {MAX_SECRET_BYTES} bytes: is it the right file?")
         except OSError as error:
             raise self._error(f"cannot be read: {error.strerror or error}") from None
         try:

@@ -127,6 +127,13 @@ CONFIG_CASES = [
     config_case("cron-feb-31", 78, "schedule.cron", "never fires", pair='schedule: {cron: "0 0 31 2 *"}'),
     config_case("cron-apr-31", 78, "schedule.cron", "never fires", pair='schedule: {cron: "0 3 31 4,6 *"}'),
     config_case("cron-minute-61", 78, "schedule.cron", "minute", pair='schedule: {cron: "61 * * * *"}'),
+    config_case("cron-weekday-8", 78, "schedule.cron", "day of week", pair='schedule: {cron: "0 0 * * 8"}'),
+    config_case("cron-step-0", 78, "schedule.cron", "step", pair='schedule: {cron: "*/0 * * * *"}'),
+    config_case(
+        "timezone-long", 78, "schedule.timezone", "unknown time zone", pair=f"schedule: {{timezone: {'x' * 300}}}"
+    ),
+    config_case("tls-ca-name-too-long", 78, "accounts.src.tls_ca", "too long", src={"tls_ca": "/tmp/" + "y" * 300}),
+    config_case("yaml-python-tag", 78, "YAML", raw="accounts: !!python/object/apply:os.system [true]\n"),
     config_case("cron-six-fields", 78, "schedule.cron", "5 fields", pair='schedule: {cron: "0 0 * * * *"}'),
     # YAML.
     config_case("tab-indent", 78, "tab character at line", "spaces", raw="accounts:\n\tsrc:\n\t\thost: x\n"),
@@ -224,6 +231,28 @@ NETWORK_CASES = [
     check_case("bye-greeting", 69, "account 'src'", "refused the connection at once", "Too many", server="bye"),
     check_case("http-server", 69, "account 'src'", "greeting is not IMAP", "HTTP/1.1", server="http"),
     check_case("closes-at-once", 69, "account 'src'", "closed the connection before its greeting", server="close"),
+    check_case(
+        "secret-file-dev-zero",
+        78,
+        "accounts.src.password",
+        "not a regular file",
+        server="imap-plain",
+        src={"password": "{file: /dev/zero}"},
+    ),
+    check_case(
+        "secret-file-fifo",
+        78,
+        "accounts.src.password",
+        "not a regular file",
+        server="imap-plain",
+        src={"password": "{file: {dir}/fifo}"},
+        setup="fifo",
+    ),
+    check_case("huge-greeting", 69, "account 'src'", "greeting is not IMAP", server="huge-greeting"),
+    check_case("mute-after-greeting", 69, "account 'src'", "no answer within 2s", server="mute"),
+    check_case("closes-at-login", 69, "account 'src'", "connection lost during login", server="close-at-login"),
+    check_case("bad-to-login", 77, "account 'src'", "Invalid arguments", server="bad-login"),
+    sync_case("sync-garbage-greeting", 69, "account 'src'", "greeting is not IMAP", server="garbage"),
     check_case("no-starttls", 69, "does not offer STARTTLS", "tls: implicit", server="imap-nostarttls"),
     check_case("login-refused", 77, "account 'src'", "refused", server="imap-plain", src={"tls": "none"}),
     check_case(
@@ -342,6 +371,7 @@ GREETINGS = {
     "bye": b"* BYE Too many connections from your address\r\n",
     "http": b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n",
     "close": b"",
+    "huge-greeting": b"* OK " + b"x" * 1_100_000,
 }
 
 
@@ -390,8 +420,14 @@ class FakeServer:
             self.lines.append(line)
             tag, _space, rest = line.strip().partition(b" ")
             command = rest.split(b" ", 1)[0].upper()
+            if self.behaviour == "mute":  # greets, then never answers
+                continue
             if command == b"CAPABILITY":
                 connection.sendall(b"* CAPABILITY " + capabilities + b"\r\n" + tag + b" OK done\r\n")
+            elif command in (b"LOGIN", b"AUTHENTICATE") and self.behaviour == "close-at-login":
+                return
+            elif command in (b"LOGIN", b"AUTHENTICATE") and self.behaviour == "bad-login":
+                connection.sendall(tag + b" BAD Error in IMAP command LOGIN: Invalid arguments.\r\n")
             elif command in (b"LOGIN", b"AUTHENTICATE"):
                 connection.sendall(tag + b" NO [AUTHENTICATIONFAILED] Authentication failed.\r\n")
             elif command == b"LOGOUT":
@@ -407,7 +443,9 @@ def fake_servers(lab_ca: LabCA) -> Iterator[dict[str, FakeServer]]:
     cert, key = lab_ca.issue(directory, ["mail.example.org"])
     wrong_name = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     wrong_name.load_cert_chain(cert, key)
-    servers = {name: FakeServer(name) for name in (*GREETINGS, "silent", "imap-plain")}
+    servers = {
+        name: FakeServer(name) for name in (*GREETINGS, "silent", "imap-plain", "mute", "close-at-login", "bad-login")
+    }
     servers["imap-nostarttls"] = servers["imap-plain"]
     servers["tls-wrong-name"] = FakeServer("imap-plain", tls=wrong_name)
     yield servers

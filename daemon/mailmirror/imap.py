@@ -72,6 +72,9 @@ class FolderVanished(ConnectionFailure):
 _MAILBOX_GONE = re.compile(r"mailbox (was|has been) (deleted|removed)|deleted under us|\[NONEXISTENT\]", re.IGNORECASE)
 
 
+_LOST_CONNECTION = re.compile(r"(^|=> )socket error", re.IGNORECASE)
+
+
 class FolderMissing(Exception):
     """The folder does not exist (or is not selectable) on the server."""
 
@@ -1007,6 +1010,8 @@ def _login(client: IMAPClient, account: Account, what: str) -> None:
         else:
             client.login(_quoted(account.username), password)
     except LoginError as error:
+        if _LOST_CONNECTION.search(_text(error)):  # imapclient wraps a cut connection into LoginError too
+            raise ConnectionFailure(f"{what}: connection lost during login ({_text(error)})") from None
         raise AuthenticationFailure(f"{what}: login as {who} refused: {_text(error)}") from None
     except (IMAPClientAbortError, OSError) as error:
         raise ConnectionFailure(f"{what}: connection lost during login: {error}") from None

@@ -867,3 +867,26 @@ def test_a_folder_deleted_mid_pass_is_reported_as_such(
     inbox = next(folder for folder in report.folders if folder.source == "INBOX")
     assert inbox.error is None and inbox.copied == 3
     assert report.error is None
+
+
+def test_an_unreadable_config_exits_78_like_a_missing_one(case_dir: Path) -> None:
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv to run the CLI as another user (root reads any file)")
+    config = case_dir / "mailmirror.yaml"
+    account = closed_account(case_dir, free_port())
+    config.write_text(fill(config_text(config_case("x", 0), account, account), {"dir": str(case_dir)}))
+    config.chmod(0o600)
+    case_dir.chmod(0o755)
+    environment = {**os.environ, "PYTHONPATH": str(ROOT / "daemon")}
+    for args in (["config", "validate", "-c", str(config)], ["-c", str(config), "sync"]):
+        as_nobody = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
+        result = subprocess.run(
+            [*as_nobody, sys.executable, "-m", "mailmirror", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=environment,
+            check=False,
+        )
+        assert_clean_outcome(config_case("unreadable", 78, "permission denied", "owner and mode"), result, [SECRET])

@@ -82,6 +82,8 @@ class Context:
 
 
 _pass_context_object = click.make_pass_decorator(Context)
+#: Checked by load_config, not by click: a directory, FIFO or unreadable file is a config error (exit 78).
+CONFIG_PATH = click.Path(path_type=Path, readable=False)
 
 
 def _later_config(click_context: click.Context, _param: click.Parameter, value: Path | None) -> None:
@@ -113,7 +115,7 @@ def global_options(command: F) -> F:
                      help="Only warnings and errors in the log (also before the command)."),
         click.option("-v", "--verbose", count=True, expose_value=False, callback=_later_verbose,
                      help="More detail in the log (also before the command)."),
-        click.option("-c", "--config", type=click.Path(path_type=Path), default=None, expose_value=False,
+        click.option("-c", "--config", type=CONFIG_PATH, default=None, expose_value=False,
                      callback=_later_config, help="The YAML config file (also before the command)."),
     ):  # fmt: skip
         command = option(command)
@@ -160,7 +162,7 @@ class JsonFormatter(logging.Formatter):
     "-c",
     "--config",
     "config_path",
-    type=click.Path(path_type=Path),
+    type=CONFIG_PATH,
     default=lambda: os.environ.get("MAILMIRROR_CONFIG", DEFAULT_CONFIG),
     show_default=f"$MAILMIRROR_CONFIG or {DEFAULT_CONFIG}",
     help="The YAML file describing accounts and pairs.",

@@ -248,6 +248,7 @@ NETWORK_CASES = [
         src={"password": "{file: {dir}/fifo}"},
         setup="fifo",
     ),
+    check_case("starttls-refused", 69, "account 'src'", "refused STARTTLS", "tls: implicit", server="starttls-no"),
     check_case("huge-greeting", 69, "account 'src'", "greeting is not IMAP", server="huge-greeting"),
     check_case("mute-after-greeting", 69, "account 'src'", "no answer within 2s", server="mute"),
     check_case("closes-at-login", 69, "account 'src'", "connection lost during login", server="close-at-login"),
@@ -413,7 +414,7 @@ class FakeServer:
             self._imap(connection)
 
     def _imap(self, connection: socket.socket) -> None:
-        capabilities = b"IMAP4rev1 AUTH=PLAIN" if self.behaviour != "imap-starttls" else b"IMAP4rev1 STARTTLS"
+        capabilities = b"IMAP4rev1 AUTH=PLAIN" + (b" STARTTLS" if self.behaviour == "starttls-no" else b"")
         connection.sendall(b"* OK fake server ready\r\n")
         reader = connection.makefile("rb")
         for line in reader:
@@ -424,6 +425,8 @@ class FakeServer:
                 continue
             if command == b"CAPABILITY":
                 connection.sendall(b"* CAPABILITY " + capabilities + b"\r\n" + tag + b" OK done\r\n")
+            elif command == b"STARTTLS":
+                connection.sendall(tag + b" NO [UNAVAILABLE] TLS is not configured on this server\r\n")
             elif command in (b"LOGIN", b"AUTHENTICATE") and self.behaviour == "close-at-login":
                 return
             elif command in (b"LOGIN", b"AUTHENTICATE") and self.behaviour == "bad-login":
@@ -444,7 +447,8 @@ def fake_servers(lab_ca: LabCA) -> Iterator[dict[str, FakeServer]]:
     wrong_name = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     wrong_name.load_cert_chain(cert, key)
     servers = {
-        name: FakeServer(name) for name in (*GREETINGS, "silent", "imap-plain", "mute", "close-at-login", "bad-login")
+        name: FakeServer(name)
+        for name in (*GREETINGS, "silent", "imap-plain", "mute", "close-at-login", "bad-login", "starttls-no")
     }
     servers["imap-nostarttls"] = servers["imap-plain"]
     servers["tls-wrong-name"] = FakeServer("imap-plain", tls=wrong_name)
@@ -671,7 +675,7 @@ def network_outcomes(
             secrets.append(user.password)
         elif case.server in fake_servers:
             src["port"] = str(fake_servers[case.server].port)
-            src["tls"] = "starttls" if case.server == "imap-nostarttls" else "none"
+            src["tls"] = "starttls" if case.server in ("imap-nostarttls", "starttls-no") else "none"
         prepared.append(prepare(case, src, dst, values, secrets, directory))
     yield run_all(prepared)
     for item in prepared:

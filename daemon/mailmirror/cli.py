@@ -627,6 +627,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except KeyboardInterrupt:
         click.echo("mailmirror: interrupted", err=True)
         sys.exit(130)
+    except BrokenPipeError:  # `mailmirror plan --json | head`: the reader left; nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(ExitCode.OK)
     except SystemExit:
         raise
     except Exception as error:  # a bug: say so, with the traceback only when asked for

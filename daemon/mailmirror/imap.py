@@ -852,7 +852,7 @@ def _connect_client(account: Account, what: str) -> IMAPClient:
                     f"{what}: the server does not offer STARTTLS, and the account requires it (tls: starttls). "
                     "Use tls: implicit (port 993) if the server speaks TLS from the start."
                 )
-            client.starttls(context)
+            _starttls(client, context, what)
         return client
     except ssl.SSLCertVerificationError as error:
         if error.verify_code in NAME_MISMATCH and context is not None:
@@ -878,6 +878,21 @@ def _connect_client(account: Account, what: str) -> IMAPClient:
         raise ConnectionFailure(f"{what}: cannot connect: {error.strerror or error}") from None
     except (IMAPClientError, imaplib.IMAP4.error) as error:
         raise ConnectionFailure(_bad_greeting(account, error, what)) from None
+
+
+def _starttls(client: IMAPClient, context: ssl.SSLContext | None, what: str) -> None:
+    try:
+        client.starttls(context)
+    except (IMAPClientAbortError, ssl.SSLError, OSError):
+        raise
+    except IMAPClientError as error:  # NO or BAD: the server advertised STARTTLS but will not do it
+        with contextlib.suppress(Exception):
+            client.shutdown()
+        text = _text(error)
+        raise ConnectionFailure(
+            f"{what}: the server refused STARTTLS ({text[:120]}); ask its administrator, or use tls: implicit "
+            "(port 993) if it offers IMAPS"
+        ) from None
 
 
 def _checked_ssl_context(account: Account, what: str) -> ssl.SSLContext:

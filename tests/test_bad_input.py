@@ -202,6 +202,13 @@ CONFIG_CASES = [
     Case("unknown-option", 64, ("No such option",), args=("sync", "--frobnicate", "-c", "{config}")),
     Case("unknown-pair", 64, ("unknown pair 'nosuch'",), args=("sync", "nosuch", "-c", "{config}")),
     Case("c-without-file", 64, ("requires an argument",), args=("sync", "-c")),
+    Case("demo-bad-workdir", 64, ("--workdir", "cannot create it"), args=("demo", "--workdir", "/proc/no/such")),
+    Case("demo-no-messages", 64, ("--messages",), args=("demo", "--messages", "0")),
+    Case("parallel-zero", 64, ("--parallel",), args=("sync", "-j", "0", "-c", "{config}")),
+    Case("no-command", 64, ("Usage",), args=()),
+    Case(
+        "env-config-directory", 78, ("is a directory",), args=("config", "validate"), env={"MAILMIRROR_CONFIG": "/tmp"}
+    ),
     # State database problems, before any connection.
     sync_case("state-corrupt", 74, "not a mailmirror state database", "move it aside", setup="corrupt-state"),
     sync_case("state-is-directory", 78, "state.path", "is a directory", setup="state-directory"),
@@ -553,7 +560,7 @@ def assert_clean_outcome(case: Case, result: subprocess.CompletedProcess[str], s
     output = result.stdout + result.stderr
     assert result.returncode == case.code, f"exit {result.returncode}, expected {case.code}:\n{output}"
     assert "Traceback" not in output, output
-    assert "internal error" not in output and "this is a bug" not in output, output
+    assert "mailmirror: internal error" not in output and "this is a bug" not in output.lower(), output
     flowing = " ".join(output.split())  # rich wraps long messages
     for word in case.words:
         assert word in flowing, f"{word!r} not in:\n{output}"

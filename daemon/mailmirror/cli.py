@@ -589,7 +589,13 @@ def config_example() -> None:
     default=None,
     help="Where the demo servers keep their files (default: a new temporary folder).",
 )
-@click.option("--messages", default=240, show_default=True, help="How many sample messages to generate.")
+@click.option(
+    "--messages",
+    default=240,
+    show_default=True,
+    type=click.IntRange(1, 100_000),
+    help="How many sample messages to generate.",
+)
 @click.option("--keep", is_flag=True, help="Leave the two servers running until Ctrl-C, to look around.")
 @pass_context
 def demo(context: Context, workdir: Path | None, messages: int, keep: bool) -> None:
@@ -599,6 +605,11 @@ def demo(context: Context, workdir: Path | None, messages: int, keep: bool) -> N
     """
     from mailmirror.demo import run_demo
 
+    if workdir is not None:
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UsageError(f"--workdir {workdir}: cannot create it ({error.strerror or error})") from None
     if not context.verbose:
         logging.getLogger().setLevel(logging.WARNING)  # the demo's tables tell the story
     sys.exit(run_demo(context.stdout, workdir=workdir, messages=messages, keep=keep))

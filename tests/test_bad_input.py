@@ -213,6 +213,7 @@ CONFIG_CASES = [
     sync_case("state-corrupt", 74, "not a mailmirror state database", "move it aside", setup="corrupt-state"),
     sync_case("state-is-directory", 78, "state.path", "is a directory", setup="state-directory"),
     sync_case("state-parent-is-file", 78, "state database", "is a file, not a directory", setup="state-parent-file"),
+    sync_case("state-is-fifo", 78, "not a regular file", setup="state-fifo"),
     sync_case("state-newer-schema", 78, "newer than this mailmirror", setup="newer-schema"),
     Case(
         "status-state-corrupt",
@@ -530,6 +531,10 @@ def _prepare_fifo(directory: Path, config: Path) -> None:
     os.mkfifo(directory / "fifo")
 
 
+def _prepare_state_fifo(directory: Path, config: Path) -> None:
+    os.mkfifo(directory / "state.db")
+
+
 PREPARE: dict[str, Callable[[Path, Path], None]] = {
     "unknown-account": _prepare_unknown_account,
     "corrupt-state": _prepare_corrupt_state,
@@ -537,6 +542,7 @@ PREPARE: dict[str, Callable[[Path, Path], None]] = {
     "state-parent-file": _prepare_state_parent_file,
     "newer-schema": _prepare_newer_schema,
     "fifo": _prepare_fifo,
+    "state-fifo": _prepare_state_fifo,
 }
 
 

@@ -229,6 +229,8 @@ def state_error(path: Path, error: sqlite3.Error | OSError, doing: str) -> Mailm
 def _path_problem(path: Path) -> str | None:
     if path.is_dir():
         return "state.path is a directory, not a file (e.g. /var/lib/mailmirror/state.db)"
+    if path.exists() and not path.is_file():
+        return "state.path is not a regular file (a named pipe or a device?)"
     for parent in path.parents:
         if parent.exists() and not parent.is_dir():
             return f"{parent} is a file, not a directory"

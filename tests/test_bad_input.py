@@ -749,7 +749,7 @@ def _mount_tmpfs(directory: Path, size: str) -> None:
 @pytest.fixture
 def small_disk(case_dir: Path) -> Iterator[Path]:
     directory = case_dir / "small"
-    _mount_tmpfs(directory, "256k")
+    _mount_tmpfs(directory, "4m")
     yield directory
     subprocess.run(["umount", "-l", str(directory)], check=False)
 
@@ -791,6 +791,36 @@ def test_state_database_on_a_full_disk_when_it_exists(
     result = setup.run("sync")
     case = sync_case("state-full-disk-pass", 74, "disk (or quota) is full", "no mail was lost")
     assert_clean_outcome(case, result, [src_user.password, dst_user.password])
+
+
+def test_state_database_fills_the_disk_during_a_pass(
+    small_disk: Path,
+    source_server: DovecotServer,
+    dest_server: DovecotServer,
+    src_user: LabUser,
+    dst_user: LabUser,
+    src_client: IMAPClient,
+) -> None:
+    seed(src_client, "INBOX", [SeedMessage(simple_message(i)) for i in range(300)])
+    setup = make_setup(
+        source_server, src_user, dest_server, dst_user, pair_options="transfer: {batch_messages: 5, workers: 1}"
+    )
+    text = setup.config_path.read_text().replace(f"{setup.directory}/state.db", f"{small_disk}/state.db")
+    setup.config_path.write_text(text)
+    opened = run_cli(["status", "-c", str(setup.config_path)])  # creates the database while there is room
+    assert opened.returncode == 0, opened.stdout + opened.stderr
+    _fill(small_disk)
+    filler = small_disk / "filler"
+    os.truncate(filler, max(0, filler.stat().st_size - 96 * 1024))  # room to open, not for the whole pass
+    result = setup.run("sync")
+    case = sync_case("state-full-disk-pass", 74, "disk (or quota) is full", "no mail was lost")
+    assert_clean_outcome(case, result, [src_user.password, dst_user.password])
+    assert "copied" in result.stdout  # the pass had begun: the disk filled up under it
+    filler.unlink()  # space again: the next pass finishes the job, nothing lost, nothing twice
+    again = setup.run("sync")
+    assert again.returncode == 0, again.stdout + again.stderr
+    verified = setup.run("verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
 def test_idle_on_a_missing_folder_warns_and_the_daemon_goes_on(

@@ -43,11 +43,11 @@ Exit codes:
   0   success
   64  usage error (unknown pair, bad option)
   65  verify found differences
-  69  a server could not be reached, or TLS failed
+  69  a server or an OAuth2 token endpoint could not be reached, or TLS failed
   70  internal error (a bug: please report it)
   74  the state database could not be written (disk full, I/O error, corrupt)
   75  the pass finished but some messages failed (retryable)
-  77  authentication failed
+  77  authentication failed (a server or token endpoint refused the credentials)
   78  configuration error
   130 interrupted (Ctrl-C); sync: 143 stopped by SIGTERM
 """
@@ -393,8 +393,10 @@ def run(context: Context) -> None:
 def plan(context: Context, pairs: tuple[str, ...], as_json: bool) -> None:
     """Show, for PAIRS (all by default), each source folder → destination folder with the rule that chose
     the name (map, automap, rename, under, default), message count and size on both sides, and what a pass
-    would copy, update and delete. Reads both servers; changes nothing and records nothing.
+    would copy, update and delete, then the settings the accounts' provider presets chose (and those the
+    config overrode). Reads both servers; changes nothing and records nothing.
     """
+    from mailmirror.providers import presets_json, print_presets
     from mailmirror.report import plan_json, print_plan
     from mailmirror.state import StateStore
     from mailmirror.sync import PairPass
@@ -415,8 +417,10 @@ def plan(context: Context, pairs: tuple[str, ...], as_json: bool) -> None:
                 errors.append(report.error)
             if as_json:
                 documents.append(plan_json(report, pair.source, pair.destination))
+                documents[-1]["presets"] = presets_json(config.presets_of(name))
             else:
                 print_plan(context.stdout, report, pair.source, pair.destination)
+                print_presets(context.stdout, name, config.presets_of(name))
     finally:
         store.close()
     if as_json:
@@ -436,7 +440,8 @@ def verify(context: Context, pairs: tuple[str, ...]) -> None:
 
     Reads every message on both sides (read-only, BODY.PEEK) and compares them by SHA-256 of their exact
     bytes, with flags and INTERNALDATE. Exit 0 when every source message is on the destination exactly
-    once and identical, 65 on any difference (listed).
+    once and identical, 65 on any difference (listed). A message the destination server stored with other
+    bytes (same identity headers) is reported as altered, not as missing plus extra.
     """
     from mailmirror.report import print_verdict
     from mailmirror.verify import verify_pair
@@ -456,11 +461,14 @@ def verify(context: Context, pairs: tuple[str, ...]) -> None:
 # -- check ------------------------------------------------------------------------------------------------
 
 
-@cli.command(short_help="Log in to every account, report capabilities.")
+@cli.command(short_help="Log in to every account, report login mechanism and capabilities.")
 @click.argument("accounts", nargs=-1)
 @pass_context
 def check(context: Context, accounts: tuple[str, ...]) -> None:
     """Validate the config, log in to every account (or ACCOUNTS) and report server capabilities.
+
+    The Login column shows the mechanism used (auth: auto picks the strongest the server offers and
+    the credentials allow: SCRAM-SHA-256, SCRAM-SHA-1, PLAIN, LOGIN; OAUTHBEARER, XOAUTH2).
 
     Nothing is written anywhere. Exit 69 when a server cannot be reached or TLS fails, 77 when a login
     is refused; every account is tried and reported either way.
@@ -488,7 +496,7 @@ def check(context: Context, accounts: tuple[str, ...]) -> None:
                     name,
                     server,
                     tls,
-                    "[green]ok[/green]",
+                    f"[green]ok[/green] ({session.mechanism})",
                     namespace,
                     " ".join(text for text in has if text),
                     " ".join(cap for cap, text in zip(REPORTED_CAPABILITIES, has, strict=True) if not text) or "-",
@@ -577,6 +585,59 @@ def config_schema() -> None:
 def config_example() -> None:
     """Print an annotated example config with every option and its default."""
     click.echo(resources.files("mailmirror").joinpath("data/config.example.yaml").read_text("utf-8"), nl=False)
+
+
+# -- oauth2 -----------------------------------------------------------------------------------------------
+
+
+@cli.group("oauth2", short_help="OAuth2 tokens: obtain the first refresh token of an account.")
+def oauth2_group() -> None:
+    """OAuth2 for accounts with an oauth2: client (Gmail, Microsoft 365, any OAuth2 provider).
+
+    mailmirror gets and refreshes access tokens itself; it needs one refresh token per account to start
+    with, from the account's oauth2.refresh_token or from `mailmirror oauth2 authorize ACCOUNT`.
+    """
+
+
+@oauth2_group.command("authorize")
+@click.argument("account_name", metavar="ACCOUNT")
+@pass_context
+def oauth2_authorize(context: Context, account_name: str) -> None:
+    """Obtain a refresh token for ACCOUNT with the device authorization grant (RFC 8628).
+
+    Prints a verification URL and a code: open the URL on any device, sign in as the mailbox user (or an
+    admin consenting for it) and enter the code. mailmirror polls the token endpoint meanwhile and stores
+    the refresh token in the account's oauth2.token_file (mode 0600), then logs in once to prove it works.
+    Exit 77 when the authorization is denied or expires, 69 when the provider cannot be reached.
+    """
+    from mailmirror import oauth2
+    from mailmirror.imap import Session
+
+    _apply_log_config(context)
+    config = context.config
+    account = config.accounts.get(account_name)
+    if account is None:
+        raise UsageError(f"unknown account {account_name!r} (known: {', '.join(config.accounts)})")
+    if account.oauth2 is None:
+        raise UsageError(f"account {account_name!r} has no oauth2: client to authorize (see docs/auth.md)")
+    grant = oauth2.start_device_authorization(account.oauth2)
+    where = grant.verification_uri_complete or grant.verification_uri
+    context.stdout.print(
+        f"To let mailmirror read the mailbox of {account.username} ({account_name}):\n"
+        f"  1. open {where}\n  2. enter the code {grant.user_code}\n"
+        f"Waiting for the approval (the code expires in {grant.expires_in:.0f}s)...",
+        markup=False,
+        highlight=False,
+    )
+    path = oauth2.poll_device_authorization(account.oauth2, grant)[1]
+    oauth2.TOKENS.clear()
+    with Session.open(account_name, account) as session:
+        mechanism = session.mechanism
+    context.stdout.print(
+        f"Authorized: refresh token stored in {path}; logged in to {account.host} with {mechanism}.",
+        markup=False,
+        highlight=False,
+    )
 
 
 # -- demo -------------------------------------------------------------------------------------------------

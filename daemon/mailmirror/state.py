@@ -358,10 +358,10 @@ class StateStore:
                 state.dst_folder,
                 state.src_uidvalidity,
                 state.dst_uidvalidity,
-                state.src_uidnext,
+                state.src_uidnext or None,  # a UIDNEXT of 0 is "unknown", never a marker to search from
                 state.src_messages,
                 state.src_highestmodseq,
-                state.dst_uidnext,
+                state.dst_uidnext or None,
                 _now(),
             ],
         )

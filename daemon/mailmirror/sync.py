@@ -42,7 +42,7 @@ from mailmirror.imap import (
     Session,
 )
 from mailmirror.locks import PairLock
-from mailmirror.mapping import FolderMapping, Namespace, pair_mappings, pattern_matches
+from mailmirror.mapping import WELL_KNOWN_NAMES, FolderMapping, Namespace, pair_mappings, pattern_matches
 from mailmirror.planner import (
     Copy,
     Deletions,
@@ -92,6 +92,10 @@ class FolderReport:
     unchanged: bool = False  # skipped by the fast path: both sides as the last pass left them
     dry_run: bool = False
     renamed_from: str | None = None  # the source folder's previous name (renamed on the destination too)
+    #: the earlier source folder whose destination folder this one shares (a merge a rule asked for)
+    merged_into: str | None = None
+    #: copies the destination stored with other bytes than it was sent: (source UID, what differs)
+    altered: list[tuple[int, str]] = field(default_factory=list)
     #: measured for `mailmirror plan`: (messages, bytes) on each side; None when not measured or absent
     source_size: tuple[int, int] | None = None
     destination_size: tuple[int, int] | None = None
@@ -136,6 +140,10 @@ class PairReport:
         return sum(len(folder.skipped) for folder in self.folders)
 
     @property
+    def altered(self) -> int:
+        return sum(len(folder.altered) for folder in self.folders)
+
+    @property
     def complete(self) -> bool:
         return self.error is None and all(folder.complete for folder in self.folders)
 
@@ -169,7 +177,7 @@ class LogProgress:
     def folder_finished(self, pair: str, report: FolderReport) -> None:
         log.log(
             logging.DEBUG if report.unchanged else logging.INFO,
-            "%s: %s -> %s: %d %s, %d already there, %d flags updated, %d skipped, %d failed%s",
+            "%s: %s -> %s: %d %s, %d already there, %d flags updated, %d deleted, %d skipped, %d failed%s%s",
             pair,
             report.source,
             report.destination,
@@ -177,8 +185,10 @@ class LogProgress:
             "to copy (dry run)" if report.dry_run else "copied",
             report.adopted,
             report.flags_updated,
+            report.deleted,
             len(report.skipped),
             len(report.failed),
+            f", {len(report.altered)} altered by the destination server" if report.altered else "",
             f" (error: {report.error})" if report.error else "",
         )
 
@@ -243,12 +253,17 @@ class PairPass:
         self.report = PairReport(name, dry_run=dry_run)
         self.flag_rules = FlagRules(tuple(re.compile(p) for p in pair.flags.drop), dict(pair.flags.rename))
         self.order: list[str] = []  # every mapped source folder, in the order a full pass takes them
+        self.to_create: set[str] = set()  # dry run: destination folders a pass would create
+        #: dry run: fingerprints each source folder would copy or adopt (kept_before of the folders after it)
+        self.dry_kept: dict[str, frozenset[str]] = {}
 
     def kept_before(self, src_folder: str) -> frozenset[str]:
         """skip_cross_folder_duplicates: fingerprints copied from the folders processed before this one."""
         if not self.pair.messages.skip_cross_folder_duplicates or src_folder not in self.order:
             return frozenset()
-        return self.store.fingerprints(self.name, self.order[: self.order.index(src_folder)])
+        before = self.order[: self.order.index(src_folder)]
+        planned = frozenset().union(*(self.dry_kept.get(folder, frozenset()) for folder in before))
+        return self.store.fingerprints(self.name, before) | planned
 
     def run(self) -> PairReport:
         lock = None if self.dry_run else PairLock(self.config.state.path, self.name)
@@ -338,23 +353,7 @@ class PairPass:
 
     def _run(self, source: Session, destination: Session) -> None:
         rules = self.pair.folders
-        source_view = FolderView(*source.list_folders_with_status())
-        destination_view = FolderView(*destination.list_folders_with_status())
-        mappings = pair_mappings(
-            rules,
-            source,
-            destination,
-            source_view.folders,
-            destination_view.folders,
-            subscribed=source_view.subscribed(source) if rules.subscribed_only else None,
-        )
-        if self.pair.messages.skip_cross_folder_duplicates:
-            mappings = duplicate_priority_order(
-                mappings,
-                source_view.folders,
-                self.pair.messages.duplicate_priority,
-                Namespace(source.separator, source.prefix),
-            )
+        source_view, destination_view, mappings = list_and_map(self.pair, source, destination)
         self.order = [mapping.source for mapping in mappings]
         if self.only_folders is not None and self.pair.messages.skip_cross_folder_duplicates:
             # a folder's copies depend on the folders that come before it: a push pass takes them too
@@ -389,12 +388,15 @@ class PairPass:
                 continue
             report = FolderReport(mapping.source, mapping.destination, mapping.rule, dry_run=self.dry_run)
             report.renamed_from = renamed.get(mapping.source)
+            report.merged_into = mapping.merged_into
             self.report.folders.append(report)
             try:
                 if mapping.destination not in existing:
                     report.created = True
                     if not self.dry_run:
                         destination.create_folder(mapping.destination)
+                    else:
+                        self.to_create.add(mapping.destination)
                     existing.add(mapping.destination)
                 if (
                     rules.subscribe
@@ -405,10 +407,11 @@ class PairPass:
                     destination.subscribe(mapping.destination)
                 if self.measure:
                     report.source_size = source.folder_size(mapping.source)
-                    if not report.created:
+                    if mapping.destination not in self.to_create:
                         report.destination_size = destination.folder_size(mapping.destination)
                 if (
                     report.created
+                    or mapping.destination in self.to_create  # a dry run merging into a folder to create
                     or mapping.source in needs_attention
                     or not self._unchanged(mapping, report, source, destination, source_view, destination_view)
                 ):
@@ -512,6 +515,7 @@ class PairPass:
         )
         unchanged = (
             flags_unchanged
+            and src.uidnext > 0  # 0: the server's STATUS did not say (Courier-like): open the folder
             and (src.uidvalidity, src.uidnext, src.messages)
             == (known.src_uidvalidity, known.src_uidnext, known.src_messages)
             and dst.uidvalidity == known.dst_uidvalidity
@@ -797,8 +801,12 @@ def duplicate_priority_order(
     source_ns: Namespace,
 ) -> list[FolderMapping]:
     """skip_cross_folder_duplicates: the folders named in duplicate_priority first (in that order), then the
-    others in the usual order, and the All Mail folder (\\All) last: its copy of a message loses."""
+    others in the usual order, and the All Mail folder (\\All, else by its well-known name) last: its copy of a
+    message loses."""
     all_mail = {folder.name for folder in source_folders if folder.special_use == "\\All"}
+    if not all_mail:  # a server that does not announce \All (or a listing without SPECIAL-USE)
+        known = {name.casefold() for name in WELL_KNOWN_NAMES["\\All"]}
+        all_mail = {f.name for f in source_folders if source_ns.to_neutral(f.name).casefold() in known}
 
     def rank(mapping: FolderMapping) -> tuple[int, int]:
         if mapping.source in all_mail:
@@ -846,6 +854,33 @@ class FolderView:
         if self.subscriptions is None:
             self.subscriptions = session.subscribed_folders()
         return self.subscriptions
+
+
+def list_and_map(
+    pair: Pair, source: Session, destination: Session
+) -> tuple[FolderView, FolderView, list[FolderMapping]]:
+    """Both accounts' folders (one LIST-STATUS each, special-use attributes asked for) and the pair's
+    folder mapping, in the order a pass takes the folders. The one way sync, plan and verify map folders:
+    they must never disagree about where a source folder goes."""
+    rules = pair.folders
+    source_view = FolderView(*source.list_folders_with_status())
+    destination_view = FolderView(*destination.list_folders_with_status())
+    mappings = pair_mappings(
+        rules,
+        source,
+        destination,
+        source_view.folders,
+        destination_view.folders,
+        subscribed=source_view.subscribed(source) if rules.subscribed_only else None,
+    )
+    if pair.messages.skip_cross_folder_duplicates:
+        mappings = duplicate_priority_order(
+            mappings,
+            source_view.folders,
+            pair.messages.duplicate_priority,
+            Namespace(source.separator, source.prefix),
+        )
+    return source_view, destination_view, mappings
 
 
 @dataclass(frozen=True)
@@ -907,7 +942,7 @@ class FolderPass:
         self.report.skipped, self.report.failed = [], []
         source_status = self.source.select(self.mapping.source, readonly=not moving)
         self.report.source_messages = source_status.messages
-        if self.owner.dry_run and self.report.created:
+        if self.owner.dry_run and self.mapping.destination in self.owner.to_create:
             self._plan_dry_into_new_folder()
             return []
         destination_status = self.destination.select(self.mapping.destination, readonly=self.owner.dry_run)
@@ -1049,7 +1084,7 @@ class FolderPass:
         the state was lost): all unclaimed ones on a folder's first pass, afterwards only those that
         arrived since the last pass."""
         claimed = {m.dst_uid for m in synced.values() if m.dst_uid}
-        if known is not None and known.dst_uidnext is not None and not self.owner.full:
+        if known is not None and known.dst_uidnext and not self.owner.full:  # 0 (older passes): unknown
             uids = self.destination.uids_from(known.dst_uidnext)
         else:
             uids = self.destination.all_uids()
@@ -1250,6 +1285,8 @@ class FolderPass:
         self._report_dry(plan, Deletions())
 
     def _report_dry(self, plan: FolderPlan, deletions: Deletions) -> None:
+        kept = {copy.message.fingerprint for copy in plan.copy} | {adopt.message.fingerprint for adopt in plan.adopt}
+        self.owner.dry_kept[self.mapping.source] = frozenset(kept)
         self.report.deleted = 0 if deletions.refused else len(deletions.dst_uids)
         self.report.copied = len(plan.copy)
         self.report.bytes_copied = plan.copy_bytes
@@ -1393,15 +1430,20 @@ class FolderPass:
                 if len(ready) == 1:
                     self._refused(ready[0], refusal.reason)
                     return
-                self._confirm_each(ready, destination.append_each(self.mapping.destination, messages))
+                results = destination.append_each(self.mapping.destination, messages)
+                self._check_stored(destination, *self._confirm_each(ready, results), bodies)
                 return
             self._confirm(ready, uids)
+            self._check_stored(destination, ready, uids, bodies)
             return
         # One APPEND per message, pipelined with LITERAL+: a refusal in the middle must not hide the UIDs
         # of the others.
-        self._confirm_each(ready, destination.append_each(self.mapping.destination, messages))
+        results = destination.append_each(self.mapping.destination, messages)
+        self._check_stored(destination, *self._confirm_each(ready, results), bodies)
 
-    def _confirm_each(self, ready: list[Copy], results: list[int | AppendRefused | None]) -> None:
+    def _confirm_each(
+        self, ready: list[Copy], results: list[int | AppendRefused | None]
+    ) -> tuple[list[Copy], list[int | None]]:
         appended: list[Copy] = []
         uids: list[int | None] = []
         for action, result in zip(ready, results, strict=True):
@@ -1411,6 +1453,41 @@ class FolderPass:
                 appended.append(action)
                 uids.append(result)
         self._confirm(appended, uids)
+        return appended, uids
+
+    def _check_stored(
+        self, destination: Session, group: list[Copy], uids: Sequence[int | None], bodies: dict[int, bytes]
+    ) -> None:
+        """Did the destination store the bytes it was sent? One FETCH per appended batch: RFC822.SIZE of each
+        copy, and the header section of those whose header has 8-bit bytes (what Cyrus's munge8bit turns
+        into "X", keeping the size). A copy that differs is counted as altered by the destination server."""
+        sent = {dst_uid: bodies[a.message.uid] for a, dst_uid in zip(group, uids, strict=True) if dst_uid is not None}
+        if not sent:
+            return
+        eight_bit = [uid for uid, raw in sent.items() if _EIGHT_BIT.search(header_section(raw))]
+        stored = destination.fetch_stored(sorted(sent), eight_bit)
+        source_uid = {dst_uid: a.message.uid for a, dst_uid in zip(group, uids, strict=True)}
+        for dst_uid, (size, header) in sorted(stored.items()):
+            raw = sent.get(dst_uid)
+            if raw is None:
+                continue
+            if size != len(raw):
+                why = f"stored as {size} bytes, sent {len(raw)} (destination UID {dst_uid})"
+            elif header is not None and header != header_section(raw):
+                why = (
+                    f"header stored with other bytes than sent: 8-bit characters replaced? (destination UID {dst_uid})"
+                )
+            else:
+                continue
+            with self.owner.lock:
+                self.report.altered.append((source_uid[dst_uid], why))
+            log.warning(
+                "%s: %s: message UID %d altered by the destination server: %s",
+                self.pair,
+                self.mapping.source,
+                source_uid[dst_uid],
+                why,
+            )
 
     def _failed(self, uid: int, reason: str) -> None:
         self.store.record_failure(self.pair, self.mapping.source, uid, reason)
@@ -1455,6 +1532,15 @@ class FolderPass:
             if len(confirmed) < len(group):
                 self.unconfirmed = True
             self.owner.progress.advance(self.pair, self.mapping.source, len(group), size)
+
+
+_EIGHT_BIT = re.compile(rb"[\x80-\xff]")
+
+
+def header_section(raw: bytes) -> bytes:
+    """A message's header section with the empty line that ends it (RFC 3501 BODY[HEADER])."""
+    end = raw.find(b"\r\n\r\n")
+    return raw if end < 0 else raw[: end + 4]
 
 
 def match_pending(

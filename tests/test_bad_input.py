@@ -716,7 +716,7 @@ def test_network_case(case: Case, network_outcomes: Outcomes) -> None:
 def test_login_quotes_the_user_name(username: str, case_dir: Path, fake_servers: dict[str, FakeServer]) -> None:
     server = fake_servers["imap-plain"]
     before = len(server.lines)
-    account = closed_account(case_dir, server.port) | {"tls": "none", "username": f"'{username}'"}
+    account = closed_account(case_dir, server.port) | {"tls": "none", "username": f"'{username}'", "auth": "login"}
     case = check_case(f"login-{username}", 77, "refused", "account 'src'")
     run_case(case, case_dir, account, closed_account(case_dir, free_port()), {}, [SECRET])
     sent = [line for line in server.lines[before:] if b" LOGIN " in line.upper()]

@@ -661,8 +661,9 @@ def config_outcomes(lab_ca: LabCA) -> Iterator[Outcomes]:
     prepared = []
     for case in CONFIG_CASES:
         directory = make_case_dir()
-        account = closed_account(directory, free_port())
-        prepared.append(prepare(case, account, account, {"lab_ca": str(lab_ca.cert_path)}, [SECRET], directory))
+        # Two mailboxes (two ports): a pair into its own mailbox is a config error of its own.
+        src, dst = closed_account(directory, free_port()), closed_account(directory, free_port())
+        prepared.append(prepare(case, src, dst, {"lab_ca": str(lab_ca.cert_path)}, [SECRET], directory))
     yield run_all(prepared)
     for item in prepared:
         shutil.rmtree(item.directory, ignore_errors=True)
@@ -764,9 +765,8 @@ def _fill(directory: Path) -> None:
 def test_state_database_on_a_full_disk_at_open(small_disk: Path, case_dir: Path) -> None:
     _fill(small_disk)
     case = sync_case("state-full-disk-open", 74, "disk (or quota) is full", "no mail was lost")
-    port = free_port()
-    account = closed_account(case_dir, port)
-    text = fill(config_text(case, account, account), {"dir": str(case_dir)})
+    src, dst = closed_account(case_dir, free_port()), closed_account(case_dir, free_port())
+    text = fill(config_text(case, src, dst), {"dir": str(case_dir)})
     (case_dir / "mailmirror.yaml").write_text(text.replace(f"{case_dir}/state.db", f"{small_disk}/state.db"))
     result = run_cli(["sync", "-c", str(case_dir / "mailmirror.yaml")])
     assert_clean_outcome(case, result, [SECRET])
@@ -921,8 +921,8 @@ def test_an_unreadable_config_exits_78_like_a_missing_one(case_dir: Path) -> Non
     if os.geteuid() != 0 or setpriv is None:
         pytest.skip("needs root and setpriv to run the CLI as another user (root reads any file)")
     config = case_dir / "mailmirror.yaml"
-    account = closed_account(case_dir, free_port())
-    config.write_text(fill(config_text(config_case("x", 0), account, account), {"dir": str(case_dir)}))
+    src, dst = closed_account(case_dir, free_port()), closed_account(case_dir, free_port())
+    config.write_text(fill(config_text(config_case("x", 0), src, dst), {"dir": str(case_dir)}))
     config.chmod(0o600)
     case_dir.chmod(0o755)
     environment = {**os.environ, "PYTHONPATH": str(ROOT / "daemon")}

@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import logging
+import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -21,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
-from mailmirror.errors import ConfigError
-from mailmirror.state import StateStore, VerifyRecord
+from mailmirror.errors import MailmirrorError
+from mailmirror.state import StateStore, VerifyRecord, state_error
 
 if TYPE_CHECKING:
     from mailmirror.config import Config, Pair
@@ -199,7 +200,7 @@ def verify_pairs(
     pairs = config.effective_pairs()
     try:
         store: StateStore | None = StateStore(config.state.path)
-    except ConfigError as error:  # verify itself needs no state: it still runs, unrecorded
+    except MailmirrorError as error:  # verify itself needs no state: it still runs, unrecorded
         log.warning("verify results are not recorded: %s", error)
         store = None
     verdicts: list[PairVerdict] = []
@@ -209,13 +210,20 @@ def verify_pairs(
             for future in futures:
                 verdict = future.result()
                 if store is not None:
-                    store.record_verify(verdict.pair, verify_record(verdict))
+                    _record(store, verdict)
                 on_verdict(verdict)
                 verdicts.append(verdict)
     finally:
         if store is not None:
             store.close()
     return verdicts
+
+
+def _record(store: StateStore, verdict: PairVerdict) -> None:
+    try:
+        store.record_verify(verdict.pair, verify_record(verdict))
+    except sqlite3.Error as error:
+        log.warning("%s: the verify result is not recorded: %s", verdict.pair, state_error(store.path, error, "write"))
 
 
 # -- status ----------------------------------------------------------------------------------------

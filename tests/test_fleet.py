@@ -154,6 +154,14 @@ def test_two_rows_into_one_destination_mailbox_are_refused_unless_under_differs(
     ]
 
 
+def test_a_list_that_is_missing_or_not_a_file_is_an_error(tmp_path: Path) -> None:
+    config = fleet_config(tmp_path, "user,dest_user\na,a\n")
+    (tmp_path / "staff.csv").unlink()
+    assert problems(config) == ["staff.csv: no such file"]
+    os.mkfifo(tmp_path / "staff.csv")
+    assert problems(config) == ["staff.csv: not a regular file"]
+
+
 def test_a_list_without_rows_is_an_error(tmp_path: Path) -> None:
     assert problems(fleet_config(tmp_path, "user,dest_user\n# nobody yet\n")) == [
         "staff.csv: no rows: one row per pair after the header"

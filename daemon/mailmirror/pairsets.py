@@ -148,8 +148,18 @@ class _List:
     rows: list[_Row]
 
 
+MAX_LIST_BYTES = 256 * 1024 * 1024
+
+
 def _read_list(path: Path, shown: str, kind: str, problems: list[CsvProblem]) -> _List | None:
     try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):  # a FIFO would block the load, a device never end
+            problems.append(CsvProblem(shown, None, None, "not a regular file"))
+            return None
+        if info.st_size > MAX_LIST_BYTES:
+            problems.append(CsvProblem(shown, None, None, f"larger than {MAX_LIST_BYTES // 2**20} MiB"))
+            return None
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         problems.append(CsvProblem(shown, None, None, "no such file"))

@@ -271,6 +271,11 @@ def test_pair_names_and_glob_patterns_on_the_command_line(tmp_path: Path) -> Non
     unknown = run_cli(config, "status", "nobody-*")
     assert unknown.returncode == 64
     assert "unknown pair 'nobody-*' (no pair matches" in unknown.stderr
+    in_shard = run_cli(config, "status", "--shard", "0/2", "nobody-*")
+    assert in_shard.returncode == 64 and "no pair of shard 0/2 matches 'nobody-*'" in in_shard.stderr
+    halves = [run_cli(config, "status", "--json", "--shard", f"{k}/2", "*") for k in range(2)]
+    names = sorted(pair["pair"] for half in halves for pair in json.loads(half.stdout)["pairs"] if half.returncode == 0)
+    assert names == ["manual", "staff-alice", "staff-bob"]
 
 
 def test_the_json_schema_accepts_a_config_of_pair_sets_only(tmp_path: Path) -> None:

@@ -93,6 +93,9 @@ class Context:
         if unknown and self.shard is not None:
             from mailmirror.shards import shard_of
 
+            patterns = [name for name in unknown if _is_pattern(name)]
+            if patterns:
+                raise UsageError(f"no pair of shard {self.shard} matches {', '.join(map(repr, patterns))}")
             owners = ", ".join(
                 f"{name!r}: --shard {shard_of(name, self.shard.count)}/{self.shard.count}" for name in unknown
             )
@@ -105,9 +108,13 @@ class Context:
         return [name for name in known if name in chosen]
 
 
+def _is_pattern(name: str) -> bool:
+    return any(character in name for character in "*?[")
+
+
 def _matching(pattern: str, known: Sequence[str]) -> list[str]:
     """The pairs ``pattern`` names: itself, or with *, ? or [...] every pair it matches (fnmatchcase)."""
-    if not any(character in pattern for character in "*?["):
+    if not _is_pattern(pattern):
         return [pattern] if pattern in known else []
     return [name for name in known if fnmatch.fnmatchcase(name, pattern)]
 

@@ -570,3 +570,20 @@ def test_the_daemon_runs_a_pair_set_with_a_password_file_per_row(
     assert [(pair["pair"], pair["state"], pair["copied"]) for pair in statuses["pairs"]] == [
         (name, "ok", index + 1) for index, name in enumerate(names)
     ]
+
+
+def test_a_long_status_is_printed_as_plain_aligned_columns() -> None:
+    from rich.console import Console
+
+    from mailmirror.fleet import PLAIN_TABLE_ROWS, PairStatus, print_status
+
+    statuses = [PairStatus(f"staff-u{index}", "ok", src_messages=index, dst_messages=index) for index in range(300)]
+    statuses.append(PairStatus("staff-broken", "failing", last_error="login refused"))
+    out = io.StringIO()
+    print_status(Console(file=out, width=200), statuses, "State in state.db")
+    lines = out.getvalue().splitlines()
+    assert len(statuses) > PLAIN_TABLE_ROWS and len(lines) == len(statuses) + 3
+    assert lines[1].startswith("Pair ") and lines[1].endswith("Pending  Refused  Last error")
+    assert lines[-2].split() == ["staff-broken", "failing", "never", "-", "-", "0", "0", "login", "refused"]
+    assert lines[-1].startswith("301 pairs (300 ok, 1 failing)")
+    assert len({len(line) for line in lines[2:-2]}) == 1  # aligned

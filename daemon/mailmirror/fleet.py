@@ -278,7 +278,27 @@ def _when(value: str | None) -> str:
 _STATE_STYLES = {"ok": "green", "partial": "yellow", "failing": "red", "stale": "red", "running": "cyan"}
 
 
+PLAIN_TABLE_ROWS = 200  # beyond, plain aligned columns: a rich table of 10,000 rows takes many seconds
+STATUS_COLUMNS = ("Pair", "State", "Last success", "Source", "Dest.", "Pending", "Refused", "Last error")
+
+
+def _status_cells(status: PairStatus) -> list[str]:
+    return [
+        status.pair,
+        status.state,
+        _when(status.last_success),
+        _count(status.src_messages),
+        _count(status.dst_messages),
+        str(status.pending),
+        str(status.refused),
+        (status.last_error or "") if status.state in ("failing", "partial", "stale") else "",
+    ]
+
+
 def print_status(console: Console, statuses: Sequence[PairStatus], title: str) -> None:
+    if len(statuses) > PLAIN_TABLE_ROWS:
+        _print_plain_status(console, statuses, title)
+        return
     table = Table(title=title, title_justify="left")
     table.add_column("Pair")
     table.add_column("State")
@@ -287,19 +307,27 @@ def print_status(console: Console, statuses: Sequence[PairStatus], title: str) -
         table.add_column(column, justify="right")
     table.add_column("Last error", overflow="fold")
     for status in statuses:
+        cells = _status_cells(status)
         style = _STATE_STYLES.get(status.state)
-        table.add_row(
-            status.pair,
-            f"[{style}]{status.state}[/{style}]" if style else status.state,
-            _when(status.last_success),
-            _count(status.src_messages),
-            _count(status.dst_messages),
-            str(status.pending),
-            str(status.refused),
-            (status.last_error or "") if status.state in ("failing", "partial", "stale") else "",
-        )
+        cells[1] = f"[{style}]{status.state}[/{style}]" if style else status.state
+        table.add_row(*cells)
     console.print(table)
     console.print(_totals_line(totals_of(statuses)), markup=False, highlight=False)
+
+
+def _print_plain_status(console: Console, statuses: Sequence[PairStatus], title: str) -> None:
+    rows = [list(STATUS_COLUMNS), *(_status_cells(status) for status in statuses)]
+    widths = [max(len(row[index]) for row in rows) for index in range(len(STATUS_COLUMNS) - 1)]
+    right = {3, 4, 5, 6}  # the counts
+    lines = [title]
+    for row in rows:
+        cells = [
+            cell.rjust(width) if index in right else cell.ljust(width)
+            for index, (cell, width) in enumerate(zip(row, widths, strict=False))
+        ]
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
+    lines.append(_totals_line(totals_of(statuses)))
+    console.file.write("\n".join(lines) + "\n")
 
 
 def _totals_line(totals: Totals) -> str:

@@ -158,6 +158,8 @@ def test_a_list_that_is_missing_or_not_a_file_is_an_error(tmp_path: Path) -> Non
     config = fleet_config(tmp_path, "user,dest_user\na,a\n")
     (tmp_path / "staff.csv").unlink()
     assert problems(config) == ["staff.csv: no such file"]
+    config.write_text("state: {path: state.db}\n" + STAFF, encoding="utf-8")  # only the pair set: nothing else
+    assert problems(config) == ["staff.csv: no such file"]
     os.mkfifo(tmp_path / "staff.csv")
     assert problems(config) == ["staff.csv: not a regular file"]
 

@@ -1583,6 +1583,8 @@ def _problems_from(
     listed: list[ConfigProblem] = [list_problem(problem) for problem in origins.problems] if origins else []
     for detail in error.errors(include_url=False):
         loc = _data_location(detail)
+        if listed and loc in (("accounts",), ("pairs",)):
+            continue  # empty because a pair set's list could not be read: its problem says why
         row = origins.row_of(loc) if origins is not None else None
         if row is not None:
             problem = _row_problem(row[0], row[1], _sentence(detail, loc), document, shown)

@@ -10,8 +10,9 @@ the state knows in it is in the new folder, by fingerprint (headers only), and n
 qualifies; the UIDVALIDITY change then re-maps its messages by fingerprint, as after any UIDVALIDITY reset.
 A vanished folder that still exists on the source (only no longer selected by the rules) or whose
 destination folder another source folder still fills (a merge) is never taken as renamed: renaming its
-destination folder would carry the other folder's copies away. Without a confident match nothing is renamed: the folder is treated as new, and fingerprint matching still
-prevents duplicates inside each destination folder.
+destination folder would carry the other folder's copies away. Without a confident match nothing is
+renamed: the folder is treated as new, and fingerprint matching still prevents duplicates inside each
+destination folder.
 """
 
 from __future__ import annotations

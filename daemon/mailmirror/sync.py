@@ -1190,8 +1190,10 @@ class FolderPass:
 
     def _delete_copied_from_source(self, status: MailboxStatus) -> MailboxStatus:
         """Move semantics: delete from the source what the destination confirmed (status done)."""
-        # a message whose late copy is still watched for stays: the watch compares with its row
+        # a message whose late copy is still watched for stays: the watch compares with its row; so does one
+        # with a failure row after its copy was confirmed (the destination altered it: _check_stored)
         watched = {w.src_uid for w in self.store.late_write_watches(self.pair, self.mapping.source)}
+        watched |= set(self.store.failed_uids(self.pair, self.mapping.source))
         done = [
             uid
             for uid, m in self.store.messages(self.pair, self.mapping.source).items()
@@ -1588,6 +1590,8 @@ class FolderPass:
                 continue
             with self.owner.lock:
                 self.report.altered.append((source_uid[dst_uid], why))
+            if self.moving:  # the source holds the only original: a move must not delete it (recorded)
+                self.store.record_failure(self.pair, self.mapping.source, source_uid[dst_uid], _KEPT_ALTERED + why)
             log.warning(
                 "%s: %s: message UID %d altered by the destination server: %s",
                 self.pair,
@@ -1677,6 +1681,7 @@ class LateCopies:
 
 
 _EIGHT_BIT = re.compile(rb"[\x80-\xff]")
+_KEPT_ALTERED = "kept on the source (move): the destination altered its copy: "
 
 
 def header_section(raw: bytes) -> bytes:

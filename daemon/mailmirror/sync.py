@@ -18,7 +18,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -373,7 +373,8 @@ class PairPass:
 
     def _run(self, source: Session, destination: Session) -> None:
         rules = self.pair.folders
-        source_view, destination_view, mappings = list_and_map(self.pair, source, destination)
+        known = {folder.src_folder: folder.dst_folder for folder in self.store.folders(self.name)}
+        source_view, destination_view, mappings = list_and_map(self.pair, source, destination, known)
         self.order = [mapping.source for mapping in mappings]
         if self.only_folders is not None and self.pair.messages.skip_cross_folder_duplicates:
             # a folder's copies depend on the folders that come before it: a push pass takes them too
@@ -877,11 +878,12 @@ class FolderView:
 
 
 def list_and_map(
-    pair: Pair, source: Session, destination: Session
+    pair: Pair, source: Session, destination: Session, known: Mapping[str, str] | None = None
 ) -> tuple[FolderView, FolderView, list[FolderMapping]]:
     """Both accounts' folders (one LIST-STATUS each, special-use attributes asked for) and the pair's
     folder mapping, in the order a pass takes the folders. The one way sync, plan and verify map folders:
-    they must never disagree about where a source folder goes."""
+    they must never disagree about where a source folder goes. ``known``: source folder -> the destination
+    folder the state syncs it into (a guessed mapping sticks to it: mapping.map_folders)."""
     rules = pair.folders
     source_view = FolderView(*source.list_folders_with_status())
     destination_view = FolderView(*destination.list_folders_with_status())
@@ -892,6 +894,7 @@ def list_and_map(
         source_view.folders,
         destination_view.folders,
         subscribed=source_view.subscribed(source) if rules.subscribed_only else None,
+        known=known,
     )
     if pair.messages.skip_cross_folder_duplicates:
         mappings = duplicate_priority_order(

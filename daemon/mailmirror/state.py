@@ -620,6 +620,20 @@ class StateStore:
         )
         return {row[0] for row in rows}
 
+    @_locked
+    def pending_fingerprints(self, dst_folder: str, pair: str, src_folder: str) -> set[str]:
+        """Fingerprints of unconfirmed appends (no destination UID yet) of every other source folder into
+        ``dst_folder`` (any pair; folders not saved yet count too): their copy may be on the destination
+        already, unclaimed only until its folder marks it done. Never taken for a late write of ours."""
+        rows = self.db.execute(
+            "SELECT m.fingerprint FROM messages m "
+            "LEFT JOIN folders f ON f.pair = m.pair AND f.src_folder = m.src_folder "
+            "WHERE (f.dst_folder = ? OR f.dst_folder IS NULL) AND m.dst_uid IS NULL "
+            "AND NOT (m.pair = ? AND m.src_folder = ?)",
+            [dst_folder, pair, src_folder],
+        )
+        return {row[0] for row in rows}
+
     # -- failures ----------------------------------------------------------------------------------------
 
     @_locked

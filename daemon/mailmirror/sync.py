@@ -1282,12 +1282,23 @@ class FolderPass:
         if not watches:
             return
         self.destination.ensure_selected(self.mapping.destination, readonly=False)
+        floor = min(w.dst_uid_floor for w in watches)
+        # The order matters with folders merged into one destination folder: a message the search sees was
+        # journalled by its folder before it was appended, so it is either still pending when read next
+        # (skipped by fingerprint) or already done, and then in the claimed set read after that.
+        present = self.destination.uids_from(floor)
+        pending_elsewhere = {
+            without_size(fp)
+            for fp in self.store.pending_fingerprints(self.mapping.destination, self.pair, self.mapping.source)
+        }
         ours = self.store.messages(self.pair, self.mapping.source)
         claimed = self.store.claimed_dst_uids(self.mapping.destination)
         claimed |= {m.dst_uid for m in ours.values() if m.dst_uid}
-        floor = min(w.dst_uid_floor for w in watches)
-        arrived = [uid for uid in self.destination.uids_from(floor) if uid not in claimed]
-        late = LateCopies(self.destination, self._destination_messages_for(arrived))
+        arrived = [uid for uid in present if uid not in claimed]
+        candidates = [
+            m for m in self._destination_messages_for(arrived) if without_size(m.fingerprint) not in pending_elsewhere
+        ]
+        late = LateCopies(self.destination, candidates)
         found: dict[int, int] = {}  # watch id -> the late copy's UID
         for watch in watches:
             own = ours.get(watch.src_uid)

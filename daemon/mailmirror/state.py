@@ -417,11 +417,24 @@ class StateStore:
             )
 
     @_locked
-    def forget_folder(self, pair: str, src_folder: str) -> None:
-        """Drop the UID map of a folder (after a UIDVALIDITY change: it is rebuilt by fingerprint)."""
+    def forget_folder(
+        self, pair: str, src_folder: str, *, keep_late_writes: bool = False, new_uids: bool = False
+    ) -> None:
+        """Drop the UID map of a folder (after a UIDVALIDITY change: it is rebuilt by fingerprint).
+
+        ``keep_late_writes``: its open late-write watches stay (a late write can still land in the same
+        destination folder); with ``new_uids`` (the destination's UIDVALIDITY changed) their UID floor
+        means nothing any more and becomes 1: the whole new folder is looked at."""
+        tables = ["messages", "failures", "deferred", "pending", "folders"]
+        if not keep_late_writes:
+            tables.append("late_writes")
         with self.transaction():
-            for table in ("messages", "failures", "deferred", "pending", "late_writes", "folders"):
+            for table in tables:
                 self.db.execute(f"DELETE FROM {table} WHERE pair = ? AND src_folder = ?", [pair, src_folder])
+            if keep_late_writes and new_uids:
+                self.db.execute(
+                    "UPDATE late_writes SET dst_uid_floor = 1 WHERE pair = ? AND src_folder = ?", [pair, src_folder]
+                )
 
     # -- messages ----------------------------------------------------------------------------------------
 

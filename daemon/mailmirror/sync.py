@@ -1237,7 +1237,13 @@ class FolderPass:
                 self.mapping.source,
                 ", ".join(changes),
             )
-            self.store.forget_folder(self.pair, self.mapping.source)
+            # a late write of a lost APPEND can still land in the same destination folder: its watch stays
+            self.store.forget_folder(
+                self.pair,
+                self.mapping.source,
+                keep_late_writes=known.dst_folder == self.mapping.destination,
+                new_uids=known.dst_uidvalidity != destination_uidvalidity,
+            )
         return None
 
     def _resolve_pending(self, uidnext: int) -> None:
@@ -1301,8 +1307,8 @@ class FolderPass:
         late = LateCopies(self.destination, candidates)
         found: dict[int, int] = {}  # watch id -> the late copy's UID
         for watch in watches:
-            own = ours.get(watch.src_uid)
-            if own is not None and own.status == "done" and own.dst_uid:
+            own = _own_copy(watch, ours)
+            if own is not None and own.dst_uid:
                 uid = late.take(watch, own.dst_uid)
                 if uid is not None:
                     found[watch.id] = uid
@@ -1652,6 +1658,15 @@ class FolderPass:
             if len(confirmed) < len(group):
                 self.unconfirmed = True
             self.owner.progress.advance(self.pair, self.mapping.source, len(group), size)
+
+
+def _own_copy(watch: LateWriteWatch, ours: dict[int, SyncedMessage]) -> SyncedMessage | None:
+    """The copy of ours a watch compares bytes with: its source UID's, or (after a UIDVALIDITY change
+    rebuilt the folder's map by fingerprint) one with its fingerprint."""
+    own = ours.get(watch.src_uid)
+    if own is not None and own.status == "done" and own.fingerprint == watch.fingerprint:
+        return own
+    return next((m for m in ours.values() if m.status == "done" and m.fingerprint == watch.fingerprint), None)
 
 
 class LateCopies:

@@ -15,22 +15,23 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from mailmirror.identity import fingerprint, header_fields_to_fetch
-from mailmirror.imap import MailboxStatus, Session
+from mailmirror.imap import MailboxStatus
 from mailmirror.mapping import FolderMapping
+from mailmirror.sessions import ImapSession
 from mailmirror.state import FolderState, StateStore
 
 log = logging.getLogger(__name__)
 
 
 class StatusSource(Protocol):
-    def status(self, session: Session, name: str) -> MailboxStatus: ...
+    def status(self, session: ImapSession, name: str) -> MailboxStatus: ...
 
 
 def follow_renames(
     pair: str,
     store: StateStore,
-    source: Session,
-    destination: Session,
+    source: ImapSession,
+    destination: ImapSession,
     mappings: Sequence[FolderMapping],
     source_statuses: StatusSource,
     existing_destination: set[str],
@@ -80,7 +81,7 @@ def _same_folder(
     store: StateStore,
     pair: str,
     old: FolderState,
-    source: Session,
+    source: ImapSession,
     candidate: str,
     identity_headers: Sequence[str],
 ) -> bool:

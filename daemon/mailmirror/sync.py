@@ -46,6 +46,7 @@ from mailmirror.planner import (
     plan_folder,
 )
 from mailmirror.renames import follow_renames
+from mailmirror.sessions import Connect, ImapSession
 from mailmirror.state import FolderState, StateStore, SyncedMessage
 from mailmirror.transfer import ByteBudget, RateLimit, backoff_delay, bound_heap, rate_limit, split_evenly
 
@@ -212,8 +213,10 @@ class PairPass:
         only_folders: Collection[str] | None = None,
         stop: threading.Event | None = None,
         slots: ExtraConnections | None = None,
+        connect: Connect = Session.open,
     ) -> None:
         self.name = name
+        self.connect = connect  # how sessions are opened: the real IMAP client unless a test models one
         self.slots = slots
         self.lock = threading.RLock()  # the report and progress, shared by the workers
         self.abort = threading.Event()  # a worker failed for good: the others stop between batches
@@ -286,8 +289,8 @@ class PairPass:
             source_account = self.config.accounts[self.pair.source]
             destination_account = self.config.accounts[self.pair.destination]
             with (
-                Session.open(self.pair.source, source_account) as source,
-                Session.open(self.pair.destination, destination_account) as destination,
+                self.connect(self.pair.source, source_account) as source,
+                self.connect(self.pair.destination, destination_account) as destination,
             ):
                 self._run(source, destination)
         except MailmirrorError as error:
@@ -311,7 +314,7 @@ class PairPass:
                 )
         return self.report
 
-    def _run(self, source: Session, destination: Session) -> None:
+    def _run(self, source: ImapSession, destination: ImapSession) -> None:
         rules = self.pair.folders
         source_view = FolderView(*source.list_folders_with_status())
         destination_view = FolderView(*destination.list_folders_with_status())
@@ -405,7 +408,7 @@ class PairPass:
             self.report.sides = _sides([f for f in self.report.folders if f.rule != DELETED_FOLDER_RULE])
             self.store.prune_pending(self.name, self.order)
 
-    def _delete_missing_folders(self, source_view: FolderView, destination: Session, existing: set[str]) -> None:
+    def _delete_missing_folders(self, source_view: FolderView, destination: ImapSession, existing: set[str]) -> None:
         """deletions.delete_missing_folders: destination folders whose source folder is gone.
 
         Only folders this pair synced (known to the state), never INBOX, never one holding messages
@@ -458,7 +461,7 @@ class PairPass:
             report.deleted = len(held)
 
     @staticmethod
-    def _has_messages(view: FolderView, session: Session, mapping: FolderMapping) -> bool:
+    def _has_messages(view: FolderView, session: ImapSession, mapping: FolderMapping) -> bool:
         try:
             return view.status(session, mapping.source).messages > 0
         except FolderMissing:
@@ -468,8 +471,8 @@ class PairPass:
         self,
         mapping: FolderMapping,
         report: FolderReport,
-        source: Session,
-        destination: Session,
+        source: ImapSession,
+        destination: ImapSession,
         source_view: FolderView,
         destination_view: FolderView,
     ) -> bool:
@@ -512,20 +515,20 @@ class _Worker:
     first task. After a cut connection or a throttling answer a worker logs in again on its next task."""
 
     def __init__(
-        self, owner: PairPass, index: int, source: Session | None = None, destination: Session | None = None
+        self, owner: PairPass, index: int, source: ImapSession | None = None, destination: ImapSession | None = None
     ) -> None:
         self.owner = owner
         self.index = index
         self.source = source
         self.destination = destination
 
-    def sessions(self) -> tuple[Session, Session]:
+    def sessions(self) -> tuple[ImapSession, ImapSession]:
         config, pair = self.owner.config, self.owner.pair
         if self.source is None:
-            self.source = Session.open(pair.source, config.accounts[pair.source])
+            self.source = self.owner.connect(pair.source, config.accounts[pair.source])
             self.source.enable_condstore()
         if self.destination is None:
-            self.destination = Session.open(pair.destination, config.accounts[pair.destination])
+            self.destination = self.owner.connect(pair.destination, config.accounts[pair.destination])
             self.destination.enable_condstore()
         return self.source, self.destination
 
@@ -809,12 +812,12 @@ class FolderView:
     statuses: dict[str, MailboxStatus]
     subscriptions: set[str] | None
 
-    def status(self, session: Session, name: str) -> MailboxStatus:
+    def status(self, session: ImapSession, name: str) -> MailboxStatus:
         if name not in self.statuses:
             self.statuses[name] = session.status(name)
         return self.statuses[name]
 
-    def subscribed(self, session: Session) -> set[str]:
+    def subscribed(self, session: ImapSession) -> set[str]:
         if self.subscriptions is None:
             self.subscriptions = session.subscribed_folders()
         return self.subscriptions
@@ -833,8 +836,8 @@ class FolderPass:
     def __init__(
         self,
         owner: PairPass,
-        source: Session,
-        destination: Session,
+        source: ImapSession,
+        destination: ImapSession,
         mapping: FolderMapping,
         report: FolderReport,
     ) -> None:
@@ -861,7 +864,7 @@ class FolderPass:
         self.interrupted = False  # a copy run was cut: resume the rest once the journal is resolved
         self.refused: set[int] = set()  # source UIDs that failed during this pass's copies
 
-    def bind(self, source: Session, destination: Session) -> None:
+    def bind(self, source: ImapSession, destination: ImapSession) -> None:
         """The worker's sessions for planning or finishing (never two workers at once)."""
         self.source, self.destination = source, destination
 
@@ -1251,7 +1254,7 @@ class FolderPass:
         self.report.adopted = len(plan.adopt)
         self.report.flags_updated = len(plan.flag_changes)
 
-    def copy_run(self, source: Session, destination: Session, copies: Sequence[Copy]) -> None:
+    def copy_run(self, source: ImapSession, destination: ImapSession, copies: Sequence[Copy]) -> None:
         """Copy a run of this folder's planned messages with one worker's sessions, in batches bounded by
         bytes: a fetch thread reads batch N+1 from the source (at most transfer.prefetch batches ahead)
         while this thread journals and appends batch N. Several runs of one folder may go at once."""
@@ -1320,7 +1323,11 @@ class FolderPass:
             fetcher.join()
 
     def _fetch_batch(
-        self, source: Session, batch: list[Copy], limit: RateLimit | None, halted: Callable[[], bool] = lambda: False
+        self,
+        source: ImapSession,
+        batch: list[Copy],
+        limit: RateLimit | None,
+        halted: Callable[[], bool] = lambda: False,
     ) -> dict[int, bytes]:
         if limit is not None:
             size = sum(a.message.size for a in batch)
@@ -1331,7 +1338,7 @@ class FolderPass:
 
     def _copy_batch(
         self,
-        destination: Session,
+        destination: ImapSession,
         batch: list[Copy],
         bodies: dict[int, bytes],
         floor: int,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from datetime import datetime
 from typing import Any
 
 from hypothesis import HealthCheck, event, settings
@@ -29,7 +30,7 @@ from tests.model.imap_model import OPTIONAL_CAPABILITIES, Fault, World
 #: resolve them yet: enable once h1-exactly-once (late-write resolution) is merged.
 LATE_WRITES = False
 
-EXAMPLES = int(os.environ.get("MAILMIRROR_MODEL_EXAMPLES", "25"))
+EXAMPLES = int(os.environ.get("MAILMIRROR_MODEL_EXAMPLES", "100"))
 SOURCE_FOLDERS = ("Work", "Work/Projects", "Archive", "Lists")
 FLAGS = ("\\Seen", "\\Answered", "\\Flagged", "\\Draft", "$Forwarded", "$label1")
 COMMANDS = ("APPEND", "FETCH", "SEARCH", "SELECT", "EXAMINE", "STORE", "LIST", "STATUS", "CREATE", "LOGIN", None)
@@ -47,6 +48,7 @@ class EngineAgainstModel(RuleBasedStateMachine):
         self.forgetful = False  # state lost or UIDVALIDITY reset: mirror may keep copies of expunged ones
         self.armed = False
         self.crash_armed = False
+        self.changing = False  # the source changes during the next pass
 
     @property
     def h(self) -> Harness:
@@ -159,6 +161,28 @@ class EngineAgainstModel(RuleBasedStateMachine):
         self.h.world.destination.arm(Fault("crash", appends, "APPEND"))
         self.crash_armed = True
 
+    @rule(data=st.data(), at=st.integers(1, 12), expunge=st.booleans())
+    def arm_change_during_pass(self, data: st.DataObject, at: int, expunge: bool) -> None:
+        """At the source's k-th command of the next pass, new mail arrives (or a message is expunged)."""
+        folder = data.draw(st.sampled_from(sorted(self.h.source)), label="folder")
+        if expunge:
+            self.h.world.source.arm(Fault("hook", at, hook=lambda: self._expunge_first(folder)))
+        else:
+            self.serial += 1
+            raw, date = model_message(self.serial), internaldate(self.serial)
+            self.h.world.source.arm(Fault("hook", at, hook=lambda: self._deliver_now(folder, raw, date)))
+        self.changing = True
+
+    def _deliver_now(self, folder: str, raw: bytes, date: datetime) -> None:
+        if folder in self.h.source:
+            self.h.world.source.deliver("alice", folder, raw, (), date)
+            self.delivered.setdefault(folder, Counter())[raw] += 1
+
+    def _expunge_first(self, folder: str) -> None:
+        box = self.h.source.get(folder)
+        if box is not None and box.messages:
+            box.expunge([min(box.messages)])
+
     @precondition(lambda self: LATE_WRITES and self.harness is not None and self.h.world.destination.late)
     @rule()
     def execute_late_appends(self) -> None:
@@ -174,6 +198,7 @@ class EngineAgainstModel(RuleBasedStateMachine):
         for server, off in ((self.h.world.source, source_off), (self.h.world.destination, destination_off)):
             server.capabilities = set(server.capabilities | set(OPTIONAL_CAPABILITIES)) - off
         faulty = self.armed or self.crash_armed
+        changing = self.changing
         report = self.h.crashing_pass()
         fired = [
             f.action for server in (self.h.world.source, self.h.world.destination) for f in server.faults if f.fired
@@ -186,6 +211,8 @@ class EngineAgainstModel(RuleBasedStateMachine):
             return  # the process died: the next pass starts from what it left
         outcome = "complete" if report.complete else "incomplete"
         event(f"pass: {outcome}, {'copied' if report.copied else 'copied nothing'}")
+        if changing:
+            return  # what changed during the pass is the next pass's to copy
         if not report.complete:
             assert faulty or self.h.world.destination.late, (
                 f"a pass without faults did not complete: {describe(report)}"
@@ -206,7 +233,7 @@ class EngineAgainstModel(RuleBasedStateMachine):
     def _disarm(self) -> None:
         for server in (self.h.world.source, self.h.world.destination):
             server.disarm()
-        self.armed = self.crash_armed = False
+        self.armed = self.crash_armed = self.changing = False
 
     # -- checks --------------------------------------------------------------------------------------
 
@@ -242,7 +269,7 @@ class EngineAgainstModel(RuleBasedStateMachine):
 
     @invariant()
     def faults_do_not_outlive_a_pass(self) -> None:
-        if self.harness is not None and not (self.armed or self.crash_armed):
+        if self.harness is not None and not (self.armed or self.crash_armed or self.changing):
             assert not self.h.world.source.faults and not self.h.world.destination.faults
 
 

@@ -55,7 +55,9 @@ class Harness:
 
     def __init__(self, world: World | None = None, *, pair_options: str = "") -> None:
         self.world = world or World()
-        self.directory = Path(tempfile.mkdtemp(prefix="mailmirror-model-"))
+        # on tmpfs when there is one: thousands of passes, each committing to SQLite (fsync) many times
+        shm = Path("/dev/shm")
+        self.directory = Path(tempfile.mkdtemp(prefix="mailmirror-model-", dir=shm if shm.is_dir() else None))
         self.pair_options = pair_options
         self.config_path = self.directory / "mailmirror.yaml"
         self.write_config()

@@ -14,14 +14,17 @@ CI runs a few dozen examples; MAILMIRROR_MODEL_EXAMPLES=5000 runs that many (doc
 from __future__ import annotations
 
 import os
+import threading
 from collections import Counter
 from datetime import datetime
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from mailmirror.errors import Stopped
 from mailmirror.sync import PairReport
 from tests.model.harness import Harness, contents, folder_mapping, internaldate, model_message
 from tests.model.imap_model import OPTIONAL_CAPABILITIES, Fault, World
@@ -278,6 +281,116 @@ def describe(report: PairReport) -> str:
         f"{f.source}->{f.destination}: copied {f.copied}, failed {f.failed}, error {f.error}" for f in report.folders
     )
     return f"error {report.error}, copied {report.copied} [{folders}]"
+
+
+# -------------------------------------------------------------- fault cases at an exact point of a pass
+# (moved here from tests that patched FolderPass/Transfer methods; the Dovecot versions use the fault
+# proxy or a Progress hook)
+
+CAPABILITY_CASES = {
+    "every capability": frozenset(),
+    "no UIDPLUS": frozenset({"UIDPLUS"}),
+    "no MULTIAPPEND, no LITERAL+": frozenset({"MULTIAPPEND", "LITERAL+"}),
+    "no CONDSTORE": frozenset({"CONDSTORE", "ENABLE"}),
+    "none of them": frozenset(OPTIONAL_CAPABILITIES),
+}
+
+
+def seeded_harness(messages: int, pair_options: str, off: frozenset[str]) -> Harness:
+    harness = Harness(pair_options=pair_options)
+    for server in (harness.world.source, harness.world.destination):
+        server.capabilities -= off
+    deliver(harness, range(messages))
+    return harness
+
+
+def deliver(harness: Harness, serials: range, folder: str = "INBOX") -> None:
+    for n in serials:
+        flags = {"\\Seen"} if n % 2 else {"$label1"}
+        harness.world.source.deliver(
+            "alice", folder, model_message(n, message_id=n % 5 != 0), flags, internaldate(n, n % 3)
+        )
+
+
+def assert_each_message_once(harness: Harness) -> None:
+    for name, box in harness.source.items():
+        assert contents(harness.destination[name]) == contents(box), f"{name} differs on the destination"
+
+
+@pytest.mark.parametrize("off", list(CAPABILITY_CASES.values()), ids=list(CAPABILITY_CASES))
+def test_pass_cut_after_its_first_batch_then_mirror_keeps_every_message(off: frozenset[str]) -> None:
+    """The copied-but-unsaved messages of a cut pass are not taken for expunged (source without CONDSTORE)."""
+    harness = seeded_harness(40, "deletions: {destination: mirror}\ntransfer: {batch_messages: 3, retries: 0}", off)
+    harness.world.source.capabilities -= {"CONDSTORE"}
+    assert harness.run_pass().complete
+    deliver(harness, range(100, 106))
+    cut = harness.world.destination.arm(Fault("cut", 2, "APPEND"))
+    assert harness.run_pass().error is not None and cut.fired
+    harness.world.destination.disarm()
+    assert harness.run_pass().complete
+    assert harness.run_pass().copied == 0
+    assert harness.count("source") == harness.count("destination") == 46
+    assert_each_message_once(harness)
+
+
+@pytest.mark.parametrize("off", list(CAPABILITY_CASES.values()), ids=list(CAPABILITY_CASES))
+def test_stop_between_batches_then_mirror_keeps_every_message(off: frozenset[str]) -> None:
+    harness = seeded_harness(30, "deletions: {destination: mirror}\ntransfer: {batch_messages: 10}", off)
+    harness.world.source.capabilities -= {"CONDSTORE"}
+    assert harness.run_pass().complete
+    deliver(harness, range(100, 115))
+    stop = threading.Event()
+    harness.world.destination.arm(Fault("hook", 1, "APPEND", hook=stop.set))  # SIGTERM during the first batch
+    report = harness.run_pass(stop=stop)
+    harness.world.destination.disarm()
+    assert isinstance(report.error, Stopped) and 0 < report.copied < 15
+    assert harness.run_pass().complete
+    assert harness.run_pass().copied == 0
+    assert harness.count("destination") == 45
+    assert_each_message_once(harness)
+
+
+@pytest.mark.parametrize("off", list(CAPABILITY_CASES.values()), ids=list(CAPABILITY_CASES))
+def test_move_keeps_a_message_arriving_during_the_pass(off: frozenset[str]) -> None:
+    harness = seeded_harness(5, "deletions: {source: after_copy}", off)
+    late = model_message(99)
+    harness.world.destination.arm(  # after the source was listed, before its copies are deleted there
+        Fault(
+            "hook", 1, "APPEND", hook=lambda: harness.world.source.deliver("alice", "INBOX", late, (), internaldate(99))
+        )
+    )
+    harness.run_pass()
+    harness.world.destination.disarm()
+    for _ in range(3):
+        harness.run_pass()
+    assert harness.count("destination") == 6 and harness.count("source") == 0
+    assert late in {m.raw for m in harness.destination["INBOX"].messages.values()}
+
+
+@pytest.mark.parametrize("off", list(CAPABILITY_CASES.values()), ids=list(CAPABILITY_CASES))
+@pytest.mark.parametrize("appends", [1, 2, 5])
+def test_crash_after_appends_leaves_each_message_once(off: frozenset[str], appends: int) -> None:
+    """The process dies after the destination stored the k-th APPEND, before the answer was read."""
+    harness = seeded_harness(12, "transfer: {batch_messages: 2}", off)
+    harness.world.destination.arm(Fault("crash", appends, "APPEND"))
+    assert harness.crashing_pass() is None
+    harness.world.destination.disarm()
+    assert harness.count("destination") > 0
+    report = harness.run_pass()
+    assert report.complete
+    assert harness.run_pass().copied == 0
+    assert_each_message_once(harness)
+
+
+@pytest.mark.parametrize("off", list(CAPABILITY_CASES.values()), ids=list(CAPABILITY_CASES))
+def test_batch_stored_then_throttled_is_not_copied_again(off: frozenset[str]) -> None:
+    """A server that stores a batch, then answers NO [UNAVAILABLE]: the retry finds it, copies the rest."""
+    harness = seeded_harness(20, "transfer: {batch_messages: 4, backoff: 0.001s}", off)
+    throttled = harness.world.destination.arm(Fault("throttle", 2, "APPEND"))
+    report = harness.run_pass()
+    assert throttled.fired and report.complete, describe(report)
+    assert harness.run_pass().copied == 0
+    assert_each_message_once(harness)
 
 
 EngineAgainstModel.TestCase.settings = settings(

@@ -272,3 +272,31 @@ def test_graceful_stop_then_mirror_deletes_live_messages(make_server, dest_serve
     print("next pass: deleted", report.total("deleted"), "copied", report.copied)
     setup.sync()
     assert message_count(dst_client) == 1150, f"destination {message_count(dst_client)} of 1150"
+
+
+# 9. (found by the model, tests/test_engine_model.py) A message refused by the destination, then deleted on
+#    the source, while the folder's first pass never finished (stopped, killed): its failure was retried,
+#    and reported, on every pass for ever ("the source did not return the message's size and headers").
+def test_failure_of_a_message_deleted_before_the_first_pass_finished_is_not_retried_for_ever(
+    source_server, src_user, src_client, dest_server
+):
+    small = dest_server.add_user(max_mail_size=20_000)
+    seed_inbox(src_client, [simple_message(1, size=50_000)] + [simple_message(i) for i in range(2, 8)])
+    setup = make_setup(source_server, src_user, dest_server, small, pair_options="transfer: {batch_messages: 3}")
+    stop = threading.Event()
+    config = load_config(setup.config_path)
+    store = StateStore(config.state.path)
+    report = sync.PairPass(
+        "test", config.effective_pairs()["test"], config, store, _OnEachBatch(stop.set), stop=stop
+    ).run()
+    store.close()
+    assert report.failed == 1 and report.error is not None, "the first batch's refusal and the stop did not happen"
+    src_client.select_folder("INBOX")
+    src_client.delete_messages([1])  # the user deletes the message the destination refused
+    src_client.expunge()
+    src_client.unselect_folder()
+    assert setup.sync().complete
+    again = setup.sync()
+    assert again.complete, again.folders[0].failed
+    with dest_server.connect(small) as client:
+        assert message_count(client) == 6

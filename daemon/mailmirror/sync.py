@@ -995,6 +995,8 @@ class FolderPass:
         ):
             last = status.uidnext - 1 if status.uidnext else None
             everything = self.source.fetch_flags_changed(last, None) if status.messages else {}
+            # a failure of a message gone since (refused, then deleted by the user) is not retried for ever
+            self.store.clear_failures(self.pair, self.mapping.source, [uid for uid in retry if uid not in everything])
             return SourceListing(sorted(uid for uid in everything if uid not in synced), everything, set(everything))
         # Every UID above the last pass's UIDNEXT: new ones, and ones an interrupted pass already copied
         # (those have 'done' rows, are not new, but are present: never count them as expunged).

@@ -421,6 +421,22 @@ def test_failure_of_a_message_expunged_before_the_folder_state_was_saved_is_not_
     assert_each_message_once(harness)
 
 
+@pytest.mark.parametrize("side", ["source", "destination"])
+def test_crash_in_a_first_pass_then_uidvalidity_reset_copies_each_message_once(side: str) -> None:
+    """Found by the machine: journal rows a crash left before the folder's state was first saved were read
+    against the UIDs of a new UIDVALIDITY: a message copied twice, another never, and the pass complete."""
+    harness = seeded_harness(3, "transfer: {batch_messages: 1, prefetch: 0}", frozenset())
+    harness.source["INBOX"].expunge([1])  # the others stay at UIDs 2 and 3
+    harness.world.destination.arm(Fault("crash", 1, "APPEND"))
+    assert harness.crashing_pass() is None
+    harness.world.destination.disarm()
+    server = harness.world.source if side == "source" else harness.world.destination
+    server.reset_uidvalidity("alice" if side == "source" else "backup", "INBOX")  # UIDs from 1 again
+    assert harness.run_pass().complete
+    assert harness.run_pass().copied == 0
+    assert_each_message_once(harness)
+
+
 AFTER_RESOLUTION = pytest.mark.xfail(
     not LATE_WRITES, reason="late-write resolution comes with h1-exactly-once", strict=True
 )

@@ -300,3 +300,34 @@ def test_failure_of_a_message_deleted_before_the_first_pass_finished_is_not_retr
     assert again.complete, again.folders[0].failed
     with dest_server.connect(small) as client:
         assert message_count(client) == 6
+
+
+# 10. (found by the model) A crash during a folder's first pass left journal rows without the UIDVALIDITY
+#     they belong to; after the source folder was recreated (new UIDVALIDITY, new UIDs) the next pass read
+#     them against the new UIDs: one message copied twice, another never copied, and the pass "complete".
+def test_crash_in_first_pass_then_source_uidvalidity_reset_copies_each_message_once(
+    source_server, src_user, src_client, dest_server, dst_user, dst_client
+):
+    messages = [simple_message(i, tag="work") for i in range(1, 4)]
+    seed_inbox(src_client, messages, folder="Work")
+    src_client.select_folder("Work")
+    src_client.delete_messages([1])  # the others keep UIDs 2 and 3
+    src_client.expunge()
+    src_client.unselect_folder()
+    setup = make_setup(source_server, src_user, dest_server, dst_user, pair_options="transfer: {batch_messages: 1}")
+
+    def crash():
+        raise KeyboardInterrupt("simulated crash after the first batch, before the folder's state was saved")
+
+    config = load_config(setup.config_path)
+    store = StateStore(config.state.path)
+    with pytest.raises(KeyboardInterrupt):
+        sync.PairPass("test", config.effective_pairs()["test"], config, store, _OnEachBatch(crash)).run()
+    store.close()
+    assert message_count(dst_client, "Work") == 1
+    src_client.delete_folder("Work")  # the folder recreated: a new UIDVALIDITY, the messages at UIDs 1 and 2
+    seed_inbox(src_client, messages[1:], folder="Work")
+    assert setup.sync().complete
+    assert setup.sync().copied == 0
+    assert message_count(dst_client, "Work") == 2
+    assert setup.verify().clean

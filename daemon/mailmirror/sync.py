@@ -887,6 +887,19 @@ class FolderPass:
             return []
         destination_status = self.destination.select(self.mapping.destination, readonly=self.owner.dry_run)
         known = self._known_state(source_status.uidvalidity, destination_status.uidvalidity)
+        if known is None and not self.owner.dry_run:
+            # Record which UIDVALIDITYs the journal's UIDs belong to before the first row is written (the
+            # markers come when the folder is done): rows left by a crash must not be read against UIDs
+            # a later UIDVALIDITY reset gave to other messages.
+            self.store.save_folder(
+                FolderState(
+                    self.pair,
+                    self.mapping.source,
+                    self.mapping.destination,
+                    source_status.uidvalidity,
+                    destination_status.uidvalidity,
+                )
+            )
         self._resolve_pending()
         synced = {
             uid: m for uid, m in self.store.messages(self.pair, self.mapping.source).items() if m.status == "done"

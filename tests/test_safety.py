@@ -331,3 +331,17 @@ def test_crash_in_first_pass_then_source_uidvalidity_reset_copies_each_message_o
     assert setup.sync().copied == 0
     assert message_count(dst_client, "Work") == 2
     assert setup.verify().clean
+
+
+# 11. A message another session expunged after the pass listed it: Dovecot answers its UID FETCH with
+#     BODY[] NIL (OK [EXPUNGEISSUED]); that was a TypeError, and the pass ended with "internal error".
+def test_message_expunged_by_another_session_mid_fetch_is_not_a_bug(source_server, src_user, src_client, dest_server):
+    seed_inbox(src_client, [simple_message(i) for i in range(3)])
+    setup = make_setup(source_server, src_user, dest_server, dest_server.add_user())
+    with Session.open("src", load_config(setup.config_path).accounts["src"]) as session:
+        session.select("INBOX", readonly=True)
+        assert len(session.fetch_meta([1, 2, 3], ["Message-ID"])) == 3  # listed
+        src_client.select_folder("INBOX")
+        src_client.delete_messages([1])  # the user deletes one while the pass runs
+        src_client.expunge()
+        assert sorted(session.fetch_bodies([1, 2])) == [2]

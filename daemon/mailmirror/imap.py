@@ -568,7 +568,8 @@ class Session:
             return {}
         with self._talking(f"fetching messages in '{self.selected}'"):
             response = self._fetch(uid_set(uids), ["BODY.PEEK[]"])
-        return {int(uid): bytes(data[b"BODY[]"]) for uid, data in response.items() if b"BODY[]" in data}
+        # BODY[] NIL: expunged by another session meanwhile (Dovecot answers OK [EXPUNGEISSUED]): not returned
+        return {int(uid): bytes(body) for uid, data in response.items() if (body := data.get(b"BODY[]")) is not None}
 
     def fetch_digests(self, uids: Sequence[int], sizes: dict[int, int], max_bytes: int) -> Iterator[MessageDigest]:
         """SHA-256 of each message's exact bytes with its flags and INTERNALDATE, fetched in bounded batches."""
@@ -583,7 +584,7 @@ class Session:
                 with self._talking(f"fetching messages in '{self.selected}'"):
                     response = self._fetch(uid_set(batch), ["BODY.PEEK[]", "FLAGS", "INTERNALDATE"])
                 for got_uid, data in sorted(response.items()):
-                    if b"BODY[]" in data:
+                    if data.get(b"BODY[]") is not None:  # NIL: expunged meanwhile
                         yield MessageDigest(
                             int(got_uid),
                             hashlib.sha256(bytes(data[b"BODY[]"])).hexdigest(),

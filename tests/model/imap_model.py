@@ -115,7 +115,7 @@ class Fault:
     command: str | None = None
     cut_append: CutAppend = "before"  # for a cut APPEND
     late_after: int | None = None  # for a late APPEND: executed after this many more commands (None: on demand)
-    hook: Callable[[], None] | None = None  # for action "hook": run, then the command goes on
+    hook: Callable[[], object] | None = None  # for action "hook": run, then the command goes on
     seen: int = 0
     fired: bool = False
 

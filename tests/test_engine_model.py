@@ -26,7 +26,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from mailmirror.errors import Stopped
 from mailmirror.sync import PairReport
-from tests.model.harness import Harness, contents, folder_mapping, internaldate, model_message
+from tests.model.harness import Harness, MessageKey, contents, folder_mapping, internaldate, model_message
 from tests.model.imap_model import OPTIONAL_CAPABILITIES, Fault, World
 
 #: Cut APPENDs executed after the client gave up (late writes). The engine on this branch does not
@@ -48,6 +48,7 @@ class EngineAgainstModel(RuleBasedStateMachine):
         self.serial = 0
         self.mode = "keep"
         self.delivered: dict[str, Counter[bytes]] = {"INBOX": Counter()}  # every message ever put in a folder
+        self.deleted_by_user: dict[str, Counter[bytes]] = {}  # expunged on the source by the user
         self.forgetful = False  # state lost or UIDVALIDITY reset: mirror may keep copies of expunged ones
         self.armed = False
         self.crash_armed = False
@@ -59,7 +60,7 @@ class EngineAgainstModel(RuleBasedStateMachine):
         return self.harness
 
     @initialize(
-        mode=st.sampled_from(["keep", "mirror"]),
+        mode=st.sampled_from(["keep", "mirror", "move"]),
         separator=st.sampled_from(["/", "."]),
         prefetch=st.sampled_from([0, 1]),
         batch=st.integers(1, 4),
@@ -69,13 +70,9 @@ class EngineAgainstModel(RuleBasedStateMachine):
         self.mode = mode
         world = World(destination_separator=separator)
         world.destination.stale_views = stale_views
-        self.harness = Harness(
-            world,
-            pair_options=(
-                f"deletions: {{destination: {mode}, max_share: 1.0}}\n"
-                f"transfer: {{workers: 1, batch_messages: {batch}, prefetch: {prefetch}, retries: 2, backoff: 0.001s}}"
-            ),
-        )
+        deletions = "{source: after_copy}" if mode == "move" else f"{{destination: {mode}, max_share: 1.0}}"
+        transfer = f"{{workers: 1, batch_messages: {batch}, prefetch: {prefetch}, retries: 2, backoff: 0.001s}}"
+        self.harness = Harness(world, pair_options=f"deletions: {deletions}\ntransfer: {transfer}")
 
     def teardown(self) -> None:
         if self.harness is not None:
@@ -121,6 +118,7 @@ class EngineAgainstModel(RuleBasedStateMachine):
     def expunge(self, data: st.DataObject) -> None:
         folder, message = data.draw(st.sampled_from(self._live()), label="message")
         self.h.source[folder].expunge([message.uid])
+        self.deleted_by_user.setdefault(folder, Counter())[message.raw] += 1
 
     @rule(name=st.sampled_from(SOURCE_FOLDERS))
     def create_folder(self, name: str) -> None:
@@ -194,6 +192,7 @@ class EngineAgainstModel(RuleBasedStateMachine):
     def _expunge_first(self, folder: str) -> None:
         box = self.h.source.get(folder)
         if box is not None and box.messages:
+            self.deleted_by_user.setdefault(folder, Counter())[box.messages[min(box.messages)].raw] += 1
             box.expunge([min(box.messages)])
 
     @precondition(lambda self: LATE_WRITES and self.harness is not None and self.h.world.destination.late)
@@ -260,6 +259,9 @@ class EngineAgainstModel(RuleBasedStateMachine):
             target = self.h.destination.get(mapping[name])
             assert target is not None, f"destination folder {mapping[name]} of {name} does not exist"
             source, destination = contents(box), contents(target)
+            if self.mode == "move":
+                self.check_moved(name, source, destination)
+                continue
             missing = source - destination
             assert not missing, f"{name}: {sum(missing.values())} source messages not (so) on the destination"
             raws = Counter(raw for raw, _flags, _date in destination.elements())
@@ -272,6 +274,17 @@ class EngineAgainstModel(RuleBasedStateMachine):
                 assert source == destination, (
                     f"{name}: destination differs: {sum((destination - source).values())} extra messages"
                 )
+
+    def check_moved(self, name: str, source: Counter[MessageKey], destination: Counter[MessageKey]) -> None:
+        """Move: the source folder emptied, each message on the destination once (with its INTERNALDATE),
+        none lost but those the user deleted before they were moved."""
+        assert not source, f"{name}: {sum(source.values())} messages left on the source after a complete move"
+        moved = Counter((raw, date) for raw, _flags, date in destination.elements())
+        raws = Counter(raw for raw, _date in moved.elements())
+        delivered = self.delivered.get(name, Counter())
+        assert not raws - delivered, f"{name}: {sum((raws - delivered).values())} messages moved twice"
+        lost = delivered - self.deleted_by_user.get(name, Counter()) - raws
+        assert not lost, f"{name}: {sum(lost.values())} messages lost (gone from the source, not on the destination)"
 
     def _live(self) -> list[tuple[str, Any]]:
         if self.harness is None:

@@ -6,6 +6,9 @@
 * ``source_server`` / ``dest_server``: two default servers (separator "/", no prefix), started once.
 * ``make_server(**kwargs)``: extra servers with special settings (``drop_capabilities``, Cyrus layout
   ``separator=".", prefix="INBOX."``); one per distinct kwargs, started on first use.
+* ``lab_server(kind)``: the session's Cyrus ("cyrus-slash", "cyrus-dot"), Courier ("courier") or another
+  Dovecot ("dovecot") server, started on first use (mailmirror.lab_servers); tests using it are marked
+  ``lab``, and fail like the Dovecot ones when a kind is missing (``scripts/bootstrap --test``).
 * ``src_user`` / ``dst_user``: a fresh user per test; ``src_client`` / ``dst_client``: logged-in
   IMAPClients for them (``normalise_times = False``), logged out after the test.
 
@@ -29,6 +32,7 @@ import pytest
 from imapclient import IMAPClient
 
 from mailmirror.lab import DOVECOT_BINARY, DovecotServer, LabCA, LabUser, dovecot_available
+from mailmirror.lab_servers import LabServer, lab_kind_missing, make_lab_server
 from tests.support import RunningDaemon
 
 SERVER_FIXTURES = frozenset(
@@ -38,10 +42,16 @@ SERVER_FIXTURES = frozenset(
 MakeServer = Callable[..., DovecotServer]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "lab: needs the lab's Cyrus/Courier/Dovecot server matrix (lab_server fixture)")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.dovecot)
+        if "lab_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.lab)
 
 
 def require_dovecot() -> None:
@@ -180,3 +190,45 @@ def start_daemon() -> Iterator[Callable[[Path], RunningDaemon]]:
             daemon.process.kill()
             daemon.process.wait()
         daemon.log.close()
+
+
+# ----------------------------------------------------------------- Cyrus and Courier (the server matrix)
+
+
+def require_lab_kind(kind: str) -> None:
+    """Fail (or, with MAILMIRROR_ALLOW_SKIP=1, skip) when the lab cannot run servers of ``kind``."""
+    missing = lab_kind_missing(kind)
+    if missing is None:
+        return
+    if os.environ.get("MAILMIRROR_ALLOW_SKIP") == "1":
+        pytest.skip(f"{missing}; skipped because MAILMIRROR_ALLOW_SKIP=1")
+    pytest.fail(f"{missing}. The real-server tests must not be skipped silently: install it, or set "
+                "MAILMIRROR_ALLOW_SKIP=1 to skip them explicitly.", pytrace=False)  # fmt: skip
+
+
+LabServerOf = Callable[[str], LabServer]
+
+
+@pytest.fixture(scope="session")
+def lab_server(lab_dir: Path, lab_ca: LabCA) -> Iterator[LabServerOf]:
+    """``lab_server(kind)`` -> the session's started server of that kind (``dovecot``, ``cyrus-slash``,
+    ``cyrus-dot``, ``courier``; see mailmirror.lab_servers.LAB_KINDS): started on first use, shared by
+    every test (add a fresh user per test), stopped at the end of the session."""
+    servers: dict[str, LabServer] = {}
+
+    def get(kind: str) -> LabServer:
+        require_lab_kind(kind)
+        server = servers.get(kind)
+        if server is None:
+            name = f"matrix-{kind}"
+            server = make_lab_server(kind, lab_dir / name, name, ca=lab_ca)
+            server.start()
+            servers[kind] = server
+        return server
+
+    try:
+        yield get
+    finally:
+        for server in servers.values():
+            with contextlib.suppress(Exception):
+                server.stop()

@@ -15,12 +15,18 @@ lines. Then, by ``action``:
 * ``"blackhole"``: that direction is silently swallowed from then on (read and dropped) while the
   connection stays open -- e.g. the server's ``OK [APPENDUID ...]`` never reaches the client, which
   waits; the connection ends when either side closes it.
+* ``"hold"`` (``"up"`` only): the client's bytes from then on are kept, not forwarded, and the server's
+  side stays open when the client gives up and closes: a stalled server that has the commands in its
+  socket buffer. :meth:`FaultProxy.release_held` delivers them late; the server's answers go nowhere.
+  :meth:`FaultProxy.release_held_before` delivers them just before a client next sends a pattern (the
+  resumed pass's APPEND) and waits until the server confirmed them.
 * ``"answer"`` (``"down"`` only): the ``count``-th tagged answer line containing ``pattern`` gets its
   status and text replaced by ``answer``, e.g. ``NO [UNAVAILABLE] Server Unavailable. 15``: a server
   throttling the client. The command did run on the server (its effect stays): the client must treat
   such an answer as "maybe done", never as "not done". Everything else goes through unchanged.
 
 A fault applies to connections accepted after :meth:`FaultProxy.inject`, each counted on its own.
+``once=True``: only the first connection to reach the point gets the fault (the proxy heals then).
 With ``record=True`` the proxy keeps what went through each connection (:meth:`FaultProxy.transcripts`).
 """
 
@@ -43,15 +49,18 @@ class Fault:
     direction: Direction
     after: int = 0
     pattern: bytes | None = None
-    action: Literal["cut", "blackhole", "answer"] = "cut"
+    action: Literal["cut", "blackhole", "answer", "hold"] = "cut"
     count: int = 1
     answer: bytes = b"NO [UNAVAILABLE] Server Unavailable. 15"
+    once: bool = False
 
     def __post_init__(self) -> None:
         if self.direction not in ("up", "down"):
             raise ValueError(f"direction must be 'up' or 'down', not {self.direction!r}")
-        if self.action not in ("cut", "blackhole", "answer"):
-            raise ValueError(f"action must be 'cut', 'blackhole' or 'answer', not {self.action!r}")
+        if self.action not in ("cut", "blackhole", "answer", "hold"):
+            raise ValueError(f"action must be 'cut', 'blackhole', 'answer' or 'hold', not {self.action!r}")
+        if self.action == "hold" and self.direction != "up":
+            raise ValueError("action 'hold' keeps the client's bytes: direction 'up'")
         if self.action == "answer" and (self.direction != "down" or self.pattern is None):
             raise ValueError("action 'answer' rewrites server answers: direction 'down' and a pattern")
         if self.after < 0 or self.count < 1 or (self.pattern is not None and not self.pattern):
@@ -131,6 +140,11 @@ class _Connection:
         )
         self.closed = threading.Event()
         self._close_lock = threading.Lock()
+        self.holding = False  # a "hold" fault fired: client bytes go to `held`, the server side stays open
+        self.held = bytearray()
+        self.client_gone = False  # the client closed while its bytes were held
+        self.appended = threading.Event()  # after a release: the server confirmed a held APPEND
+        self._hold_lock = threading.Lock()
         self.threads = [
             threading.Thread(target=self._pump, args=("up", client, server), daemon=True),
             threading.Thread(target=self._pump, args=("down", server, client), daemon=True),
@@ -153,28 +167,67 @@ class _Connection:
                     break
                 if swallowing:
                     continue
+                if self.holding and direction == "up":
+                    with self._hold_lock:
+                        if self.holding:
+                            self.held += data
+                            continue
+                    sink.sendall(data)  # released meanwhile
+                    continue
+                if self.holding:  # the server's answers to a client that gave up: dropped
+                    if self.transcript is not None:
+                        self.transcript[direction] += data
+                    if b" OK [APPENDUID" in data:
+                        self.appended.set()
+                    with contextlib.suppress(OSError):
+                        sink.sendall(data)
+                    continue
                 if self.transcript is not None:
                     self.transcript[direction] += data
+                if direction == "up" and self.proxy._release_point is not None and self.proxy._release_point in data:
+                    self.proxy._release_before_forwarding()
                 if answering is not None:
                     data = answering.rewrite(data)
                     if data:
                         sink.sendall(data)
                     continue
                 if trigger is not None:
-                    data, reached = trigger.split(data)
+                    chunk = data
+                    data, reached = trigger.split(chunk)
                     if data:
                         sink.sendall(data)
                     if reached:
+                        if trigger.fault.once:
+                            self.proxy._heal_from(trigger.fault)
                         self.proxy._fired()
                         if trigger.fault.action == "cut":
                             break
+                        if trigger.fault.action == "hold":
+                            self.held += chunk[len(data) :]
+                            self.holding = True
+                            trigger = None
+                            continue
                         swallowing = True
                     continue
                 sink.sendall(data)
         except OSError:
             pass
         finally:
-            self.close()
+            if self.holding and direction == "up":
+                self.client_gone = True  # the server keeps its side until release_held() and stop()
+            else:
+                self.close()
+
+    def release(self) -> int:
+        """Deliver the held bytes to the server (late); how many. A client still connected gets the
+        answers and talks on normally from then on."""
+        with self._hold_lock:
+            data, self.held = bytes(self.held), bytearray()
+            with contextlib.suppress(OSError):
+                self.server.sendall(data)
+            if not self.client_gone:
+                self.holding = False
+        return len(data)
 
     def close(self) -> None:
         with self._close_lock:
@@ -206,6 +259,7 @@ class FaultProxy:
         self.port: int = self._listener.getsockname()[1]
         self._lock = threading.Condition()
         self._fault: Fault | None = None
+        self._release_point: bytes | None = None
         self._connections: list[_Connection] = []
         self._all: list[_Connection] = []  # kept only when recording
         self._accepted = 0
@@ -250,6 +304,29 @@ class FaultProxy:
         with self._lock:
             return self._lock.wait_for(lambda: self._triggered >= count, timeout)
 
+    def release_held_before(self, pattern: bytes) -> None:
+        """When a client next sends ``pattern`` (e.g. the resumed pass's APPEND), first deliver the held
+        bytes and wait (up to 30 s) until the server confirmed the held APPEND: a late write that lands
+        after the resumed pass looked for it and before it copies again."""
+        with self._lock:
+            self._release_point = pattern
+
+    def _release_before_forwarding(self) -> None:
+        with self._lock:
+            connections = [c for c in self._connections if c.holding]
+            if self._release_point is None or not connections:
+                return  # nothing held yet: this is the APPEND about to be held
+            self._release_point = None
+        for connection in connections:
+            connection.release()
+            connection.appended.wait(30)
+
+    def release_held(self) -> int:
+        """Send every "hold" connection's kept bytes to the server now; the number of bytes delivered."""
+        with self._lock:
+            connections = [c for c in self._connections if c.holding]
+        return sum(connection.release() for connection in connections)
+
     def close_all(self) -> None:
         """Drop every open connection now (the listener stays)."""
         with self._lock:
@@ -278,6 +355,11 @@ class FaultProxy:
         self.stop()
 
     # -- internals -------------------------------------------------------------------------------------
+
+    def _heal_from(self, fault: Fault) -> None:
+        with self._lock:
+            if self._fault is fault:
+                self._fault = None
 
     def _fired(self) -> None:
         with self._lock:

@@ -243,14 +243,14 @@ BROKEN: list[tuple[str, str, str]] = [
     (
         "password_missing",
         VALID.replace(", password: {env: NEW_PASS}", ""),
-        "config.yaml:3: accounts.new.password: required with auth: login "
-        "(a secret: {env: NAME}, {file: PATH} or {command: [argv, ...]})",
+        "config.yaml:3: accounts.new.password: required "
+        "(a secret: {env: NAME}, {file: PATH} or {command: [argv, ...]}), or oauth2 for OAuth2 logins",
     ),
     (
         "oauth_needs_a_token",
         VALID.replace("password: {env: NEW_PASS}", "auth: xoauth2"),
         "config.yaml:3: accounts.new.oauth2_token: required with auth: xoauth2 "
-        "(a secret: {env: NAME}, {file: PATH} or {command: [argv, ...]})",
+        "(a secret: {env: NAME}, {file: PATH} or {command: [argv, ...]}), or oauth2 (an OAuth2 client)",
     ),
     (
         "tls_ca_must_exist",
@@ -554,7 +554,7 @@ def test_relative_paths_are_relative_to_the_config_file(in_tmp: Path) -> None:
 
 def test_account_defaults_and_effective_port(in_tmp: Path) -> None:
     account = load_text(VALID).accounts["old"]
-    assert (account.tls, account.tls_verify, account.auth) == ("implicit", True, "login")
+    assert (account.tls, account.tls_verify, account.auth) == ("implicit", True, "auto")
     assert (account.effective_port, account.timeout, account.max_connections) == (993, timedelta(seconds=60), 4)
     assert account.model_copy(update={"tls": "starttls"}).effective_port == 143
     assert account.model_copy(update={"port": 1143}).effective_port == 1143

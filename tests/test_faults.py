@@ -79,8 +79,13 @@ def fault_setup(
     transfer: str = "{retries: 0}",
 ) -> Setup:
     """The pair of a fault test. Retries off by default: a fault ends the pass, as a crash would, and the
-    next pass must clean up (the tests of retrying within a pass set ``transfer``)."""
+    next pass must clean up (the tests of retrying within a pass set ``transfer``).
+
+    No late-write watch (late_write_window: 0s): these faults cut connections for good, so nothing can be
+    executed late, and the next pass must prove itself complete at once. The watch and its exit 75 are
+    tested in test_exactly_once.py."""
     directory.mkdir(parents=True, exist_ok=True)
+    transfer = transfer.rstrip().removesuffix("}") + ", late_write_window: 0s}"
     text = (
         f"state: {{path: {directory / 'state.db'}}}\n"
         "accounts:\n"

@@ -278,7 +278,7 @@ CASES = [
     Case(
         "automap prefers the same name, then the list order",
         ["Deleted Items", "Papierkorb"],
-        [("Deleted Items", "Deleted Items", "automap"), ("Papierkorb", "Trash", "automap")],
+        [("Deleted Items", "Deleted Items", "default"), ("Papierkorb", "Trash", "automap")],
         destination=["Deleted Items", "Trash", "Bin"],
         merged={},
     ),
@@ -338,11 +338,10 @@ CASES = [
             ("Corbeille", "Trash", "automap"),
             ("Courrier indésirable", "Junk", "automap"),
             ("Éléments envoyés", "Sent", "automap"),
-            ("Отправленные", "Sent", "automap"),
-            ("Удаленные", "Trash", "automap"),
+            ("Отправленные", "Отправленные", "default"),  # Sent receives Éléments envoyés: no merge by name
+            ("Удаленные", "Удаленные", "default"),
         ],
         destination=DOVECOT_SPECIAL,
-        merged={"Отправленные": "Éléments envoyés", "Удаленные": "Corbeille"},
     ),
     Case(
         "spanish italian dutch names, case-insensitive",
@@ -362,7 +361,7 @@ CASES = [
         [
             ("INBOX", "INBOX", "default"),
             ("INBOX.Deleted Messages", "Trash", "automap"),
-            ("INBOX.Sent", "Sent", "automap"),
+            ("INBOX.Sent", "Sent", "default"),  # the name automap found is the one it has anyway
         ],
         source_ns=CYRUS,
         destination=DOVECOT_SPECIAL,
@@ -434,7 +433,7 @@ CASES = [
     Case(
         "from_under automaps the restored names",
         ["Backup/old/Sent Items", "Backup/old/Trash"],
-        [("Backup/old/Sent Items", "INBOX.Sent", "automap"), ("Backup/old/Trash", "INBOX.Trash", "automap")],
+        [("Backup/old/Sent Items", "INBOX.Sent", "automap"), ("Backup/old/Trash", "INBOX.Trash", "default")],
         destination=["INBOX", ("INBOX.Sent", "\\Sent"), ("INBOX.Trash", "\\Trash")],
         destination_ns=CYRUS,
         rules={"from_under": "Backup/old"},
@@ -488,11 +487,62 @@ CASES = [
         merged={"a_b": "a.b"},
     ),
     Case(
-        "two folders automapped to one destination merge",
+        "a name guess never merges two source folders: the later one keeps its name",
         [("Sent", "\\Sent"), "Sent Items"],
-        [("Sent", "Sent", "automap"), ("Sent Items", "Sent", "automap")],
+        [("Sent", "Sent", "default"), ("Sent Items", "Sent Items", "default")],
         destination=DOVECOT_SPECIAL,
-        merged={"Sent Items": "Sent"},
+    ),
+    Case(
+        "an attribute and a well-known name for one use (the Drafts of issue 14)",
+        [("Drafts", "\\Drafts"), "Entwürfe"],
+        [("Drafts", "Drafts", "default"), ("Entwürfe", "Entwürfe", "default")],
+        destination=DOVECOT_SPECIAL,
+    ),
+    Case(
+        "the same, onto an empty destination",
+        [("Drafts", "\\Drafts"), "Entwürfe"],
+        [("Drafts", "Drafts", "default"), ("Entwürfe", "Entwürfe", "default")],
+    ),
+    Case(
+        "the same, on the next pass (labels do not change)",
+        [("Drafts", "\\Drafts"), "Entwürfe"],
+        [("Drafts", "Drafts", "default"), ("Entwürfe", "Entwürfe", "default")],
+        destination=[("Drafts", "\\Drafts"), "Entwürfe"],
+    ),
+    Case(
+        "the attribute wins the target, whatever the alphabet says",
+        ["Bozze", ("Entwürfe", "\\Drafts")],
+        [("Bozze", "Bozze", "default"), ("Entwürfe", "Drafts", "automap")],
+        destination=DOVECOT_SPECIAL,
+    ),
+    Case(
+        "two attributes for one use: no merge either",
+        [("Drafts", "\\Drafts"), ("Old Drafts", "\\Drafts")],
+        [("Drafts", "Drafts", "default"), ("Old Drafts", "Old Drafts", "default")],
+        destination=DOVECOT_SPECIAL,
+    ),
+    Case(
+        "a folder that keeps its own name may still meet its target's name: merged, and marked",
+        ["Drafts", ("Entwürfe", "\\Drafts")],
+        [("Drafts", "Drafts", "default"), ("Entwürfe", "Drafts", "automap")],
+        destination=DOVECOT_SPECIAL,
+        merged={"Entwürfe": "Drafts"},
+    ),
+    Case(
+        "an explicit map onto a special folder's own name merges there, marked",
+        [("Sent", "\\Sent"), "Sent 2019"],
+        [("Sent", "Sent", "default"), ("Sent 2019", "Sent", "map")],
+        destination=DOVECOT_SPECIAL,
+        rules={"map": {"Sent 2019": "Sent"}},
+        merged={"Sent 2019": "Sent"},
+    ),
+    Case(
+        "an explicit map of two folders to one merges them, marked",
+        ["Sent", "Sent 2019"],
+        [("Sent", "Sent", "default"), ("Sent 2019", "Sent", "map")],
+        destination=DOVECOT_SPECIAL,
+        rules={"map": {"Sent 2019": "Sent"}},
+        merged={"Sent 2019": "Sent"},
     ),
     Case(
         "a rename onto an existing source name merges",

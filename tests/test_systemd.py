@@ -33,7 +33,11 @@ UNITS = ROOT / "systemd"
 SHIPPED_BINARY = "/usr/bin/mailmirror"
 MAX_EXPOSURE = 2.0
 # (unit file, the name systemd-analyze is asked about)
-CASES = [("mailmirror.service", "mailmirror.service"), ("mailmirror@.service", "mailmirror@example.service")]
+CASES = [
+    ("mailmirror.service", "mailmirror.service"),
+    ("mailmirror@.service", "mailmirror@example.service"),
+    ("mailmirror-shard@.service", "mailmirror-shard@2.service"),
+]
 CASE_IDS = [name for _file, name in CASES]
 
 
@@ -150,3 +154,17 @@ def test_the_template_differs_from_the_service_only_per_instance() -> None:
     assert {k: v for k, v in single.items() if k not in per_instance} == {
         k: v for k, v in template.items() if k not in per_instance
     }
+
+
+def test_the_shard_template_is_the_service_with_the_shard_from_the_instance() -> None:
+    from mailmirror.shards import shard_from_environment
+
+    single = service_settings(UNITS / "mailmirror.service")
+    shard = service_settings(UNITS / "mailmirror-shard@.service")
+    assert shard["ExecStart"] == single["ExecStart"]  # one config for every shard
+    assert shard["Environment"] == ["MAILMIRROR_SHARD=%i"]
+    assert shard["EnvironmentFile"] == ["-/etc/mailmirror/shards.env"]
+    assert {k: v for k, v in shard.items() if not k.startswith("Environment")} == single
+    # what the unit gives the daemon names shard 2 of 4 (shards.env: MAILMIRROR_SHARDS=4)
+    environment = {"MAILMIRROR_SHARD": "2", "MAILMIRROR_SHARDS": "4"}
+    assert str(shard_from_environment(environment)) == "2/4"

@@ -33,6 +33,7 @@ from mailmirror.errors import (
 if TYPE_CHECKING:
     from mailmirror.config import Config
     from mailmirror.parallel import ParallelPasses
+    from mailmirror.shards import Shard
     from mailmirror.sync import PairReport
 
 DEFAULT_CONFIG = "/etc/mailmirror/config.yaml"
@@ -43,10 +44,11 @@ Exit codes:
   0   success
   64  usage error (unknown pair, bad option)
   65  verify found differences
-  69  a server could not be reached, or TLS failed
+  69  a server or an OAuth2 token endpoint could not be reached, or TLS failed
   70  internal error (a bug: please report it)
-  75  the pass finished but some messages failed (retryable)
-  77  authentication failed
+  75  the pass finished but some messages failed, or exactly once is not proven yet
+      (transfer.late_write_window), or another process writes the same destination (retryable)
+  77  authentication failed (a server or token endpoint refused the credentials)
   78  configuration error
   130 interrupted (Ctrl-C); sync: 143 stopped by SIGTERM
 """
@@ -63,24 +65,52 @@ class Context:
         self.stdout = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
         self.stderr = Console(stderr=True, highlight=False)
         self._config: Config | None = None
+        self.shard: Shard | None = None  # set by --shard / $MAILMIRROR_SHARD on the commands that take it
 
     @property
     def config(self) -> Config:
         if self._config is None:
             from mailmirror.config import load_config
+            from mailmirror.shards import apply_shard
 
-            self._config = load_config(self.config_path)
+            self._config = apply_shard(load_config(self.config_path), self.shard)
         return self._config
 
     def pair_names(self, wanted: Sequence[str]) -> list[str]:
         known = list(self.config.effective_pairs())
         unknown = [name for name in wanted if name not in known]
+        if unknown and self.shard is not None:
+            from mailmirror.shards import shard_of
+
+            owners = ", ".join(
+                f"{name!r}: --shard {shard_of(name, self.shard.count)}/{self.shard.count}" for name in unknown
+            )
+            raise UsageError(f"unknown pair in shard {self.shard} (if it is in the config, its shard is {owners})")
         if unknown:
             raise UsageError(f"unknown pair {', '.join(map(repr, unknown))} (pairs in the config: {', '.join(known)})")
         return list(wanted) or known
 
 
 pass_context = click.make_pass_decorator(Context)
+
+
+def _take_shard(click_context: click.Context, _param: click.Parameter, value: str | None) -> None:
+    from mailmirror.shards import resolve_shard
+
+    context = click_context.find_object(Context)
+    assert context is not None  # the group made it
+    context.shard = resolve_shard(value)
+
+
+shard_option = click.option(
+    "--shard",
+    metavar="K/N",
+    expose_value=False,
+    callback=_take_shard,
+    help="Only the pairs of shard K of N (K from 0 to N-1; default: $MAILMIRROR_SHARD, or the pod name's "
+    "ordinal with $MAILMIRROR_SHARDS), with the shard's own state database (state.shard-K-of-N.db). "
+    "See docs/scale-out.md.",
+)
 
 
 def _setup_logging(verbose: int, quiet: bool, log_format: str = "text") -> None:
@@ -189,6 +219,7 @@ def _exit_code_for(errors: Sequence[MailmirrorError]) -> ExitCode:
     "at most its accounts' max_connections, and a pass keeps the extra connections of its transfer.workers "
     "while it runs: with many pairs on one server, raise max_connections or lower transfer.workers.",
 )
+@shard_option
 @pass_context
 def sync(
     context: Context,
@@ -211,8 +242,11 @@ def sync(
     daemon.stop_timeout), then exit 130 (143 for SIGTERM); the next sync goes on from there. A second
     Ctrl-C exits at once (nothing is lost either: the state journal resolves it on the next pass).
 
-    Exit 0 when every selected message is on the destination, 75 when some messages or folders failed
-    (the summary says why), 69/77 when a server is unreachable or refuses the login.
+    Exit 0 when every selected message is on the destination, 75 when some messages or folders failed,
+    when a lost connection's appends may still be executed late by the server (watched for
+    transfer.late_write_window; later passes remove such late copies of our own), or when another process
+    is writing into the same destination mailbox (the summary says why), 69/77 when a server is
+    unreachable or refuses the login.
     """
     from mailmirror.parallel import ParallelPasses
     from mailmirror.report import RichProgress
@@ -314,6 +348,7 @@ def _collect_reports(context: Context, passes: ParallelPasses, stop: _StopReques
 
 
 @cli.command(short_help="The daemon: every pair on its schedule, IDLE push, reload on SIGHUP.")
+@shard_option
 @pass_context
 def run(context: Context) -> None:
     """Run every pair on its schedule, in the foreground (for systemd: Type=notify).
@@ -330,7 +365,7 @@ def run(context: Context) -> None:
     from mailmirror.daemon import Daemon
 
     _apply_log_config(context)
-    code = Daemon(context.config_path).run()
+    code = Daemon(context.config_path, shard=context.shard).run()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -343,12 +378,15 @@ def run(context: Context) -> None:
 @cli.command(short_help="Folder mapping, sizes and what a pass would do; changes nothing.")
 @click.argument("pairs", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (one JSON document).")
+@shard_option
 @pass_context
 def plan(context: Context, pairs: tuple[str, ...], as_json: bool) -> None:
     """Show, for PAIRS (all by default), each source folder → destination folder with the rule that chose
     the name (map, automap, rename, under, default), message count and size on both sides, and what a pass
-    would copy, update and delete. Reads both servers; changes nothing and records nothing.
+    would copy, update and delete, then the settings the accounts' provider presets chose (and those the
+    config overrode). Reads both servers; changes nothing and records nothing.
     """
+    from mailmirror.providers import presets_json, print_presets
     from mailmirror.report import plan_json, print_plan
     from mailmirror.state import StateStore
     from mailmirror.sync import PairPass
@@ -369,8 +407,10 @@ def plan(context: Context, pairs: tuple[str, ...], as_json: bool) -> None:
                 errors.append(report.error)
             if as_json:
                 documents.append(plan_json(report, pair.source, pair.destination))
+                documents[-1]["presets"] = presets_json(config.presets_of(name))
             else:
                 print_plan(context.stdout, report, pair.source, pair.destination)
+                print_presets(context.stdout, name, config.presets_of(name))
     finally:
         store.close()
     if as_json:
@@ -384,13 +424,15 @@ def plan(context: Context, pairs: tuple[str, ...], as_json: bool) -> None:
 
 @cli.command(short_help="Deep-compare source and destination (the cutover proof).")
 @click.argument("pairs", nargs=-1)
+@shard_option
 @pass_context
 def verify(context: Context, pairs: tuple[str, ...]) -> None:
     """Deep-compare source and destination of PAIRS (all by default): the cutover proof.
 
     Reads every message on both sides (read-only, BODY.PEEK) and compares them by SHA-256 of their exact
     bytes, with flags and INTERNALDATE. Exit 0 when every source message is on the destination exactly
-    once and identical, 65 on any difference (listed).
+    once and identical, 65 on any difference (listed). A message the destination server stored with other
+    bytes (same identity headers) is reported as altered, not as missing plus extra.
     """
     from mailmirror.report import print_verdict
     from mailmirror.verify import verify_pair
@@ -410,11 +452,14 @@ def verify(context: Context, pairs: tuple[str, ...]) -> None:
 # -- check ------------------------------------------------------------------------------------------------
 
 
-@cli.command(short_help="Log in to every account, report capabilities.")
+@cli.command(short_help="Log in to every account, report login mechanism and capabilities.")
 @click.argument("accounts", nargs=-1)
 @pass_context
 def check(context: Context, accounts: tuple[str, ...]) -> None:
     """Validate the config, log in to every account (or ACCOUNTS) and report server capabilities.
+
+    The Login column shows the mechanism used (auth: auto picks the strongest the server offers and
+    the credentials allow: SCRAM-SHA-256, SCRAM-SHA-1, PLAIN, LOGIN; OAUTHBEARER, XOAUTH2).
 
     Nothing is written anywhere. Exit 69 when a server cannot be reached or TLS fails, 77 when a login
     is refused; every account is tried and reported either way.
@@ -442,7 +487,7 @@ def check(context: Context, accounts: tuple[str, ...]) -> None:
                     name,
                     server,
                     tls,
-                    "[green]ok[/green]",
+                    f"[green]ok[/green] ({session.mechanism})",
                     namespace,
                     " ".join(text for text in has if text),
                     " ".join(cap for cap, text in zip(REPORTED_CAPABILITIES, has, strict=True) if not text) or "-",
@@ -468,6 +513,7 @@ def _capability_text(capabilities: frozenset[str], name: str) -> str:
 
 
 @cli.command(short_help="Each pair's last pass, from the state database.")
+@shard_option
 @pass_context
 def status(context: Context) -> None:
     """Show, from the state database, each pair's last pass: when, outcome, messages copied, failures."""
@@ -528,6 +574,103 @@ def config_schema() -> None:
 def config_example() -> None:
     """Print an annotated example config with every option and its default."""
     click.echo(resources.files("mailmirror").joinpath("data/config.example.yaml").read_text("utf-8"), nl=False)
+
+
+# -- oauth2 -----------------------------------------------------------------------------------------------
+
+
+@cli.group("oauth2", short_help="OAuth2 tokens: obtain the first refresh token of an account.")
+def oauth2_group() -> None:
+    """OAuth2 for accounts with an oauth2: client (Gmail, Microsoft 365, any OAuth2 provider).
+
+    mailmirror gets and refreshes access tokens itself; it needs one refresh token per account to start
+    with, from the account's oauth2.refresh_token or from `mailmirror oauth2 authorize ACCOUNT`.
+    """
+
+
+@oauth2_group.command("authorize")
+@click.argument("account_name", metavar="ACCOUNT")
+@pass_context
+def oauth2_authorize(context: Context, account_name: str) -> None:
+    """Obtain a refresh token for ACCOUNT with the device authorization grant (RFC 8628).
+
+    Prints a verification URL and a code: open the URL on any device, sign in as the mailbox user (or an
+    admin consenting for it) and enter the code. mailmirror polls the token endpoint meanwhile and stores
+    the refresh token in the account's oauth2.token_file (mode 0600), then logs in once to prove it works.
+    Exit 77 when the authorization is denied or expires, 69 when the provider cannot be reached.
+    """
+    from mailmirror import oauth2
+    from mailmirror.imap import Session
+
+    _apply_log_config(context)
+    config = context.config
+    account = config.accounts.get(account_name)
+    if account is None:
+        raise UsageError(f"unknown account {account_name!r} (known: {', '.join(config.accounts)})")
+    if account.oauth2 is None:
+        raise UsageError(f"account {account_name!r} has no oauth2: client to authorize (see docs/auth.md)")
+    grant = oauth2.start_device_authorization(account.oauth2)
+    where = grant.verification_uri_complete or grant.verification_uri
+    context.stdout.print(
+        f"To let mailmirror read the mailbox of {account.username} ({account_name}):\n"
+        f"  1. open {where}\n  2. enter the code {grant.user_code}\n"
+        f"Waiting for the approval (the code expires in {grant.expires_in:.0f}s)...",
+        markup=False,
+        highlight=False,
+    )
+    path = oauth2.poll_device_authorization(account.oauth2, grant)[1]
+    oauth2.TOKENS.clear()
+    with Session.open(account_name, account) as session:
+        mechanism = session.mechanism
+    context.stdout.print(
+        f"Authorized: refresh token stored in {path}; logged in to {account.host} with {mechanism}.",
+        markup=False,
+        highlight=False,
+    )
+
+
+# -- import ---------------------------------------------------------------------------------------------
+
+
+@cli.group("import", short_help="Convert another tool's settings (imapsync) into a mailmirror config.")
+def import_group() -> None:
+    """Convert another tool's settings into mailmirror config YAML."""
+
+
+@import_group.command("imapsync", context_settings={"ignore_unknown_options": True})
+@click.option(
+    "--sync-loop",
+    "sync_loop",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="An imapsync sync_loop file (host1;user1;password1;host2;user2;password2;extra options): one pair a line; "
+    "the OPTIONS apply to every line.",
+)
+@click.option("--state", "state_path", metavar="PATH", help="state.path of the generated config.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here (default: stdout).")
+@click.argument("options", nargs=-1, type=click.UNPROCESSED)
+def import_imapsync(
+    sync_loop: Path | None, state_path: str | None, output: Path | None, options: tuple[str, ...]
+) -> None:
+    """Convert an imapsync command line (mailmirror import imapsync -- --host1 … --user1 …) or a sync_loop file
+    into config YAML. Options mailmirror cannot express are named on stderr and in a comment at the top;
+    passwords are never written: --password1 becomes {env: NAME} (export it), --passfile1 {file: PATH}.
+    docs/imapsync.md maps every option.
+    """
+    from mailmirror.imapsync_import import convert_command_line, convert_sync_loop
+
+    if sync_loop is not None:
+        conversion = convert_sync_loop(sync_loop, options, state_path=state_path)
+    else:
+        conversion = convert_command_line(options, state_path=state_path)
+    text = conversion.yaml_text()
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+    for line in conversion.unsupported:
+        click.echo(f"mailmirror: not converted: {line}", err=True)
+    for line in conversion.notes:
+        click.echo(f"mailmirror: note: {line}", err=True)
 
 
 # -- demo -------------------------------------------------------------------------------------------------

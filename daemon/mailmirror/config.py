@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 import os
 import re
 import types
@@ -48,6 +49,9 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from mailmirror.errors import ConfigError, UsageError
+from mailmirror.mailboxes import MailboxIdentity, mailbox_identity
+from mailmirror.oauth2 import OAuth2Client
+from mailmirror.providers import AppliedPreset, ProviderName, apply_account_presets, pair_preset_layer
 from mailmirror.secrets import Secret
 from mailmirror.units import CONFIG_DIR, ConfigPath, Duration, Size, format_duration
 
@@ -72,6 +76,8 @@ __all__ = [
     "format_config_error",
     "load_config",
 ]
+
+log = logging.getLogger(__name__)
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 HEADER_NAME_PATTERN = r"^[!-9;-~]+$"
@@ -364,6 +370,15 @@ class DaemonConfig(_Section):
             "side, and more for transfer.workers while they are free)."
         ),
     )
+    lock_dir: ConfigPath | None = Field(
+        default=None,
+        description=(
+            "Directory of the destination locks (one writer per destination mailbox, whatever the config file or "
+            "state database): every mailmirror of the machine must use the same one. Default: /run/mailmirror "
+            "when it exists and is writable (the systemd units create it) or when run as root, else "
+            "$XDG_RUNTIME_DIR/mailmirror, else /tmp/mailmirror-UID. Local to one machine: see docs/architecture.md."
+        ),
+    )
 
 
 class LogConfig(_Section):
@@ -380,7 +395,18 @@ class LogConfig(_Section):
 class Account(_Section):
     """An IMAP account: where to connect and how to log in. Referenced by name from pairs."""
 
-    host: str = Field(min_length=1, description="IMAP server host name or IP address.")
+    provider: ProviderName | None = Field(
+        default=None,
+        description=(
+            "A preset of the provider's known limits and folder quirks (gmail, office365, generic), applied as "
+            "ordinary defaults: host, max_connections, rate limits, and for pairs using the account folders not "
+            "to copy, label duplicates, message size limit, throttling retries. What the config sets wins; "
+            "`mailmirror plan` shows each preset value; docs/providers.md lists them with their sources."
+        ),
+    )
+    host: str = Field(
+        min_length=1, description="IMAP server host name or IP address (with provider: gmail/office365, optional)."
+    )
     port: int | None = Field(
         default=None,
         ge=1,
@@ -418,15 +444,36 @@ class Account(_Section):
             "authentication identity, username being the authorization identity."
         ),
     )
-    auth: Literal["login", "plain", "xoauth2", "oauthbearer"] = Field(
-        default="login",
-        description="Authentication: LOGIN, SASL PLAIN, or OAuth2 (XOAUTH2, OAUTHBEARER) with oauth2_token.",
+    authuser_separator: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1,
+        description=(
+            "With authuser: log in as username + this character + authuser (Dovecot's auth_master_user_separator, "
+            "e.g. '*': 'alice*admin') instead of SASL PLAIN with an authorization identity."
+        ),
+    )
+    auth: Literal["auto", "login", "plain", "scram-sha-256", "scram-sha-1", "xoauth2", "oauthbearer"] = Field(
+        default="auto",
+        description=(
+            "Login mechanism. auto: the strongest the server offers and the credentials allow (SCRAM-SHA-256, "
+            "SCRAM-SHA-1, PLAIN, LOGIN for a password; OAUTHBEARER, XOAUTH2 for OAuth2; PLAIN for authuser); "
+            "`mailmirror check` shows the choice. Or one of login (the LOGIN command), plain, scram-sha-256, "
+            "scram-sha-1, xoauth2, oauthbearer."
+        ),
+    )
+    oauth2: OAuth2Client | None = Field(
+        default=None,
+        description=(
+            "OAuth2 client mailmirror gets access tokens from itself (refreshed before expiry; rotated refresh "
+            "tokens stored in token_file). Instead of password or oauth2_token."
+        ),
     )
     oauth2_token: Secret | None = Field(
         default=None,
         description=(
-            f"OAuth2 access token: a secret reference, {SECRET_SHAPES}, typically a command printing a fresh "
-            "token. Required with auth: xoauth2/oauthbearer."
+            f"A ready OAuth2 access token: a secret reference, {SECRET_SHAPES}, typically a command printing a "
+            "fresh token. Prefer oauth2, which refreshes tokens itself."
         ),
     )
     timeout: Duration = Field(
@@ -460,6 +507,11 @@ class Account(_Section):
             return self.port
         return 993 if self.tls == "implicit" else 143
 
+    @property
+    def identity(self) -> MailboxIdentity:
+        """Which mailbox this account is, however its host and port are spelled (mailboxes.py)."""
+        return mailbox_identity(self.host, self.effective_port, self.username)
+
     @field_validator("timeout")
     @classmethod
     def _positive_timeout(cls, value: Any) -> Any:
@@ -469,16 +521,28 @@ class Account(_Section):
 
     @model_validator(mode="after")
     def _credentials_match_auth(self) -> Account:
-        if self.auth in OAUTH_MECHANISMS:
-            if self.oauth2_token is None:
-                raise _field_error("oauth2_token", f"required with auth: {self.auth} (a secret: {SECRET_SHAPES})")
+        oauth_sources = [name for name in ("oauth2", "oauth2_token") if getattr(self, name) is not None]
+        if len(oauth_sources) > 1:
+            raise _field_error("oauth2_token", "give either oauth2 (mailmirror gets tokens itself) or oauth2_token")
+        if self.auth in OAUTH_MECHANISMS or (self.auth == "auto" and oauth_sources):
+            if not oauth_sources:
+                raise _field_error(
+                    "oauth2_token",
+                    f"required with auth: {self.auth} (a secret: {SECRET_SHAPES}), or oauth2 (an OAuth2 client)",
+                )
             if self.password is not None:
-                raise _field_error("password", f"not used with auth: {self.auth}, which logs in with oauth2_token")
+                raise _field_error("password", f"not used with {oauth_sources[0]}, which logs in with OAuth2 tokens")
+            if self.authuser is not None:
+                raise _field_error("authuser", "not used with OAuth2: the token names the user")
         else:
+            if self.password is None and self.auth == "auto":
+                raise _field_error("password", f"required (a secret: {SECRET_SHAPES}), or oauth2 for OAuth2 logins")
             if self.password is None:
                 raise _field_error("password", f"required with auth: {self.auth} (a secret: {SECRET_SHAPES})")
-            if self.oauth2_token is not None:
-                raise _field_error("oauth2_token", "only used with auth: xoauth2 or oauthbearer")
+            if oauth_sources:
+                raise _field_error(oauth_sources[0], "only used with auth: auto, xoauth2 or oauthbearer")
+        if self.authuser_separator is not None and self.authuser is None:
+            raise _field_error("authuser_separator", "only used with authuser")
         if self.tls == "none" and self.tls_ca is not None:
             raise _field_error("tls_ca", "has no effect with tls: none")
         return self
@@ -783,12 +847,29 @@ class TransferRules(_Section):
         json_schema_extra={"default": "2s"},
         description="First wait before such a retry; doubled each time, at most 5 minutes.",
     )
+    late_write_window: Duration = Field(
+        default=timedelta(minutes=10),
+        json_schema_extra={"default": "10m"},
+        description=(
+            "After a connection was lost with appends unconfirmed, how long the server might still execute them "
+            "late (a stalled server runs what sat in its socket buffer). Messages copied again meanwhile are "
+            "watched: each pass of the folder removes a late byte-identical copy of our own (needs UIDPLUS) "
+            "and exits 75 until the window ends. 0s: no watch (a late write would go unnoticed)."
+        ),
+    )
 
     @field_validator("backoff")
     @classmethod
     def _positive_backoff(cls, value: Any) -> Any:
         if not value:
             raise ValueError("must be longer than 0s")
+        return value
+
+    @field_validator("late_write_window")
+    @classmethod
+    def _bounded_window(cls, value: Any) -> Any:
+        if isinstance(value, timedelta) and value > timedelta(days=7):
+            raise ValueError("must be at most 7d (a server does not hold commands that long; 0s turns the watch off)")
         return value
 
 
@@ -850,19 +931,32 @@ class Config(_Section):
     )
 
     _effective_pairs: dict[str, Pair] = PrivateAttr(default_factory=dict)
+    _account_presets: list[AppliedPreset] = PrivateAttr(default_factory=list)
+    _pair_presets: dict[str, list[AppliedPreset]] = PrivateAttr(default_factory=dict)
+    _source_path: Path | None = PrivateAttr(default=None)
+
+    @property
+    def source_path(self) -> Path | None:
+        """The file this config was read from (None when built in memory): named to other processes."""
+        return self._source_path
 
     @model_validator(mode="wrap")
     @classmethod
     def _check_across_sections(cls, data: Any, handler: ModelWrapValidatorHandler[Config]) -> Config:
         """Check what no single section can: account references, and each pair once defaults are merged in."""
         reference_errors = _account_reference_errors(data)
+        data, account_presets = apply_account_presets(data)
         try:
             config = handler(data)
         except ValidationError as error:
             raise _validation_error([*_copy_errors(error), *reference_errors]) from None
         if reference_errors:
             raise _validation_error(reference_errors)
+        config._account_presets = account_presets
         config._apply_defaults()
+        same_mailbox_errors = _same_mailbox_errors(config)
+        if same_mailbox_errors:
+            raise _validation_error(same_mailbox_errors)
         config._label_secrets()
         return config
 
@@ -870,13 +964,25 @@ class Config(_Section):
         effective: dict[str, Pair] = {}
         errors: list[InitErrorDetails] = []
         for name, pair in self.pairs.items():
+            preset, self._pair_presets[name] = self._pair_preset_layer(name, pair)
             try:
-                effective[name] = _inherit_defaults(self.defaults, pair)
+                effective[name] = _inherit_defaults(self.defaults, pair, preset)
             except ValidationError as error:
-                errors += _copy_errors(error, prefix=("pairs", name), note=" (with values inherited from defaults)")
+                note = " (with values inherited from defaults" + (" and provider presets)" if preset else ")")
+                errors += _copy_errors(error, prefix=("pairs", name), note=note)
         if errors:
             raise _validation_error(errors)
         self._effective_pairs = effective
+
+    def _pair_preset_layer(self, name: str, pair: Pair) -> tuple[dict[str, Any], list[AppliedPreset]]:
+        source, destination = self.accounts.get(pair.source), self.accounts.get(pair.destination)
+        explicit = (self.defaults.model_dump(exclude_unset=True), pair.model_dump(exclude_unset=True))
+        return pair_preset_layer(
+            name,
+            source.provider if source is not None else None,
+            destination.provider if destination is not None else None,
+            explicit,
+        )
 
     def _label_secrets(self) -> None:
         for name, account in self.accounts.items():
@@ -884,6 +990,8 @@ class Config(_Section):
                 secret = getattr(account, field_name)
                 if isinstance(secret, Secret):
                     secret.attach_label(f"accounts.{name}.{field_name}")
+            if account.oauth2 is not None:
+                account.oauth2.attach(name, self.state.path.parent / "oauth2" / f"{name}.json")
 
     def pair(self, name: str) -> Pair:
         """The pair called ``name`` with ``defaults`` merged in. Unknown name → :class:`UsageError` (exit 64)."""
@@ -895,6 +1003,16 @@ class Config(_Section):
     def effective_pairs(self) -> dict[str, Pair]:
         """Every pair, in file order, with ``defaults`` merged in."""
         return dict(self._effective_pairs)
+
+    def presets_of(self, pair_name: str) -> list[AppliedPreset]:
+        """The provider preset values behind the pair's settings and its two accounts' (see
+        :mod:`mailmirror.providers`), including those the config overrode."""
+        pair = self.pairs.get(pair_name)
+        if pair is None:
+            return []
+        prefixes = tuple(f"accounts.{account}." for account in (pair.source, pair.destination))
+        accounts = [row for row in self._account_presets if row.setting.startswith(prefixes)]
+        return accounts + self._pair_presets.get(pair_name, [])
 
 
 def _names(names: Iterable[str]) -> str:
@@ -934,6 +1052,35 @@ def _pair_reference_errors(pair_name: Any, pair: dict[str, Any], known: set[str]
     return errors
 
 
+def _same_mailbox_errors(config: Config) -> list[InitErrorDetails]:
+    """Pairs whose source and destination are one mailbox under two account names: each pass would copy
+    the mailbox into itself (with folders.under, nesting one more level every time)."""
+    errors: list[InitErrorDetails] = []
+    for name, pair in config.pairs.items():
+        source, destination = config.accounts[pair.source], config.accounts[pair.destination]
+        if source.identity == destination.identity:
+            message = (
+                f"pair '{name}': source account '{pair.source}' and destination account '{pair.destination}' are "
+                f"the same mailbox ({source.identity}): the pair would copy the mailbox into itself. Point the "
+                "destination at another mailbox (or remove the pair)"
+            )
+            errors.append(_custom_error(("pairs", name, "destination"), message, pair.destination))
+    return errors
+
+
+def same_mailbox_accounts(config: Config) -> list[tuple[str, str, MailboxIdentity]]:
+    """Pairs of account names (in file order) that are one mailbox: worth a warning, not an error."""
+    first: dict[MailboxIdentity, str] = {}
+    found: list[tuple[str, str, MailboxIdentity]] = []
+    for name, account in config.accounts.items():
+        identity = account.identity
+        if identity in first:
+            found.append((first[identity], name, identity))
+        else:
+            first[identity] = name
+    return found
+
+
 def _as_name(value: Any) -> str | None:
     """A name as the models will read it (numbers become strings), or None for anything else."""
     if isinstance(value, str):
@@ -943,9 +1090,10 @@ def _as_name(value: Any) -> str | None:
     return None
 
 
-def _inherit_defaults(defaults: PairDefaults, pair: Pair) -> Pair:
-    """The pair with every section merged over the defaults: what the pair set explicitly wins."""
-    inherited = defaults.model_dump(exclude_unset=True)
+def _inherit_defaults(defaults: PairDefaults, pair: Pair, preset: dict[str, Any] | None = None) -> Pair:
+    """The pair with every section merged over the defaults, and those over the accounts' provider presets:
+    what the pair set explicitly wins, then what defaults set."""
+    inherited = _deep_merge(preset or {}, defaults.model_dump(exclude_unset=True))
     own = pair.model_dump(exclude_unset=True)
     own_schedule = own.get("schedule", {})
     if "every" in own_schedule or "cron" in own_schedule:
@@ -1369,9 +1517,22 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise InvalidConfig([top_level_problem])
     config_dir = Path(shown).absolute().parent
     try:
-        return Config.model_validate(document.data, context={CONFIG_DIR: config_dir})
+        config = Config.model_validate(document.data, context={CONFIG_DIR: config_dir})
     except ValidationError as error:
         raise InvalidConfig(_problems_from(error, document, shown)) from None
+    config._source_path = Path(shown).absolute()
+    for first, second, identity in same_mailbox_accounts(config):
+        line = document.line_for(("accounts", second))
+        log.warning(
+            "%s:%s: accounts.%s: the same mailbox (%s) as account '%s'; mailmirror treats them as one mailbox "
+            "(one writer at a time); use one account name for it",
+            shown,
+            line,
+            second,
+            identity,
+            first,
+        )
+    return config
 
 
 def format_config_error(error: ConfigError) -> str:

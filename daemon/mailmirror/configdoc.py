@@ -17,6 +17,7 @@ SECTIONS = [
     ("log", "LogConfig"),
     ("daemon", "DaemonConfig"),
     ("accounts.NAME", "Account"),
+    ("accounts.NAME.oauth2", "OAuth2Client"),
     ("Secrets ({env: …} | {file: …} | {command: […]})", "Secret"),
     ("pairs.NAME (and defaults)", "Pair"),
     ("pairs.NAME.schedule", "Schedule"),

@@ -49,6 +49,7 @@ from mailmirror.imap import Session
 from mailmirror.limits import ConnectionLimits
 from mailmirror.metrics import Metrics
 from mailmirror.notify import Notifier
+from mailmirror.shards import Shard, apply_shard
 from mailmirror.state import StateStore
 from mailmirror.sync import PairPass, PairReport
 
@@ -207,10 +208,11 @@ class IdleWatcher(threading.Thread):
 
 
 class Daemon:
-    def __init__(self, config_path: Path, notifier: Notifier | None = None) -> None:
+    def __init__(self, config_path: Path, notifier: Notifier | None = None, shard: Shard | None = None) -> None:
         self.config_path = config_path
         self.notifier = notifier or Notifier()
-        self.config = load_config(config_path)
+        self.shard = shard
+        self.config = apply_shard(load_config(config_path), shard)
         self.stop_requested = threading.Event()
         self.reload_requested = threading.Event()
         self.limits = ConnectionLimits(self.config)
@@ -224,7 +226,7 @@ class Daemon:
             timezone=UTC,
         )
         self._lock = threading.Lock()
-        self.metrics = Metrics()
+        self.metrics = Metrics(shard=None if shard is None else str(shard.index))
         self.http: HealthServer | None = None
         self.loop_turned_at = time.monotonic()
         self.state_successes: dict[str, float] = {}  # pair -> end of its last successful pass, from state
@@ -247,7 +249,8 @@ class Daemon:
             self._start_pair(name)
         self.scheduler.start()
         self.notifier.ready()
-        log.info("mailmirror run: %d pairs from %s", len(self.config.effective_pairs()), self.config_path)
+        shard = "" if self.shard is None else f" (shard {self.shard})"
+        log.info("mailmirror run: %d pairs%s from %s", len(self.config.effective_pairs()), shard, self.config_path)
         self._update_status()
         interval = self.notifier.watchdog_interval() or LOOP_SECONDS
         while not self.stop_requested.wait(min(interval, LOOP_SECONDS)):
@@ -484,7 +487,7 @@ class Daemon:
     def reload(self) -> None:
         self.notifier.reloading()
         try:
-            new = load_config(self.config_path)
+            new = apply_shard(load_config(self.config_path), self.shard)
         except ConfigError as error:
             log.error("config reload refused, the previous config keeps running:\n%s", error)
             self.metrics.reloaded(successful=False)

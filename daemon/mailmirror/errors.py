@@ -10,7 +10,7 @@ code  name                meaning
 65    EX_DATAERR          verify found differences between source and destination
 69    EX_UNAVAILABLE      a server could not be reached, or TLS failed
 70    EX_SOFTWARE         internal error (a bug: please report it)
-75    EX_TEMPFAIL         the pass finished, but some messages failed (retryable)
+75    EX_TEMPFAIL         the pass finished, but some messages failed or it is not proven yet; or locked
 77    EX_NOPERM           authentication failed
 78    EX_CONFIG           the configuration is invalid
 ====  ==================  ==========================================================

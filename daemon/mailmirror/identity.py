@@ -78,3 +78,15 @@ def fingerprint(header_block: bytes, size: int, identity_headers: Sequence[str] 
 def without_size(fingerprint_key: str) -> str:
     """The header part of a fingerprint: for servers that change a message's size when storing it."""
     return fingerprint_key.split("/", 1)[0]
+
+
+_EIGHT_BIT = re.compile(rb"[\x80-\xff]")
+
+
+def loose_identity(raw: bytes, identity_headers: Sequence[str] = ("Message-ID", "Date")) -> str:
+    """The identity of a whole message regardless of bytes a server may rewrite when storing it: the
+    fingerprint of its identity headers without the size, every 8-bit byte of the header read as "X" (what
+    Cyrus's munge8bit stores). Equal for a message and its altered copy; `verify` pairs them by it."""
+    end = raw.find(b"\r\n\r\n")
+    header = raw if end < 0 else raw[:end]
+    return without_size(fingerprint(_EIGHT_BIT.sub(b"X", header), 0, identity_headers))

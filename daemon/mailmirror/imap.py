@@ -13,7 +13,7 @@ import logging
 import re
 import socket
 import ssl
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -24,6 +24,7 @@ from imapclient.exceptions import CapabilityError, IMAPClientAbortError, IMAPCli
 from imapclient.imap_utf7 import decode as decode_utf7
 from imapclient.response_parser import parse_fetch_response, parse_response
 
+from mailmirror import auth
 from mailmirror.errors import AuthenticationFailure, ConfigError, ConnectionFailure, ServerRefused, Throttled
 
 if TYPE_CHECKING:
@@ -97,6 +98,8 @@ class Folder:
 @dataclass(frozen=True)
 class MailboxStatus:
     uidvalidity: int
+    #: Never 0 after `Session.select()` (learned when the SELECT answer lacks it, as Courier's does); 0 in a
+    #: STATUS / LIST-STATUS answer that did not give it: unknown, never stored nor sent.
     uidnext: int
     messages: int
     highestmodseq: int | None
@@ -125,6 +128,7 @@ class MessageDigest:
     sha256: str
     flags: frozenset[str]
     internaldate: datetime
+    identity: str | None = None  # what `fetch_digests(identity=...)` made of the message's bytes
 
 
 @dataclass(frozen=True)
@@ -167,6 +171,10 @@ class Session:
         self.separator, self.prefix = self._namespace()
         self.selected: str | None = None
         self.selected_readonly = True
+        self.mechanism = "LOGIN"  # how it logged in (auth.login's choice)
+        # Learned on the first SELECT/STATUS that lacks UIDNEXT (Courier): None until known.
+        self.uidnext_in_select: bool | None = None
+        self.uidnext_in_status: bool | None = None
 
     # -- connecting --------------------------------------------------------------------------------------
 
@@ -188,9 +196,10 @@ class Session:
         what = f"account '{account_name}' ({where})"
         client = _connect_client(account, what)
         try:
-            _login(client, account, what)
+            mechanism = auth.login(client, account_name, account, what, _login)
             client.normalise_times = False
             session = cls(account_name, account, client)  # asks CAPABILITY and NAMESPACE
+            session.mechanism = mechanism
         except (IMAPClientAbortError, OSError, EOFError) as error:
             with contextlib.suppress(Exception):
                 client.shutdown()
@@ -289,6 +298,10 @@ class Session:
         STATUS / LSUB for what they need.
         """
         returns = []
+        if self.has("LIST-EXTENDED") and self.has("SPECIAL-USE"):
+            # RFC 6154: a server may leave the special-use attributes out of an extended LIST unless they are
+            # asked for (Dovecot does), while its plain LIST has them: ask, so that every listing agrees.
+            returns.append("SPECIAL-USE")
         if self.has("LIST-EXTENDED"):
             returns.append("SUBSCRIBED")
         if self.has("LIST-STATUS"):
@@ -396,26 +409,75 @@ class Session:
         return len(sizes), sum(sizes.values())
 
     def select(self, name: str, *, readonly: bool) -> MailboxStatus:
-        """SELECT (or EXAMINE when readonly: the source is never opened read-write)."""
-        with self._talking(f"opening '{name}'"):
-            try:
-                response = self.client.select_folder(name, readonly=readonly)
-            except IMAPClientAbortError:
-                raise
-            except IMAPClientError as error:
-                raise FolderMissing(f"{name}: {error}") from None
-        self.selected, self.selected_readonly = name, readonly
+        """SELECT (or EXAMINE when readonly: the source is never opened read-write).
+
+        The UIDNEXT returned is never 0. A server whose SELECT answer lacks it (Courier) is asked STATUS
+        UIDNEXT just *before* the SELECT (so every message below it is in the opened view), else the
+        highest UID in the view + 1 (``UID FETCH * (UID)``): at most the true UIDNEXT, so a later pass
+        looking above it misses nothing.
+        """
+        told = self._status_uidnext(name) if self.uidnext_in_select is False else None
+        response = self._select(name, readonly)
+        uidnext = response.get(b"UIDNEXT")
+        if uidnext is None and self.uidnext_in_select is None:
+            self.uidnext_in_select = False
+            log.debug("account '%s': SELECT answers no UIDNEXT; it is learned otherwise", self.account_name)
+            told = self._status_uidnext(name)
+            if told is not None:  # open it again after the STATUS: the view then holds every UID below
+                response = self._select(name, readonly)
+        elif uidnext is not None:
+            self.uidnext_in_select = True
+        if uidnext is None:
+            uidnext = told if told is not None else self._highest_uid(int(response[b"EXISTS"])) + 1
         modseq = response.get(b"HIGHESTMODSEQ")
         permanent = response.get(b"PERMANENTFLAGS")
-        uidnext = response.get(b"UIDNEXT")
         return MailboxStatus(
             uidvalidity=int(response[b"UIDVALIDITY"]),
-            uidnext=int(uidnext) if uidnext is not None else 0,
+            uidnext=max(1, int(uidnext)),
             messages=int(response[b"EXISTS"]),
             highestmodseq=int(modseq) if modseq is not None else None,
             # EXAMINE answers PERMANENTFLAGS () whatever the folder keeps: only SELECT tells.
             permanent_flags=_flags(permanent) if permanent is not None and not readonly else None,
         )
+
+    def _select(self, name: str, readonly: bool) -> dict[bytes, Any]:
+        with self._talking(f"opening '{name}'"):
+            try:
+                response: dict[bytes, Any] = self.client.select_folder(name, readonly=readonly)
+            except IMAPClientAbortError:
+                raise
+            except IMAPClientError as error:
+                raise FolderMissing(f"{name}: {error}") from None
+        self.selected, self.selected_readonly = name, readonly
+        return response
+
+    def _status_uidnext(self, name: str) -> int | None:
+        """STATUS (UIDNEXT) of a folder, None when the server does not answer it (remembered: the highest UID
+        + 1 is used from then on, which is never above the true UIDNEXT)."""
+        if self.uidnext_in_status is False:
+            return None
+        with self._talking(f"asking the status of '{name}'"):
+            try:
+                result = self.client.folder_status(name, ["UIDNEXT"])
+            except IMAPClientAbortError:
+                raise
+            except IMAPClientError as error:  # the SELECT says whether the folder exists
+                log.debug("account '%s': STATUS UIDNEXT of '%s' refused: %s", self.account_name, name, error)
+                result = {}
+        value = result.get(b"UIDNEXT")
+        if value is None or int(value) < 1:
+            self.uidnext_in_status = False
+            return None
+        self.uidnext_in_status = True
+        return int(value)
+
+    def _highest_uid(self, exists: int) -> int:
+        """The highest UID in the selected folder's view (0 when it is empty): ``UID FETCH * (UID)``."""
+        if exists == 0:
+            return 0
+        with self._talking(f"fetching the last UID in '{self.selected}'"):
+            response = self._fetch("*", ["UID"])
+        return max((int(uid) for uid in response), default=0)
 
     def enable_condstore(self) -> None:
         """ENABLE CONDSTORE (RFC 7162), so that SELECT answers HIGHESTMODSEQ as on the pass's first
@@ -472,6 +534,7 @@ class Session:
 
     def uids_between(self, first_uid: int, last_uid: int) -> list[int]:
         """UIDs present in [first_uid, last_uid] of the selected folder."""
+        first_uid = max(1, first_uid)  # UID 0 does not exist: "0:n" is refused (Courier: NO)
         if last_uid < first_uid:
             return []
         with self._talking(f"searching '{self.selected}'"):
@@ -521,6 +584,7 @@ class Session:
 
     def uids_from(self, first_uid: int) -> list[int]:
         """UIDs >= first_uid (``UID SEARCH UID n:*`` answers the highest UID even when below n)."""
+        first_uid = max(1, first_uid)  # UID 0 does not exist: "0:*" is refused (Courier: NO)
         with self._talking(f"searching '{self.selected}'"):
             found = self.client.search(["UID", f"{first_uid}:*"])
         return sorted(int(uid) for uid in found if int(uid) >= first_uid)
@@ -537,6 +601,29 @@ class Session:
         with self._talking(f"fetching sizes in '{self.selected}'"):
             response = self._fetch("1:*", ["RFC822.SIZE"])
         return {int(uid): int(data[b"RFC822.SIZE"]) for uid, data in response.items() if b"RFC822.SIZE" in data}
+
+    def fetch_stored(
+        self, sizes_of: Sequence[int], headers_of: Sequence[int] = ()
+    ) -> dict[int, tuple[int, bytes | None]]:
+        """UID -> (RFC822.SIZE, header section or None) of messages just appended to the selected folder, in
+        one FETCH: the header only for ``headers_of`` (asked for all of them when there are any)."""
+        if not sizes_of:
+            return {}
+        items = ["RFC822.SIZE", "BODY.PEEK[HEADER]"] if headers_of else ["RFC822.SIZE"]
+        with self._talking(f"checking appended messages in '{self.selected}'"):
+            try:
+                response = self._fetch(uid_set(sizes_of), items)
+            except IMAPClientAbortError:
+                raise
+            except IMAPClientError as error:  # a check only: the copies are confirmed, the folder goes on
+                log.debug("account '%s': no check of appended messages: %s", self.account_name, error)
+                return {}
+        wanted = set(headers_of)
+        return {
+            int(uid): (int(data[b"RFC822.SIZE"]), bytes(data[b"BODY[HEADER]"]) if int(uid) in wanted else None)
+            for uid, data in response.items()
+            if b"RFC822.SIZE" in data and (int(uid) not in wanted or b"BODY[HEADER]" in data)
+        }
 
     def fetch_meta(self, uids: Sequence[int], header_fields: Sequence[str]) -> list[MessageMeta]:
         """Size, flags, INTERNALDATE and the identity header fields, without bodies, in chunks."""
@@ -571,8 +658,15 @@ class Session:
         # BODY[] NIL: expunged by another session meanwhile (Dovecot answers OK [EXPUNGEISSUED]): not returned
         return {int(uid): bytes(body) for uid, data in response.items() if (body := data.get(b"BODY[]")) is not None}
 
-    def fetch_digests(self, uids: Sequence[int], sizes: dict[int, int], max_bytes: int) -> Iterator[MessageDigest]:
-        """SHA-256 of each message's exact bytes with its flags and INTERNALDATE, fetched in bounded batches."""
+    def fetch_digests(
+        self,
+        uids: Sequence[int],
+        sizes: dict[int, int],
+        max_bytes: int,
+        identity: Callable[[bytes], str] | None = None,
+    ) -> Iterator[MessageDigest]:
+        """SHA-256 of each message's exact bytes with its flags and INTERNALDATE, fetched in bounded batches;
+        with ``identity``, also what it makes of the bytes (e.g. a fingerprint of identity headers)."""
         batch: list[int] = []
         batch_bytes = 0
         for uid in [*uids, None]:
@@ -585,11 +679,13 @@ class Session:
                     response = self._fetch(uid_set(batch), ["BODY.PEEK[]", "FLAGS", "INTERNALDATE"])
                 for got_uid, data in sorted(response.items()):
                     if data.get(b"BODY[]") is not None:  # NIL: expunged meanwhile
+                        raw = bytes(data[b"BODY[]"])
                         yield MessageDigest(
                             int(got_uid),
-                            hashlib.sha256(bytes(data[b"BODY[]"])).hexdigest(),
+                            hashlib.sha256(raw).hexdigest(),
                             _flags(data.get(b"FLAGS", ())),
                             data[b"INTERNALDATE"],
+                            identity(raw) if identity is not None else None,
                         )
             if uid is not None:
                 batch, batch_bytes = [uid], sizes.get(uid, 0)
@@ -768,7 +864,7 @@ def _append_arguments(message: MessageToAppend) -> bytes:
 def _status_from(values: dict[str, int]) -> MailboxStatus:
     return MailboxStatus(
         uidvalidity=values["UIDVALIDITY"],
-        uidnext=values["UIDNEXT"],
+        uidnext=values.get("UIDNEXT", 0),  # 0: the server did not say (never stored, never sent)
         messages=values["MESSAGES"],
         highestmodseq=values.get("HIGHESTMODSEQ"),
     )

@@ -39,7 +39,13 @@ Order of decisions for each source folder
      \\Archive, \\All), else from a well-known name in several languages (:data:`WELL_KNOWN_NAMES`,
      compared case-insensitively with the whole relative name), goes to the destination folder with the
      same attribute, else to an existing destination folder with a well-known name for that use (the
-     same name as the source's preferred, then the list order). Nothing found: the next rules apply.
+     same name as the source's preferred, then the list order; a folder known only by its name prefers a
+     destination folder of the same name to one with the attribute). Nothing found: the next rules apply.
+     Folders with the attribute choose first, then those known by name (each in sync order), and automap
+     never sends two source folders to one destination folder: a folder whose target already receives
+     another source folder (by any rule) keeps the name the next rules give it, with a warning. The rule
+     is "automap" only when automap changed the name, so a folder's rule does not change once the first
+     pass has created its destination folder.
    - ``rename``: every rule, in order, ``re.sub(pattern, replacement, name)`` on the relative name
      (cumulatively); rule "rename" when the name changed. Empty levels a rename leaves ("a//b", "/b")
      are dropped; a rename that leaves nothing at all is a :class:`ConfigError`.
@@ -54,9 +60,9 @@ Order of decisions for each source folder
    equal case-insensitively (Unicode case folding) to an existing destination folder becomes that
    folder's name (an exact match preferred). A source folder whose destination name equals,
    case-insensitively, the one of an earlier folder ("Sent" and "SENT"; or a.b and a_b onto a "."
-   server; or two folders automapped to the same \\Sent) goes to that earlier folder's destination, as
+   server; or an explicit map of two folders to one) goes to that earlier folder's destination, as
    imapsync merges them: its mapping keeps its rule and gets :attr:`FolderMapping.merged_into` = the
-   earlier source folder's server name.
+   earlier source folder's server name (shown in `plan` and the pass table).
 7. Non-selectable source folders (\\Noselect, \\NonExistent) still get a mapping, with
    ``selectable=False``: the sync skips them (their children imply them on the destination).
 """
@@ -64,6 +70,7 @@ Order of decisions for each source folder
 from __future__ import annotations
 
 import functools
+import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -75,6 +82,8 @@ from mailmirror.imap import Folder
 if TYPE_CHECKING:
     from mailmirror.config import FolderRules
     from mailmirror.sessions import ImapSession
+
+log = logging.getLogger(__name__)
 
 NEUTRAL_SEPARATOR = "/"
 INBOX = "INBOX"
@@ -396,15 +405,22 @@ class _Destination:
                 by_well_known_use.setdefault(use, []).append((neutral, folder))
         return cls(by_use, by_well_known_use, frozenset(by_name), by_case)
 
-    def automap_target(self, use: str, relative_name: str, ns: Namespace) -> str | None:
+    def automap_target(self, use: str, relative_name: str, ns: Namespace, *, by_attribute: bool = True) -> str | None:
+        """The destination folder for a special use: the same name with that attribute, else the first
+        folder with it, else a well-known name for it (the same name first). A source folder known only
+        by its name goes to a destination folder of the same name before one with the attribute."""
         wanted = relative_name.casefold()
         with_attribute = self.by_use.get(use, [])
         for folder in with_attribute:
             if ns.to_neutral(folder.name).casefold() == wanted:
                 return folder.name
+        candidates = self.by_well_known_use.get(use, [])
+        if not by_attribute:
+            same = [folder for neutral, folder in candidates if neutral.casefold() == wanted]
+            if same:
+                return same[0].name
         if with_attribute:
             return with_attribute[0].name
-        candidates = self.by_well_known_use.get(use, [])
         if not candidates:
             return None
         rank = {name.casefold(): position for position, name in enumerate(WELL_KNOWN_NAMES[use])}
@@ -463,17 +479,32 @@ def map_folders(
     )
     destination = _Destination.of(destination_folders, destination_ns)
     by_name = {folder.name: folder for folder in source_folders}
-    mappings: list[FolderMapping] = []
+    chosen: list[_Chosen] = []
     for name in sync_order(by_name):
-        mapping = _map_one(by_name[name], rules, source_ns, destination_ns, destination)
-        if mapping is not None:
-            mappings.append(mapping)
+        selected = _select_one(by_name[name], rules, source_ns, destination_ns)
+        if selected is not None:
+            chosen.append(selected)
+    targets = _automap(chosen, rules, destination_ns, destination)
+    mappings = []
+    for one in chosen:
+        target, rule = targets.get(one.folder.name, (one.name, one.rule))
+        mappings.append(FolderMapping(one.folder.name, target, rule, one.folder.selectable))
     return _merge_case_variants(mappings, destination)
 
 
-def _map_one(
-    folder: Folder, rules: _Rules, source_ns: Namespace, destination_ns: Namespace, destination: _Destination
-) -> FolderMapping | None:
+@dataclass(frozen=True)
+class _Chosen:
+    """A selected source folder, with the destination name and rule it gets without automap."""
+
+    folder: Folder
+    relative: str
+    name: str  # destination server name by map / rename / under / default
+    rule: str
+    use: str | None  # the special use automap follows (None: automap does not apply)
+    by_attribute: bool  # the use comes from an RFC 6154 attribute, not from a well-known name
+
+
+def _select_one(folder: Folder, rules: _Rules, source_ns: Namespace, destination_ns: Namespace) -> _Chosen | None:
     neutral = source_ns.to_neutral(folder.name)
     relative = neutral
     if rules.from_under is not None:
@@ -485,26 +516,56 @@ def _map_one(
         return None
     if rules.subscribed is not None and neutral != INBOX and folder.name not in rules.subscribed:
         return None
-    target, rule = _destination_name(folder, neutral, relative, rules, destination_ns, destination)
-    return FolderMapping(folder.name, target, rule, folder.selectable)
-
-
-def _destination_name(
-    folder: Folder,
-    neutral: str,
-    relative: str,
-    rules: _Rules,
-    destination_ns: Namespace,
-    destination: _Destination,
-) -> tuple[str, str]:
-    """The destination server name and the rule that decided it."""
     if neutral in rules.explicit:
-        return destination_ns.to_server(rules.explicit[neutral]), RULE_MAP
-    if rules.automap and rules.under is None and relative != INBOX:
-        use = special_use_of(folder, relative)
-        target = None if use is None else destination.automap_target(use, relative, destination_ns)
-        if target is not None:
-            return target, RULE_AUTOMAP
+        return _Chosen(folder, relative, destination_ns.to_server(rules.explicit[neutral]), RULE_MAP, None, False)
+    name, rule = _destination_name(relative, rules, destination_ns)
+    use = special_use_of(folder, relative) if rules.automap and rules.under is None and relative != INBOX else None
+    return _Chosen(folder, relative, name, rule, use, use is not None and _attribute_use(folder) == use)
+
+
+def _attribute_use(folder: Folder) -> str | None:
+    lowered = {flag.lower() for flag in folder.flags}
+    return next((use for use in AUTOMAP_USES if use.lower() in lowered), None)
+
+
+def _automap(
+    chosen: Sequence[_Chosen], rules: _Rules, destination_ns: Namespace, destination: _Destination
+) -> dict[str, tuple[str, str]]:
+    """Source server name -> (destination name, rule) of every folder automap applies to.
+
+    Folders with a special-use attribute pick their destination folder first, then those known by name,
+    each in sync order. Automap never pours two source folders into one: a folder whose automap target
+    already receives another source folder (by a rule or by automap) keeps the name the other rules give
+    it, with a warning. The rule is "automap" only where automap changed the name: a folder that keeps its
+    name keeps its label on the next pass too, when the folder the first pass created is its target.
+    """
+    receiving = {_case_key(one.name): one.folder.name for one in chosen if one.use is None}
+    targets: dict[str, tuple[str, str]] = {}
+    for one in sorted((c for c in chosen if c.use is not None), key=lambda c: not c.by_attribute):
+        assert one.use is not None
+        target = destination.automap_target(one.use, one.relative, destination_ns, by_attribute=one.by_attribute)
+        other = None if target is None else receiving.get(_case_key(target))
+        if target is not None and _case_key(target) == _case_key(one.name):
+            other = None  # its target is its own name: a merge there is the names' (and marked), not automap's
+        if target is not None and other is not None and other != one.folder.name:
+            log.warning(
+                "automap: source folder '%s' (%s) is not merged into destination folder '%s', which already "
+                "receives source folder '%s'; it keeps its own name '%s' (folders.map merges them if wanted)",
+                one.folder.name,
+                one.use,
+                target,
+                other,
+                one.name,
+            )
+            target = None
+        final = one.name if target is None else target
+        receiving.setdefault(_case_key(final), one.folder.name)
+        targets[one.folder.name] = (final, one.rule if final == one.name else RULE_AUTOMAP)
+    return targets
+
+
+def _destination_name(relative: str, rules: _Rules, destination_ns: Namespace) -> tuple[str, str]:
+    """The destination server name by rename / under / default, and the rule that decided it."""
     name = relative
     for regex, replacement in rules.rename:
         name = regex.sub(replacement, name)

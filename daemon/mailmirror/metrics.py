@@ -6,7 +6,9 @@ config disappears from the scrape with its entry, and nothing here is a global s
 
 Labels are config names only: `pair`, `account`, and small fixed sets (`side`, `reason`, `outcome`),
 so cardinality is bounded by the config. Counters are labelled by pair alone (plus such a fixed set),
-so that `sum(mailmirror_messages_copied_total)` is the number of messages copied.
+so that `sum(mailmirror_messages_copied_total)` is the number of messages copied. A shard
+(`mailmirror run --shard K/N`, see mailmirror.shards) adds the constant label `shard="K"` to every
+mailmirror_* series, so that the shards of one config stay apart even when scraped under one target.
 """
 
 from __future__ import annotations
@@ -99,6 +101,7 @@ class PairMetrics:
     adopted: int = 0
     flag_updates: int = 0
     folder_errors: int = 0
+    altered: int = 0  # copies the destination stored with other bytes than sent
     # every label value from the start at 0: increase() cannot see a series' first value
     deleted: Counter[str] = field(default_factory=lambda: Counter(dict.fromkeys(("destination", "source"), 0)))
     skipped: Counter[str] = field(default_factory=lambda: Counter(dict.fromkeys([*SKIP_REASONS.values(), "other"], 0)))
@@ -117,8 +120,9 @@ class AccountMetrics:
 class Metrics:
     """What the daemon reports; thread-safe; `registry` is what the HTTP endpoint serves."""
 
-    def __init__(self) -> None:
+    def __init__(self, shard: str | None = None) -> None:
         self._lock = threading.Lock()
+        self.shard = shard  # `mailmirror run --shard K/N`: every mailmirror_* series gets the label shard="K"
         self.pairs: dict[str, PairMetrics] = {}
         self.accounts: dict[str, AccountMetrics] = {}
         self.reload_successful = True
@@ -220,6 +224,7 @@ class Metrics:
             entry.deleted["destination"] += folder.deleted
             entry.deleted["source"] += folder.source_deleted
             entry.folder_errors += folder.error is not None
+            entry.altered += len(folder.altered)
             for _uid, reason in folder.skipped:
                 entry.skipped[skip_reason(reason)] += 1
             for _uid, reason in folder.failed:
@@ -250,6 +255,11 @@ class Metrics:
                 *_pair_histograms(self.pairs),
                 *_account_counters(self.accounts),
             ]
+        if self.shard is not None:
+            for family in families:
+                family.samples = [
+                    sample._replace(labels={**sample.labels, "shard": self.shard}) for sample in family.samples
+                ]
         return iter(families)
 
     def _instance_families(self, pair_count: int) -> Iterator[Metric]:
@@ -366,6 +376,11 @@ def _pair_counters(pairs: dict[str, PairMetrics]) -> Iterator[Metric]:
         ["pair", "reason"],
     )
     folder_errors = counter("mailmirror_folder_errors", "Folders a pass could not sync.", ["pair"])
+    altered = counter(
+        "mailmirror_messages_altered",
+        "Copies the destination server stored with other bytes than it was sent (e.g. Cyrus munge8bit).",
+        ["pair"],
+    )
     passes = counter("mailmirror_passes", "Passes of the pair, by outcome.", ["pair", "outcome"])
     for name, entry in sorted(pairs.items()):
         copied.add_metric([name], entry.copied)
@@ -373,6 +388,7 @@ def _pair_counters(pairs: dict[str, PairMetrics]) -> Iterator[Metric]:
         adopted.add_metric([name], entry.adopted)
         flags.add_metric([name], entry.flag_updates)
         folder_errors.add_metric([name], entry.folder_errors)
+        altered.add_metric([name], entry.altered)
         for side in ("destination", "source"):
             deleted.add_metric([name, side], entry.deleted[side])
         for reason, count in sorted(entry.skipped.items()):
@@ -381,7 +397,7 @@ def _pair_counters(pairs: dict[str, PairMetrics]) -> Iterator[Metric]:
             failed.add_metric([name, reason], count)
         for outcome, count in sorted(entry.passes.items()):
             passes.add_metric([name, outcome], count)
-    yield from (copied, copied_bytes, adopted, flags, deleted, skipped, failed, folder_errors, passes)
+    yield from (copied, copied_bytes, adopted, flags, deleted, skipped, failed, folder_errors, altered, passes)
 
 
 def _pair_histograms(pairs: dict[str, PairMetrics]) -> Iterator[Metric]:

@@ -4,13 +4,18 @@ A rename keeps a folder's UIDVALIDITY and UIDs on the servers that matter (Dovec
 source folder the state does not know, whose UIDVALIDITY equals that of a known folder that disappeared
 from the source, is that folder under a new name — once one of its messages is checked by fingerprint.
 Then the destination folder is renamed (RENAME moves its subfolders along) and the state follows, so the
-pass stays incremental. Without a confident match nothing is renamed: the folder is treated as new, and
-fingerprint matching still prevents duplicates inside each destination folder.
+pass stays incremental. Some servers (Courier) give a renamed folder a new UIDVALIDITY and new UIDs: when
+no vanished folder has the new one's UIDVALIDITY, a vanished folder is taken as renamed when every message
+the state knows in it is in the new folder, by fingerprint (headers only), and no other vanished folder
+qualifies; the UIDVALIDITY change then re-maps its messages by fingerprint, as after any UIDVALIDITY reset.
+Without a confident match nothing is renamed: the folder is treated as new, and fingerprint matching still
+prevents duplicates inside each destination folder.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -51,11 +56,15 @@ def follow_renames(
         if store.folder(pair, mapping.source) is not None:
             continue
         status = source_statuses.status(source, mapping.source)
-        matches = [
-            o for o in orphans if o.src_uidvalidity == status.uidvalidity and o.dst_folder in existing_destination
-        ]
-        if len(matches) != 1 or not _same_folder(store, pair, matches[0], source, mapping.source, identity_headers):
-            continue
+        candidates = [o for o in orphans if o.dst_folder in existing_destination]
+        matches = [o for o in candidates if o.src_uidvalidity == status.uidvalidity]
+        if matches:
+            if len(matches) != 1 or not _same_folder(store, pair, matches[0], source, mapping.source, identity_headers):
+                continue
+        else:
+            matches = _renumbered_matches(store, pair, candidates, source, mapping.source, identity_headers)
+            if len(matches) != 1:
+                continue
         old = matches[0]
         orphans.remove(old)
         renamed[mapping.source] = old.src_folder
@@ -93,6 +102,33 @@ def _same_folder(
     source.select(candidate, readonly=True)
     metas = source.fetch_meta([newest.src_uid], header_fields_to_fetch(identity_headers))
     return bool(metas) and fingerprint(metas[0].header, metas[0].size, identity_headers) == newest.fingerprint
+
+
+def _renumbered_matches(
+    store: StateStore,
+    pair: str,
+    candidates: Sequence[FolderState],
+    source: ImapSession,
+    folder: str,
+    identity_headers: Sequence[str],
+) -> list[FolderState]:
+    """The vanished folders all of whose known messages are in `folder` (a rename that changed UIDVALIDITY)."""
+    known = {
+        candidate: Counter(
+            m.fingerprint for m in store.messages(pair, candidate.src_folder).values() if m.status == "done"
+        )
+        for candidate in candidates
+    }
+    known = {candidate: fingerprints for candidate, fingerprints in known.items() if fingerprints}
+    if not known:
+        return []
+    source.select(folder, readonly=True)
+    uids = source.all_uids()
+    if not uids:
+        return []
+    metas = source.fetch_meta(uids, header_fields_to_fetch(identity_headers))
+    present = Counter(fingerprint(meta.header, meta.size, identity_headers) for meta in metas)
+    return [candidate for candidate, fingerprints in known.items() if not fingerprints - present]
 
 
 def _moved_along(existing: set[str], old: str, new: str, separator: str) -> None:

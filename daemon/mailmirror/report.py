@@ -94,47 +94,83 @@ def print_pass(console: Console, report: PairReport, source: str, destination: s
     table.add_column("Source folder")
     table.add_column("Destination folder")
     verb = "To copy" if report.dry_run else "Copied"
-    for column in (verb, "Present", "Flags", "Skipped", "Failed"):
+    for column in (verb, "Present", "Flags", "Deleted", "Skipped", "Failed"):
         table.add_column(column, justify="right")
     for folder in report.folders:
-        notes = [folder.rule] if folder.rule != "default" else []
-        notes += ["new"] if folder.created else []
-        notes += [f"renamed from {folder.renamed_from}"] if folder.renamed_from else []
-        notes += ["unchanged"] if folder.unchanged else []
         table.add_row(
             folder.source,
-            folder.destination + (f" ({', '.join(notes)})" if notes else ""),
+            folder.destination + _folder_notes(folder),
             str(folder.copied),
             str(folder.adopted),
             str(folder.flags_updated),
+            str(folder.deleted),
             str(len(folder.skipped)),
             f"[red]{len(folder.failed)}[/red]" if folder.failed else "0",
         )
-    table.caption = "Present: already on the destination (matched by fingerprint). Flags: flag updates."
+    table.caption = (
+        "Present: already on the destination (matched by fingerprint). Flags: flag updates. "
+        "Deleted: on the destination (deletions.destination: mirror)."
+    )
     table.caption_justify = "left"
     console.print(table)
     seconds = report.seconds
     created = sum(1 for folder in report.folders if folder.created)
+    moved = report.total("source_deleted")
     console.print(
         f"  {len(report.folders)} folders ({created} {'to create' if report.dry_run else 'created'}), "
         f"{report.copied} messages {'to copy' if report.dry_run else 'copied'} ({human_bytes(report.bytes_copied)}), "
         f"{report.total('adopted')} already on the destination, {report.total('flags_updated')} flag updates, "
-        f"{report.skipped} skipped, {report.failed} failed in {seconds:.1f} s: "
+        f"{report.total('deleted')} {'to delete' if report.dry_run else 'deleted'} on the destination, "
+        + (f"{moved} deleted from the source after their copy, " if moved else "")
+        + (f"{report.altered} altered by the destination server, " if report.altered else "")
+        + f"{report.skipped} skipped, {report.failed} failed in {seconds:.1f} s: "
         f"{_rate(report.copied, seconds):.1f} msg/s, {_rate(report.bytes_copied, seconds) / 2**20:.2f} MiB/s"
     )
     _print_reasons(console, "Skipped", [(f.source, uid, why) for f in report.folders for uid, why in f.skipped])
     _print_reasons(console, "Failed", [(f.source, uid, why) for f in report.folders for uid, why in f.failed])
+    _print_reasons(
+        console,
+        "Altered by the destination server",
+        [(f.source, uid, why) for f in report.folders for uid, why in f.altered],
+    )
     for folder in report.folders:
         if folder.error:
             console.print(f"  [red]Folder {folder.source}: {folder.error}[/red]")
+    removed = report.total("late_duplicates_removed")
+    if removed:
+        console.print(f"  Removed {removed} late duplicates of our own (appends of a lost connection executed late).")
+    for folder in report.folders:
+        if folder.unresolved:
+            console.print(f"  [yellow]Folder {folder.source}: not proven yet: {folder.unresolved}[/yellow]")
     if report.error is not None:
         console.print(f"  [red]Pass stopped: {report.error}[/red]")
     elif report.dry_run:
         console.print("  Dry run: nothing was changed on either server.")
+    elif report.complete and report.altered:
+        console.print(
+            f"  [yellow]Complete, but {report.altered} messages were altered by the destination server: it "
+            "stored other bytes than it was sent (see above; e.g. Cyrus munge8bit replaces 8-bit header "
+            "characters).[/yellow]"
+        )
     elif report.complete:
         console.print("  [green]Complete: every selected source message is on the destination.[/green]")
+    elif all(folder.unresolved for folder in report.folders if not folder.complete):
+        console.print(
+            "  [yellow]Copied, not proven yet: a server may still execute a lost connection's appends "
+            "(see above); a later pass settles it.[/yellow]"
+        )
     else:
         console.print("  [yellow]Incomplete: some source messages are not on the destination (see above).[/yellow]")
+
+
+def _folder_notes(folder: FolderReport) -> str:
+    """What the pass table says after a destination folder: rule (when not the default), merge, state."""
+    notes = [folder.rule] if folder.rule != "default" else []
+    notes += [f"merged with {folder.merged_into}"] if folder.merged_into else []
+    notes += ["new"] if folder.created else []
+    notes += [f"renamed from {folder.renamed_from}"] if folder.renamed_from else []
+    notes += ["unchanged"] if folder.unchanged else []
+    return f" ({', '.join(notes)})" if notes else ""
 
 
 def _print_reasons(console: Console, label: str, rows: Sequence[tuple[str, int, str]]) -> None:
@@ -151,7 +187,7 @@ def print_verdict(console: Console, verdict: PairVerdict) -> None:
     table = Table(title=f"Verify pair '{verdict.pair}'", title_justify="left")
     for column in ("Source folder", "Destination folder"):
         table.add_column(column)
-    for column in ("Source", "Dest.", "Missing", "Dupl.", "Flags", "Date", "Extra"):
+    for column in ("Source", "Dest.", "Missing", "Dupl.", "Flags", "Date", "Altered", "Extra"):
         table.add_column(column, justify="right")
     for folder in verdict.folders:
         table.add_row(
@@ -163,6 +199,7 @@ def print_verdict(console: Console, verdict: PairVerdict) -> None:
             _count(len(folder.duplicates)),
             _count(len(folder.flag_differences)),
             _count(len(folder.date_differences)),
+            _count(len(folder.altered)),
             str(len(folder.extra)),
         )
     console.print(table)
@@ -172,6 +209,10 @@ def print_verdict(console: Console, verdict: PairVerdict) -> None:
         details += [f"{folder.source}: destination UID {uid} is a duplicate" for uid in folder.duplicates]
         details += [f"{folder.source}: UID {s}→{d}: flags {why}" for s, d, why in folder.flag_differences]
         details += [f"{folder.source}: UID {s}→{d}: INTERNALDATE {why}" for s, d, why in folder.date_differences]
+        details += [
+            f"{folder.source}: UID {s}→{d}: altered by the destination server (same message, other bytes)"
+            for s, d in folder.altered
+        ]
     for line in details[:MAX_LISTED]:
         console.print(f"  {line}", markup=False, highlight=False)
     if len(details) > MAX_LISTED:
@@ -185,7 +226,14 @@ def print_verdict(console: Console, verdict: PairVerdict) -> None:
             "destination exactly once, byte-identical, with the same flags and INTERNALDATE.[/green]"
         )
     else:
-        console.print(f"  [red]{verdict.differences} differences.[/red]")
+        altered = sum(len(folder.altered) for folder in verdict.folders)
+        why = (
+            f" {altered} messages were altered by the destination server: it stores other bytes than it was "
+            "sent (e.g. Cyrus munge8bit replaces 8-bit header characters); they are there, not missing."
+            if altered
+            else ""
+        )
+        console.print(f"  [red]{verdict.differences} differences.{why}[/red]")
 
 
 def _count(value: int) -> str:
@@ -204,7 +252,8 @@ def print_plan(console: Console, report: PairReport, source: str, destination: s
     for column in ("Copy", "Present", "Flags", "Delete", "Skip", "Fail"):
         table.add_column(column, justify="right")
     for folder in report.folders:
-        rule = folder.rule + (f", renamed from {folder.renamed_from}" if folder.renamed_from else "")
+        rule = folder.rule + (f", merged with {folder.merged_into}" if folder.merged_into else "")
+        rule += f", renamed from {folder.renamed_from}" if folder.renamed_from else ""
         table.add_row(
             folder.source,
             folder.destination + (" (to create)" if folder.created else ""),
@@ -247,6 +296,7 @@ def plan_json(report: PairReport, source: str, destination: str) -> dict[str, ob
                 "rule": folder.rule,
                 "create": folder.created,
                 "renamed_from": folder.renamed_from,
+                "merged_into": folder.merged_into,
                 "source_size": size(folder.source_size),
                 "destination_size": size(folder.destination_size),
                 "copy": folder.copied,

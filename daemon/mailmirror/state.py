@@ -10,6 +10,9 @@ Tables (all keyed by pair and source folder name; no secrets anywhere):
   copy exactly-once.
 - ``failures``: messages the destination refused, with the server's reason (retried on every pass).
 - ``runs``: one row per pass and pair, for ``mailmirror status``.
+- ``late_writes``: appends of a lost connection that resolution did not find and copied again: the
+  server may still execute the old APPEND late. Watched until their deadline (transfer.late_write_window)
+  for a byte-identical copy of our own above the destination UIDNEXT of the resolution, which is removed.
 
 The database is safe to inspect with the ``sqlite-utils`` CLI while the daemon runs.
 """
@@ -30,7 +33,7 @@ import sqlite_utils
 
 from mailmirror.errors import ConfigError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS folders (
@@ -112,8 +115,23 @@ CREATE TABLE IF NOT EXISTS pending (
 );
 """
 
+# v5: late-write watches (docs/architecture.md, "Why exactly once"): one row per append that a lost
+# connection may still execute late, with the destination UIDNEXT above which its copy would land.
+_SCHEMA_V5 = """
+CREATE TABLE IF NOT EXISTS late_writes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    pair TEXT NOT NULL,
+    src_folder TEXT NOT NULL,
+    src_uid INTEGER NOT NULL,
+    fingerprint TEXT NOT NULL,
+    dst_uid_floor INTEGER NOT NULL,
+    deadline TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS late_writes_folder ON late_writes (pair, src_folder);
+"""
+
 #: Forward migrations: MIGRATIONS[n] brings a database from version n-1 to n.
-MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4}
+MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4, 5: _SCHEMA_V5}
 
 
 def _statements(script: str) -> Iterator[str]:
@@ -177,6 +195,15 @@ class SyncedMessage:
     size: int
     flags: frozenset[str]
     dst_uid_floor: int | None = None
+
+
+@dataclass(frozen=True)
+class LateWriteWatch:
+    id: int
+    src_uid: int
+    fingerprint: str
+    dst_uid_floor: int
+    deadline: datetime
 
 
 @dataclass(frozen=True)
@@ -278,10 +305,10 @@ class StateStore:
                 state.dst_folder,
                 state.src_uidvalidity,
                 state.dst_uidvalidity,
-                state.src_uidnext,
+                state.src_uidnext or None,  # a UIDNEXT of 0 is "unknown", never a marker to search from
                 state.src_messages,
                 state.src_highestmodseq,
-                state.dst_uidnext,
+                state.dst_uidnext or None,
                 _now(),
             ],
         )
@@ -299,7 +326,7 @@ class StateStore:
     def rename_folder(self, pair: str, old: FolderState, new_src_folder: str, new_dst_folder: str) -> None:
         """A folder renamed on the source (and by us on the destination): its state follows it."""
         with self.transaction():
-            for table in ("messages", "failures", "deferred", "pending"):
+            for table in ("messages", "failures", "deferred", "pending", "late_writes"):
                 self.db.execute(
                     f"UPDATE {table} SET src_folder = ? WHERE pair = ? AND src_folder = ?",
                     [new_src_folder, pair, old.src_folder],
@@ -313,7 +340,7 @@ class StateStore:
     def forget_folder(self, pair: str, src_folder: str) -> None:
         """Drop the UID map of a folder (after a UIDVALIDITY change: it is rebuilt by fingerprint)."""
         with self.transaction():
-            for table in ("messages", "failures", "deferred", "pending", "folders"):
+            for table in ("messages", "failures", "deferred", "pending", "late_writes", "folders"):
                 self.db.execute(f"DELETE FROM {table} WHERE pair = ? AND src_folder = ?", [pair, src_folder])
 
     # -- messages ----------------------------------------------------------------------------------------
@@ -418,8 +445,9 @@ class StateStore:
         rows = self.db.execute(
             "SELECT src_folder FROM messages WHERE pair = ? AND status = 'pending' "
             "UNION SELECT src_folder FROM failures WHERE pair = ? "
-            "UNION SELECT src_folder FROM deferred WHERE pair = ? AND eligible_at <= ?",
-            [pair, pair, pair, _now()],
+            "UNION SELECT src_folder FROM deferred WHERE pair = ? AND eligible_at <= ? "
+            "UNION SELECT src_folder FROM late_writes WHERE pair = ?",
+            [pair, pair, pair, _now(), pair],
         )
         return {row[0] for row in rows}
 
@@ -470,6 +498,47 @@ class StateStore:
         ).fetchall()
         now = _now()
         return [uid for uid, at in rows if at is None], [uid for uid, at in rows if at is not None and at <= now]
+
+    # -- late writes -------------------------------------------------------------------------------------
+
+    @_locked
+    def watch_late_writes(
+        self, pair: str, src_folder: str, entries: Iterable[SyncedMessage], dst_uid_floor: int, deadline: datetime
+    ) -> None:
+        """Appends of a lost connection that were not found and are copied again: watch for their late copy."""
+        when = deadline.astimezone(UTC).isoformat(timespec="seconds")
+        with self.transaction():
+            self.db.conn.executemany(
+                "INSERT INTO late_writes (pair, src_folder, src_uid, fingerprint, dst_uid_floor, deadline) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(pair, src_folder, e.src_uid, e.fingerprint, dst_uid_floor, when) for e in entries],
+            )
+
+    @_locked
+    def late_write_watches(self, pair: str, src_folder: str) -> list[LateWriteWatch]:
+        rows = self.db.execute(
+            "SELECT id, src_uid, fingerprint, dst_uid_floor, deadline FROM late_writes "
+            "WHERE pair = ? AND src_folder = ? ORDER BY id",
+            [pair, src_folder],
+        )
+        return [LateWriteWatch(i, uid, fp, floor, datetime.fromisoformat(at)) for i, uid, fp, floor, at in rows]
+
+    @_locked
+    def close_late_write_watches(self, ids: Iterable[int]) -> None:
+        with self.transaction():
+            self.db.conn.executemany("DELETE FROM late_writes WHERE id = ?", [(i,) for i in ids])
+
+    @_locked
+    def claimed_dst_uids(self, dst_folder: str) -> set[int]:
+        """Destination UIDs of this folder that any pair's state claims (copied or adopted): never removed
+        as a late write. Cautious: pairs into another account's folder of the same name count too, and so do
+        folders not saved yet (a first pass that did not finish)."""
+        rows = self.db.execute(
+            "SELECT m.dst_uid FROM messages m LEFT JOIN folders f ON f.pair = m.pair AND f.src_folder = m.src_folder "
+            "WHERE (f.dst_folder = ? OR f.dst_folder IS NULL) AND m.dst_uid IS NOT NULL",
+            [dst_folder],
+        )
+        return {row[0] for row in rows}
 
     # -- failures ----------------------------------------------------------------------------------------
 

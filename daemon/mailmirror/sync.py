@@ -11,6 +11,7 @@ Safety rules enforced here:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import queue
 import re
@@ -22,6 +23,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from mailmirror.errors import (
+    ConfigError,
     ConnectionFailure,
     InternalError,
     LockedError,
@@ -30,9 +32,9 @@ from mailmirror.errors import (
     Stopped,
 )
 from mailmirror.identity import fingerprint, header_fields_to_fetch, without_size
-from mailmirror.imap import AppendRefused, Folder, FolderMissing, MailboxStatus, MessageToAppend, Session
-from mailmirror.locks import PairLock
-from mailmirror.mapping import FolderMapping, Namespace, pair_mappings, pattern_matches
+from mailmirror.imap import AppendRefused, Folder, FolderMissing, MailboxStatus, MessageToAppend, Session, uid_set
+from mailmirror.locks import DestinationLock, PairLock, default_lock_dir
+from mailmirror.mapping import WELL_KNOWN_NAMES, FolderMapping, Namespace, pair_mappings, pattern_matches
 from mailmirror.planner import (
     Copy,
     Deletions,
@@ -47,7 +49,7 @@ from mailmirror.planner import (
 )
 from mailmirror.renames import follow_renames
 from mailmirror.sessions import Connect, ImapSession
-from mailmirror.state import FolderState, StateStore, SyncedMessage
+from mailmirror.state import FolderState, LateWriteWatch, StateStore, SyncedMessage
 from mailmirror.transfer import ByteBudget, RateLimit, backoff_delay, bound_heap, rate_limit, split_evenly
 
 if TYPE_CHECKING:
@@ -83,13 +85,20 @@ class FolderReport:
     unchanged: bool = False  # skipped by the fast path: both sides as the last pass left them
     dry_run: bool = False
     renamed_from: str | None = None  # the source folder's previous name (renamed on the destination too)
+    #: the earlier source folder whose destination folder this one shares (a merge a rule asked for)
+    merged_into: str | None = None
+    #: copies the destination stored with other bytes than it was sent: (source UID, what differs)
+    altered: list[tuple[int, str]] = field(default_factory=list)
     #: measured for `mailmirror plan`: (messages, bytes) on each side; None when not measured or absent
     source_size: tuple[int, int] | None = None
     destination_size: tuple[int, int] | None = None
+    #: exactly once not proven yet: appends of a lost connection may still execute late (the reason)
+    unresolved: str | None = None
+    late_duplicates_removed: int = 0  # late copies of our own lost appends, removed from the destination
 
     @property
     def complete(self) -> bool:
-        return self.error is None and not self.failed
+        return self.error is None and not self.failed and self.unresolved is None
 
 
 @dataclass
@@ -127,6 +136,10 @@ class PairReport:
         return sum(len(folder.skipped) for folder in self.folders)
 
     @property
+    def altered(self) -> int:
+        return sum(len(folder.altered) for folder in self.folders)
+
+    @property
     def complete(self) -> bool:
         return self.error is None and all(folder.complete for folder in self.folders)
 
@@ -160,7 +173,7 @@ class LogProgress:
     def folder_finished(self, pair: str, report: FolderReport) -> None:
         log.log(
             logging.DEBUG if report.unchanged else logging.INFO,
-            "%s: %s -> %s: %d %s, %d already there, %d flags updated, %d skipped, %d failed%s",
+            "%s: %s -> %s: %d %s, %d already there, %d flags updated, %d deleted, %d skipped, %d failed%s%s",
             pair,
             report.source,
             report.destination,
@@ -168,8 +181,10 @@ class LogProgress:
             "to copy (dry run)" if report.dry_run else "copied",
             report.adopted,
             report.flags_updated,
+            report.deleted,
             len(report.skipped),
             len(report.failed),
+            f", {len(report.altered)} altered by the destination server" if report.altered else "",
             f" (error: {report.error})" if report.error else "",
         )
 
@@ -236,27 +251,46 @@ class PairPass:
         self.report = PairReport(name, dry_run=dry_run)
         self.flag_rules = FlagRules(tuple(re.compile(p) for p in pair.flags.drop), dict(pair.flags.rename))
         self.order: list[str] = []  # every mapped source folder, in the order a full pass takes them
+        self.to_create: set[str] = set()  # dry run: destination folders a pass would create
+        #: dry run: fingerprints each source folder would copy or adopt (kept_before of the folders after it)
+        self.dry_kept: dict[str, frozenset[str]] = {}
 
     def kept_before(self, src_folder: str) -> frozenset[str]:
         """skip_cross_folder_duplicates: fingerprints copied from the folders processed before this one."""
         if not self.pair.messages.skip_cross_folder_duplicates or src_folder not in self.order:
             return frozenset()
-        return self.store.fingerprints(self.name, self.order[: self.order.index(src_folder)])
+        before = self.order[: self.order.index(src_folder)]
+        planned = frozenset().union(*(self.dry_kept.get(folder, frozenset()) for folder in before))
+        return self.store.fingerprints(self.name, before) | planned
 
     def run(self) -> PairReport:
         lock = None if self.dry_run else PairLock(self.config.state.path, self.name)
+        writer = None if self.dry_run else self._destination_lock()
         try:
             if lock is not None:
                 lock.acquire()
-        except LockedError as error:
+            if writer is not None and not writer.acquire(self.interrupted):
+                raise Stopped(f"pair '{self.name}': not started (stop requested)")
+        except (LockedError, Stopped, ConfigError) as error:
+            if lock is not None:
+                lock.release()
             self.report.error = error
             self.report.finished = time.monotonic()
             return self.report
         try:
             return self._run_locked()
         finally:
+            if writer is not None:
+                writer.release()
             if lock is not None:
                 lock.release()
+
+    def _destination_lock(self) -> DestinationLock:
+        account = self.config.accounts[self.pair.destination]
+        directory = self.config.daemon.lock_dir or default_lock_dir()
+        source = self.config.source_path
+        holder = f"pair '{self.name}'{f' of {source}' if source else ''}, state {self.config.state.path}"
+        return DestinationLock(directory, account.identity, self.pair.destination, holder)
 
     def interrupted(self) -> bool:
         """A stop request, or another worker failed: what check_stop raises on."""
@@ -316,23 +350,7 @@ class PairPass:
 
     def _run(self, source: ImapSession, destination: ImapSession) -> None:
         rules = self.pair.folders
-        source_view = FolderView(*source.list_folders_with_status())
-        destination_view = FolderView(*destination.list_folders_with_status())
-        mappings = pair_mappings(
-            rules,
-            source,
-            destination,
-            source_view.folders,
-            destination_view.folders,
-            subscribed=source_view.subscribed(source) if rules.subscribed_only else None,
-        )
-        if self.pair.messages.skip_cross_folder_duplicates:
-            mappings = duplicate_priority_order(
-                mappings,
-                source_view.folders,
-                self.pair.messages.duplicate_priority,
-                Namespace(source.separator, source.prefix),
-            )
+        source_view, destination_view, mappings = list_and_map(self.pair, source, destination)
         self.order = [mapping.source for mapping in mappings]
         if self.only_folders is not None and self.pair.messages.skip_cross_folder_duplicates:
             # a folder's copies depend on the folders that come before it: a push pass takes them too
@@ -367,12 +385,15 @@ class PairPass:
                 continue
             report = FolderReport(mapping.source, mapping.destination, mapping.rule, dry_run=self.dry_run)
             report.renamed_from = renamed.get(mapping.source)
+            report.merged_into = mapping.merged_into
             self.report.folders.append(report)
             try:
                 if mapping.destination not in existing:
                     report.created = True
                     if not self.dry_run:
                         destination.create_folder(mapping.destination)
+                    else:
+                        self.to_create.add(mapping.destination)
                     existing.add(mapping.destination)
                 if (
                     rules.subscribe
@@ -383,10 +404,11 @@ class PairPass:
                     destination.subscribe(mapping.destination)
                 if self.measure:
                     report.source_size = source.folder_size(mapping.source)
-                    if not report.created:
+                    if mapping.destination not in self.to_create:
                         report.destination_size = destination.folder_size(mapping.destination)
                 if (
                     report.created
+                    or mapping.destination in self.to_create  # a dry run merging into a folder to create
                     or mapping.source in needs_attention
                     or not self._unchanged(mapping, report, source, destination, source_view, destination_view)
                 ):
@@ -490,6 +512,7 @@ class PairPass:
         )
         unchanged = (
             flags_unchanged
+            and src.uidnext > 0  # 0: the server's STATUS did not say (Courier-like): open the folder
             and (src.uidvalidity, src.uidnext, src.messages)
             == (known.src_uidvalidity, known.src_uidnext, known.src_messages)
             and dst.uidvalidity == known.dst_uidvalidity
@@ -772,8 +795,12 @@ def duplicate_priority_order(
     source_ns: Namespace,
 ) -> list[FolderMapping]:
     """skip_cross_folder_duplicates: the folders named in duplicate_priority first (in that order), then the
-    others in the usual order, and the All Mail folder (\\All) last: its copy of a message loses."""
+    others in the usual order, and the All Mail folder (\\All, else by its well-known name) last: its copy of a
+    message loses."""
     all_mail = {folder.name for folder in source_folders if folder.special_use == "\\All"}
+    if not all_mail:  # a server that does not announce \All (or a listing without SPECIAL-USE)
+        known = {name.casefold() for name in WELL_KNOWN_NAMES["\\All"]}
+        all_mail = {f.name for f in source_folders if source_ns.to_neutral(f.name).casefold() in known}
 
     def rank(mapping: FolderMapping) -> tuple[int, int]:
         if mapping.source in all_mail:
@@ -823,6 +850,33 @@ class FolderView:
         return self.subscriptions
 
 
+def list_and_map(
+    pair: Pair, source: ImapSession, destination: ImapSession
+) -> tuple[FolderView, FolderView, list[FolderMapping]]:
+    """Both accounts' folders (one LIST-STATUS each, special-use attributes asked for) and the pair's
+    folder mapping, in the order a pass takes the folders. The one way sync, plan and verify map folders:
+    they must never disagree about where a source folder goes."""
+    rules = pair.folders
+    source_view = FolderView(*source.list_folders_with_status())
+    destination_view = FolderView(*destination.list_folders_with_status())
+    mappings = pair_mappings(
+        rules,
+        source,
+        destination,
+        source_view.folders,
+        destination_view.folders,
+        subscribed=source_view.subscribed(source) if rules.subscribed_only else None,
+    )
+    if pair.messages.skip_cross_folder_duplicates:
+        mappings = duplicate_priority_order(
+            mappings,
+            source_view.folders,
+            pair.messages.duplicate_priority,
+            Namespace(source.separator, source.prefix),
+        )
+    return source_view, destination_view, mappings
+
+
 @dataclass(frozen=True)
 class SourceListing:
     new_uids: list[int]  # source messages to plan as new (metadata to fetch)
@@ -863,6 +917,7 @@ class FolderPass:
         self.unconfirmed = False  # some appends await confirmation (no UIDPLUS)
         self.interrupted = False  # a copy run was cut: resume the rest once the journal is resolved
         self.refused: set[int] = set()  # source UIDs that failed during this pass's copies
+        self.removed_before_plan = 0  # late duplicates removed before planning (in destination_status)
 
     def bind(self, source: ImapSession, destination: ImapSession) -> None:
         """The worker's sessions for planning or finishing (never two workers at once)."""
@@ -882,7 +937,7 @@ class FolderPass:
         self.report.skipped, self.report.failed = [], []
         source_status = self.source.select(self.mapping.source, readonly=not moving)
         self.report.source_messages = source_status.messages
-        if self.owner.dry_run and self.report.created:
+        if self.owner.dry_run and self.mapping.destination in self.owner.to_create:
             self._plan_dry_into_new_folder()
             return []
         destination_status = self.destination.select(self.mapping.destination, readonly=self.owner.dry_run)
@@ -900,7 +955,10 @@ class FolderPass:
                     destination_status.uidvalidity,
                 )
             )
-        self._resolve_pending()
+        self._resolve_pending(destination_status.uidnext)
+        if not self.owner.dry_run:
+            self._check_late_writes()
+            self.removed_before_plan = self.report.late_duplicates_removed  # were counted in this SELECT
         synced = {
             uid: m for uid, m in self.store.messages(self.pair, self.mapping.source).items() if m.status == "done"
         }
@@ -944,8 +1002,8 @@ class FolderPass:
         if self.unconfirmed or self.interrupted:
             # SELECT again even when this session has the folder open: a server (Dovecot) shows another
             # session's appends only at a sync point, and a stale view would call stored messages missing
-            self.destination.select(self.mapping.destination, readonly=False)
-            self._resolve_pending()
+            reopened = self.destination.select(self.mapping.destination, readonly=False)
+            self._resolve_pending(reopened.uidnext)
             self.unconfirmed = False
         if self.report.error is not None:
             return []  # keep the last pass's markers: the next pass looks at this folder again
@@ -956,6 +1014,7 @@ class FolderPass:
             if remaining:
                 log.info("%s: %s: resuming: %d messages left to copy", self.pair, self.mapping.source, len(remaining))
                 return remaining
+        self._check_late_writes()  # also the watches this pass opened: it cannot claim what it cannot prove
         deletions, source_status, destination_status = self.deletions, self.source_status, self.destination_status
         if deletions.dst_uids and not deletions.refused:
             self.destination.ensure_selected(self.mapping.destination, readonly=False)
@@ -964,7 +1023,9 @@ class FolderPass:
             self.source.ensure_selected(self.mapping.source, readonly=False)
             source_status = self._delete_copied_from_source(source_status)
         self.report.source_messages = source_status.messages
-        self.report.destination_messages = destination_status.messages + self.report.copied - self.report.deleted
+        self.report.destination_messages = (
+            destination_status.messages + self.report.copied - self.report.deleted - self.removed_before_plan
+        )
         if deletions.refused:
             return []  # keep the last pass's markers, so that the next pass looks at the expunges again
         self.store.save_folder(
@@ -1039,7 +1100,7 @@ class FolderPass:
         the state was lost): all unclaimed ones on a folder's first pass, afterwards only those that
         arrived since the last pass."""
         claimed = {m.dst_uid for m in synced.values() if m.dst_uid}
-        if known is not None and known.dst_uidnext is not None and not self.owner.full:
+        if known is not None and known.dst_uidnext and not self.owner.full:  # 0 (older passes): unknown
             uids = self.destination.uids_from(known.dst_uidnext)
         else:
             uids = self.destination.all_uids()
@@ -1113,7 +1174,13 @@ class FolderPass:
 
     def _delete_copied_from_source(self, status: MailboxStatus) -> MailboxStatus:
         """Move semantics: delete from the source what the destination confirmed (status done)."""
-        done = [uid for uid, m in self.store.messages(self.pair, self.mapping.source).items() if m.status == "done"]
+        # a message whose late copy is still watched for stays: the watch compares with its row
+        watched = {w.src_uid for w in self.store.late_write_watches(self.pair, self.mapping.source)}
+        done = [
+            uid
+            for uid, m in self.store.messages(self.pair, self.mapping.source).items()
+            if m.status == "done" and uid not in watched
+        ]
         if not done:
             return status
         if not self.source.delete_messages(done):
@@ -1157,8 +1224,13 @@ class FolderPass:
             self.store.forget_folder(self.pair, self.mapping.source)
         return None
 
-    def _resolve_pending(self) -> None:
-        """Appends journalled but not confirmed (a crash, a cut connection, no UIDPLUS): look for them."""
+    def _resolve_pending(self, uidnext: int) -> None:
+        """Appends journalled but not confirmed (a crash, a cut connection, no UIDPLUS): look for them.
+
+        Run right after a fresh SELECT whose UIDNEXT is ``uidnext``. Those not found are copied again; the
+        old connection may still deliver them late (a stalled server), above ``uidnext``: they are
+        watched for (_check_late_writes) until transfer.late_write_window has passed.
+        """
         entries = self.store.messages(self.pair, self.mapping.source)
         pending = sorted((m for m in entries.values() if m.status == "pending"), key=lambda m: m.src_uid)
         if not pending or self.owner.dry_run:
@@ -1168,8 +1240,14 @@ class FolderPass:
         arrived = [uid for uid in self.destination.uids_from(floor) if uid not in claimed]
         candidates = self._destination_messages_for(arrived)
         found, missing = match_pending(pending, candidates, loose=self.owner.pair.deletions.source == "keep")
-        self.store.mark_done(self.pair, self.mapping.source, found)
-        self.store.drop_pending(self.pair, self.mapping.source, [m.src_uid for m in missing])
+        window = self.owner.pair.transfer.late_write_window
+        with self.store.transaction():
+            self.store.mark_done(self.pair, self.mapping.source, found)
+            self.store.drop_pending(self.pair, self.mapping.source, [m.src_uid for m in missing])
+            if missing and window:
+                self.store.watch_late_writes(
+                    self.pair, self.mapping.source, missing, uidnext or floor, datetime.now(UTC) + window
+                )
         if found or missing:
             log.info(
                 "%s: %s: resolved %d unconfirmed appends: %d found on the destination, %d to copy again",
@@ -1179,6 +1257,64 @@ class FolderPass:
                 len(found),
                 len(missing),
             )
+
+    def _check_late_writes(self) -> None:
+        """Open late-write watches of this folder: remove late copies of our own, close expired watches, and
+        say so (report.unresolved: exit 75) while some stay open."""
+        self.report.unresolved = None
+        watches = self.store.late_write_watches(self.pair, self.mapping.source)
+        if not watches:
+            return
+        self.destination.ensure_selected(self.mapping.destination, readonly=False)
+        ours = self.store.messages(self.pair, self.mapping.source)
+        claimed = self.store.claimed_dst_uids(self.mapping.destination)
+        claimed |= {m.dst_uid for m in ours.values() if m.dst_uid}
+        floor = min(w.dst_uid_floor for w in watches)
+        arrived = [uid for uid in self.destination.uids_from(floor) if uid not in claimed]
+        late = LateCopies(self.destination, self._destination_messages_for(arrived))
+        found: dict[int, int] = {}  # watch id -> the late copy's UID
+        for watch in watches:
+            own = ours.get(watch.src_uid)
+            if own is not None and own.status == "done" and own.dst_uid:
+                uid = late.take(watch, own.dst_uid)
+                if uid is not None:
+                    found[watch.id] = uid
+        if found:
+            self._remove_late_copies(found)
+        now = datetime.now(UTC)
+        expired = [w.id for w in watches if w.id not in found and w.deadline <= now]
+        self.store.close_late_write_watches(expired)
+        left = [w for w in watches if w.id not in found and w.id not in expired]
+        if left and self.report.unresolved is None:
+            until = max(w.deadline for w in left).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+            self.report.unresolved = (
+                f"{len(left)} appends of a lost connection were copied again; the server may still execute the "
+                f"old ones late, so exactly once is proven only when the watch ends at {until} "
+                "(transfer.late_write_window): the passes until then remove late copies of our own"
+            )
+            log.warning("%s: %s: %s", self.pair, self.mapping.source, self.report.unresolved)
+
+    def _remove_late_copies(self, found: dict[int, int]) -> None:
+        uids = sorted(found.values())
+        if not self.destination.has("UIDPLUS"):  # a plain EXPUNGE could take messages others marked \Deleted
+            self.report.unresolved = (
+                f"late duplicates of our own are in '{self.mapping.destination}' (UIDs "
+                f"{uid_set(uids)}) and the destination lacks UIDPLUS, so mailmirror does not expunge "
+                "them: delete them by hand"
+            )
+            log.warning("%s: %s: %s", self.pair, self.mapping.source, self.report.unresolved)
+            return
+        self.destination.delete_messages(uids)
+        self.store.close_late_write_watches(found.keys())
+        self.report.late_duplicates_removed += len(uids)
+        log.warning(
+            "%s: %s: removed %d late duplicates of our own (appends of a lost connection the server executed "
+            "after they were copied again): UIDs %s",
+            self.pair,
+            self.mapping.destination,
+            len(uids),
+            uid_set(uids),
+        )
 
     # -- listings ------------------------------------------------------------------------------------
 
@@ -1240,6 +1376,8 @@ class FolderPass:
         self._report_dry(plan, Deletions())
 
     def _report_dry(self, plan: FolderPlan, deletions: Deletions) -> None:
+        kept = {copy.message.fingerprint for copy in plan.copy} | {adopt.message.fingerprint for adopt in plan.adopt}
+        self.owner.dry_kept[self.mapping.source] = frozenset(kept)
         self.report.deleted = 0 if deletions.refused else len(deletions.dst_uids)
         self.report.copied = len(plan.copy)
         self.report.bytes_copied = plan.copy_bytes
@@ -1387,15 +1525,20 @@ class FolderPass:
                 if len(ready) == 1:
                     self._refused(ready[0], refusal.reason)
                     return
-                self._confirm_each(ready, destination.append_each(self.mapping.destination, messages))
+                results = destination.append_each(self.mapping.destination, messages)
+                self._check_stored(destination, *self._confirm_each(ready, results), bodies)
                 return
             self._confirm(ready, uids)
+            self._check_stored(destination, ready, uids, bodies)
             return
         # One APPEND per message, pipelined with LITERAL+: a refusal in the middle must not hide the UIDs
         # of the others.
-        self._confirm_each(ready, destination.append_each(self.mapping.destination, messages))
+        results = destination.append_each(self.mapping.destination, messages)
+        self._check_stored(destination, *self._confirm_each(ready, results), bodies)
 
-    def _confirm_each(self, ready: list[Copy], results: list[int | AppendRefused | None]) -> None:
+    def _confirm_each(
+        self, ready: list[Copy], results: list[int | AppendRefused | None]
+    ) -> tuple[list[Copy], list[int | None]]:
         appended: list[Copy] = []
         uids: list[int | None] = []
         for action, result in zip(ready, results, strict=True):
@@ -1405,6 +1548,41 @@ class FolderPass:
                 appended.append(action)
                 uids.append(result)
         self._confirm(appended, uids)
+        return appended, uids
+
+    def _check_stored(
+        self, destination: ImapSession, group: list[Copy], uids: Sequence[int | None], bodies: dict[int, bytes]
+    ) -> None:
+        """Did the destination store the bytes it was sent? One FETCH per appended batch: RFC822.SIZE of each
+        copy, and the header section of those whose header has 8-bit bytes (what Cyrus's munge8bit turns
+        into "X", keeping the size). A copy that differs is counted as altered by the destination server."""
+        sent = {dst_uid: bodies[a.message.uid] for a, dst_uid in zip(group, uids, strict=True) if dst_uid is not None}
+        if not sent:
+            return
+        eight_bit = [uid for uid, raw in sent.items() if _EIGHT_BIT.search(header_section(raw))]
+        stored = destination.fetch_stored(sorted(sent), eight_bit)
+        source_uid = {dst_uid: a.message.uid for a, dst_uid in zip(group, uids, strict=True)}
+        for dst_uid, (size, header) in sorted(stored.items()):
+            raw = sent.get(dst_uid)
+            if raw is None:
+                continue
+            if size != len(raw):
+                why = f"stored as {size} bytes, sent {len(raw)} (destination UID {dst_uid})"
+            elif header is not None and header != header_section(raw):
+                why = (
+                    f"header stored with other bytes than sent: 8-bit characters replaced? (destination UID {dst_uid})"
+                )
+            else:
+                continue
+            with self.owner.lock:
+                self.report.altered.append((source_uid[dst_uid], why))
+            log.warning(
+                "%s: %s: message UID %d altered by the destination server: %s",
+                self.pair,
+                self.mapping.source,
+                source_uid[dst_uid],
+                why,
+            )
 
     def _failed(self, uid: int, reason: str) -> None:
         self.store.record_failure(self.pair, self.mapping.source, uid, reason)
@@ -1449,6 +1627,50 @@ class FolderPass:
             if len(confirmed) < len(group):
                 self.unconfirmed = True
             self.owner.progress.advance(self.pair, self.mapping.source, len(group), size)
+
+
+class LateCopies:
+    """Unclaimed destination messages that may be late copies of lost appends, matched to watches by
+    fingerprint (size aside) and then by the hash of their bytes against the copy we own."""
+
+    def __init__(self, destination: ImapSession, candidates: Sequence[DestinationMessage]) -> None:
+        self.destination = destination
+        self.by_headers: dict[str, list[int]] = {}
+        for candidate in sorted(candidates, key=lambda m: m.uid):
+            self.by_headers.setdefault(without_size(candidate.fingerprint), []).append(candidate.uid)
+        self.hashes: dict[int, str | None] = {}
+        self.taken: set[int] = set()
+
+    def take(self, watch: LateWriteWatch, own_uid: int) -> int | None:
+        """The UID of a late copy of ``watch``'s message, byte-identical to ours at ``own_uid``."""
+        uids = [
+            uid
+            for uid in self.by_headers.get(without_size(watch.fingerprint), [])
+            if uid >= watch.dst_uid_floor and uid not in self.taken and uid != own_uid
+        ]
+        if not uids:
+            return None
+        own = self._hash(own_uid)
+        for uid in uids:
+            if own is not None and self._hash(uid) == own:
+                self.taken.add(uid)
+                return uid
+        return None
+
+    def _hash(self, uid: int) -> str | None:
+        if uid not in self.hashes:
+            body = self.destination.fetch_bodies([uid]).get(uid)
+            self.hashes[uid] = None if body is None else hashlib.sha256(body).hexdigest()
+        return self.hashes[uid]
+
+
+_EIGHT_BIT = re.compile(rb"[\x80-\xff]")
+
+
+def header_section(raw: bytes) -> bytes:
+    """A message's header section with the empty line that ends it (RFC 3501 BODY[HEADER])."""
+    end = raw.find(b"\r\n\r\n")
+    return raw if end < 0 else raw[: end + 4]
 
 
 def match_pending(

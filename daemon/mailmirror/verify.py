@@ -9,6 +9,9 @@ Differences (any one makes `mailmirror verify` exit 65):
 - missing: a source message not on the destination;
 - duplicate: a source message more than once on the destination;
 - flags / date: the message is there, with other flags or another INTERNALDATE;
+- altered: the message is there, with other bytes: a source message and a destination message nothing
+  else pairs, with the same identity headers (Message-ID and Date by default, 8-bit header bytes read as
+  "X") — the destination server rewrote it when storing it (Cyrus munge8bit), it is not missing;
 - folder missing: the mapped destination folder does not exist.
 Messages on the destination that are not on the source ("extra") are listed, not counted as a
 difference: a destination may legitimately hold more (mail delivered to it after the MX switch).
@@ -24,10 +27,11 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from mailmirror.errors import MailmirrorError
+from mailmirror.identity import loose_identity
 from mailmirror.imap import FolderMissing, MessageDigest, Session
-from mailmirror.mapping import FolderMapping, Namespace, pair_mappings
+from mailmirror.mapping import FolderMapping
 from mailmirror.planner import FlagRules, destination_flags
-from mailmirror.sync import duplicate_priority_order
+from mailmirror.sync import list_and_map
 
 if TYPE_CHECKING:
     from mailmirror.config import Config, Pair
@@ -46,6 +50,7 @@ class FolderVerdict:
     flag_differences: list[tuple[int, int, str]] = field(default_factory=list)  # (src uid, dst uid, detail)
     date_differences: list[tuple[int, int, str]] = field(default_factory=list)
     extra: list[int] = field(default_factory=list)  # destination UIDs not from the source
+    altered: list[tuple[int, int]] = field(default_factory=list)  # (src uid, dst uid): same message, other bytes
     folder_missing: bool = False
     skipped_by_rule: int = 0
 
@@ -56,6 +61,7 @@ class FolderVerdict:
             + len(self.duplicates)
             + len(self.flag_differences)
             + len(self.date_differences)
+            + len(self.altered)
             + int(self.folder_missing)
         )
 
@@ -95,18 +101,40 @@ def compare_folder(
         by_hash_source[message.sha256].append(message)
     for message in destination:
         by_hash_destination[message.sha256].append(message)
+    missing: list[MessageDigest] = []
     for digest, originals in by_hash_source.items():
         copies = by_hash_destination.get(digest, [])
         originals = sorted(originals, key=_order)
         copies = sorted(copies, key=_order)
-        verdict.missing.extend(m.uid for m in originals[len(copies) :])
+        missing += originals[len(copies) :]
         verdict.duplicates.extend(m.uid for m in copies[len(originals) :])
         for original, copy in zip(originals, copies, strict=False):
             _compare_message(verdict, original, copy, permanent_flags, compare_flags, flag_rules)
+    extra: list[MessageDigest] = []
     for digest, copies in by_hash_destination.items():
         if digest not in by_hash_source:
-            verdict.extra.extend(m.uid for m in copies)
+            extra += copies
+    _pair_altered(verdict, missing, extra)
     verdict.missing.sort()
+
+
+def _pair_altered(verdict: FolderVerdict, missing: list[MessageDigest], extra: list[MessageDigest]) -> None:
+    """A missing source message and an extra destination message with the same identity are one message
+    the destination stored with other bytes: altered, neither missing nor extra."""
+    unpaired: dict[str, list[MessageDigest]] = defaultdict(list)
+    for copy in sorted(extra, key=lambda m: m.uid):
+        if copy.identity is not None:
+            unpaired[copy.identity].append(copy)
+    paired: set[int] = set()
+    for original in sorted(missing, key=lambda m: m.uid):
+        candidates = unpaired.get(original.identity or "")
+        if original.identity is not None and candidates:
+            copy = candidates.pop(0)
+            verdict.altered.append((original.uid, copy.uid))
+            paired.add(copy.uid)
+        else:
+            verdict.missing.append(original.uid)
+    verdict.extra.extend(m.uid for m in extra if m.uid not in paired)
 
 
 def _order(message: MessageDigest) -> tuple[datetime, str]:
@@ -143,6 +171,9 @@ class _Expectations:
         self.now = datetime.now(UTC)
         self.kept: set[str] = set()  # skip_cross_folder_duplicates: digests of folders verified before
 
+    def identity(self, raw: bytes) -> str:
+        return loose_identity(raw, self.rules.identity_headers)
+
     def select(self, session: Session, digests: list[MessageDigest], sizes: dict[int, int]) -> list[MessageDigest]:
         rules = self.rules
         matches = frozenset(session.search(rules.search)) if rules.search is not None else None
@@ -169,7 +200,7 @@ def _source_digests(session: Session, folder: str, expectations: _Expectations) 
     if status.messages == 0:
         return [], 0
     sizes = session.fetch_sizes()
-    everything = list(session.fetch_digests(sorted(sizes), sizes, BATCH_BYTES))
+    everything = list(session.fetch_digests(sorted(sizes), sizes, BATCH_BYTES, expectations.identity))
     chosen = expectations.select(session, everything, sizes)
     return chosen, len(everything) - len(chosen)
 
@@ -190,15 +221,9 @@ def verify_pair(name: str, pair: Pair, config: Config) -> PairVerdict:
 
 
 def _mappings(pair: Pair, source: Session, destination: Session) -> list[FolderMapping]:
-    source_folders = source.list_folders()
-    mappings = [
-        mapping for mapping in pair_mappings(pair.folders, source, destination, source_folders) if mapping.selectable
-    ]
-    if pair.messages.skip_cross_folder_duplicates:
-        mappings = duplicate_priority_order(
-            mappings, source_folders, pair.messages.duplicate_priority, Namespace(source.separator, source.prefix)
-        )
-    return mappings
+    """The mapping a pass uses (the same listing and rules: sync.list_and_map), selectable folders only."""
+    _source_view, _destination_view, mappings = list_and_map(pair, source, destination)
+    return [mapping for mapping in mappings if mapping.selectable]
 
 
 def _grouped_by_destination(mappings: list[FolderMapping]) -> list[list[FolderMapping]]:
@@ -228,7 +253,7 @@ def _verify_folder(
     destination_digests: list[MessageDigest] = []
     if destination_status.messages:
         sizes = destination.fetch_sizes()
-        destination_digests = list(destination.fetch_digests(sorted(sizes), sizes, BATCH_BYTES))
+        destination_digests = list(destination.fetch_digests(sorted(sizes), sizes, BATCH_BYTES, expectations.identity))
     verdict.destination_messages = len(destination_digests)
     compare_folder(
         verdict,

@@ -6,9 +6,11 @@ import shutil
 import tempfile
 import threading
 from collections import Counter
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from pathlib import Path
+from unittest import mock
 
+import mailmirror.sync
 from mailmirror.config import Config, load_config
 from mailmirror.state import StateStore
 from mailmirror.sync import DELETED_FOLDER_RULE, PairPass, PairReport
@@ -85,12 +87,28 @@ class Harness:
         config = self.config
         store = StateStore(config.state.path)
         process = ModelProcess(self.world)
+        world = self.world
+
+        class ModelTime(datetime):  # the engine's clock (late-write windows), moved on by window_passes()
+            @classmethod
+            def now(cls, tz: tzinfo | None = None) -> ModelTime:
+                return cls.fromtimestamp(world.now().timestamp(), tz)
+
         try:
-            return PairPass(
-                "test", config.effective_pairs()["test"], config, store, stop=stop, connect=process.connect
-            ).run()
+            with mock.patch.object(mailmirror.sync, "datetime", ModelTime):
+                return PairPass(
+                    "test", config.effective_pairs()["test"], config, store, stop=stop, connect=process.connect
+                ).run()
         finally:
             store.close()
+
+    def window_passes(self) -> None:
+        """The late-write window (transfer.late_write_window) goes by: what the destination still held of a
+        lost connection it has executed by then."""
+        self.world.destination.execute_late()
+        self.world.clock_offset += self.config.effective_pairs()["test"].transfer.late_write_window + timedelta(
+            minutes=1
+        )
 
     def crashing_pass(self) -> PairReport | None:
         """A pass that may crash: its report, or None when the process died."""

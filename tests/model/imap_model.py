@@ -25,7 +25,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Literal
 
 from mailmirror.errors import ConnectionFailure, ServerRefused, Throttled
@@ -240,6 +240,10 @@ class World:
         self.source.add_account("alice")
         self.destination.add_account("backup")
         self.servers = {"src": (self.source, "alice"), "dst": (self.destination, "backup")}
+        self.clock_offset = timedelta(0)  # the passes' clock runs this far ahead of the real one
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self.clock_offset
 
 
 class ModelProcess:
@@ -513,6 +517,21 @@ class ModelSession:
             wanted = set(uids)
             return {m.uid: m.raw for m in self._visible(self._open()) if m.uid in wanted}
 
+    def fetch_stored(
+        self, sizes_of: Sequence[int], headers_of: Sequence[int] = ()
+    ) -> dict[int, tuple[int, bytes | None]]:
+        """RFC822.SIZE (and BODY[HEADER] for `headers_of`) of just appended messages: stored byte for byte."""
+        if not sizes_of:
+            return {}
+        with self.server.lock:
+            self._begin("FETCH")
+            wanted, headers = set(sizes_of), set(headers_of)
+            return {
+                m.uid: (len(m.raw), header_section_of(m.raw) if m.uid in headers else None)
+                for m in self._visible(self._open())
+                if m.uid in wanted
+            }
+
     def store_flags(self, uids: Sequence[int], add: Iterable[str], remove: Iterable[str]) -> None:
         add, remove = frozenset(add), frozenset(remove)
         with self.server.lock:
@@ -614,6 +633,12 @@ class ModelSession:
         if self.selected == box.name:
             self.view.update(uids)  # a session sees its own appends
         return list(uids) if self.has("UIDPLUS") else [None] * len(uids)
+
+
+def header_section_of(raw: bytes) -> bytes:
+    """``BODY[HEADER]``: the header section with the empty line that ends it."""
+    end = raw.find(b"\r\n\r\n")
+    return raw if end < 0 else raw[: end + 4]
 
 
 def header_fields_of(raw: bytes, names: Sequence[str]) -> bytes:

@@ -13,7 +13,9 @@ CI runs a few dozen examples; MAILMIRROR_MODEL_EXAMPLES=5000 runs that many (doc
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 import threading
 from collections import Counter
 from datetime import datetime
@@ -32,6 +34,12 @@ from tests.model.imap_model import OPTIONAL_CAPABILITIES, Fault, World
 #: Cut APPENDs executed after the client gave up (late writes), resolved by the late-write watch of
 #: h1-exactly-once (transfer.late_write_window). False runs the machine without them.
 LATE_WRITES = True
+
+#: Known defect (found by this machine, reported to the lead): a UIDVALIDITY reset of a folder drops its
+#: late-write watches with its UID map (StateStore.forget_folder), so a late copy that landed before
+#: the reset stays as a duplicate. While True, the machine resets no UIDVALIDITY while a watch is open;
+#: test_uidvalidity_reset_during_a_late_write_window_keeps_each_message_once pins it (strict xfail).
+WATCH_DROPPED_ON_RESET = True
 
 EXAMPLES = int(os.environ.get("MAILMIRROR_MODEL_EXAMPLES", "100"))
 SOURCE_FOLDERS = ("Work", "Work/Projects", "Archive", "Lists")
@@ -126,6 +134,7 @@ class EngineAgainstModel(RuleBasedStateMachine):
         for created in self.h.source:
             self.delivered.setdefault(created, Counter())
 
+    @precondition(lambda self: not (WATCH_DROPPED_ON_RESET and self._watches_open()))
     @rule(data=st.data(), side=st.sampled_from(["source", "destination"]))
     def reset_uidvalidity(self, data: st.DataObject, side: str) -> None:
         server = self.h.world.source if side == "source" else self.h.world.destination
@@ -310,6 +319,16 @@ class EngineAgainstModel(RuleBasedStateMachine):
         lost = delivered - self.deleted_by_user.get(name, Counter()) - raws
         assert not lost, f"{name}: {sum(lost.values())} messages lost (gone from the source, not on the destination)"
 
+    def _watches_open(self) -> bool:
+        path = self.h.directory / "state.db"
+        if self.harness is None or not path.exists():
+            return False
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            try:
+                return bool(db.execute("SELECT COUNT(*) FROM late_writes").fetchone()[0])
+            except sqlite3.OperationalError:  # no such table yet
+                return False
+
     def _live(self) -> list[tuple[str, Any]]:
         if self.harness is None:
             return []
@@ -486,6 +505,22 @@ def test_crash_in_a_first_pass_then_uidvalidity_reset_copies_each_message_once(s
     harness.window_passes()
     assert harness.run_pass().complete
     assert harness.run_pass().copied == 0
+    assert_each_message_once(harness)
+
+
+@pytest.mark.xfail(WATCH_DROPPED_ON_RESET, reason="forget_folder drops late-write watches", strict=True)
+def test_uidvalidity_reset_during_a_late_write_window_keeps_each_message_once() -> None:
+    """Found by the machine: a late copy lands, then the source folder gets a new UIDVALIDITY before the
+    next pass: the reset dropped the watch with the UID map, the late duplicate stayed for good."""
+    harness = seeded_harness(2, "transfer: {batch_messages: 1, prefetch: 0, backoff: 0.001s}", frozenset())
+    harness.world.destination.arm(Fault("cut", 1, "APPEND", "late"))
+    harness.run_pass()  # cut, resumed: the first message copied again, watched
+    harness.world.destination.disarm()
+    assert harness.world.destination.execute_late() == 1  # the old APPEND lands: a duplicate for now
+    harness.world.source.reset_uidvalidity("alice", "INBOX")
+    harness.run_pass()
+    harness.window_passes()
+    assert harness.run_pass().complete
     assert_each_message_once(harness)
 
 

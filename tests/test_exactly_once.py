@@ -476,4 +476,4 @@ def test_other_mailboxes_are_not_refused(tmp_path: Path, host: str, port: str) -
 def test_two_account_names_for_one_mailbox_get_a_warning(tmp_path: Path) -> None:
     result = _validate(tmp_path, SAME_MAILBOX.format(host="localhost", port="", user="alice", destination="other"))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "mailmirror.yaml:4: accounts.b: the same mailbox (alice@localhost:143) as account 'a'" in result.stderr
+    assert "mailmirror.yaml:4: accounts.b: the same mailbox (alice@localhost) as account 'a'" in result.stderr

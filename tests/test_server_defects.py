@@ -184,7 +184,7 @@ def test_select_learns_uidnext_the_server_does_not_give(
     src_client.expunge()  # the highest UID is gone: UIDNEXT is 4, the last UID 2
     directory = Path(tempfile.mkdtemp(prefix="mailmirror-test-"))
     text = "accounts:\n" + masked_account("src", masks[0].port, src_user, directory)
-    text += masked_account("dst", masks[0].port, src_user, directory)
+    text += masked_account("dst", masks[1].port, src_user, directory)  # another port: not the same mailbox
     text += "pairs:\n  p: {source: src, destination: dst}\n"
     (directory / "c.yaml").write_text(text, encoding="utf-8")
     account = load_config(directory / "c.yaml").accounts["src"]
@@ -222,10 +222,14 @@ def umlaut_setup(
 
 
 def test_extended_list_carries_special_use(
-    source_server: DovecotServer, src_user: LabUser, src_client: IMAPClient
+    source_server: DovecotServer,
+    dest_server: DovecotServer,
+    src_user: LabUser,
+    dst_user: LabUser,
+    src_client: IMAPClient,
 ) -> None:
     src_client.create_folder("Drafts")
-    setup = masked_setup(source_server, src_user, source_server, src_user)
+    setup = masked_setup(source_server, src_user, dest_server, dst_user)
     account = load_config(setup.config_path).accounts["src"]
     with Session.open("src", account) as session:
         folders, statuses, subscribed = session.list_folders_with_status()

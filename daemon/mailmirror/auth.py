@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -124,6 +125,9 @@ def login(client: IMAPClient, account_name: str, account: Account, what: str, lo
     return mechanism
 
 
+_CUT_CONNECTION = re.compile(r"(^|=> )socket error", re.IGNORECASE)
+
+
 def _fallback_after_scram(account: Account, mechanism: str, capabilities: frozenset[str], password: str) -> str | None:
     if account.auth != "auto" or not mechanism.startswith("SCRAM-"):
         return None
@@ -137,6 +141,8 @@ def _password_login_translated(
     try:
         _password_login(client, account, mechanism, password, what, login_command)
     except LoginError as error:
+        if _CUT_CONNECTION.search(_text(error)):  # imapclient wraps a cut connection into LoginError too
+            raise ConnectionFailure(f"{what}: connection lost during login ({mechanism}): {_text(error)}") from None
         raise _refused(account, what, mechanism, _text(error)) from None
     except (IMAPClientAbortError, OSError) as error:
         raise ConnectionFailure(f"{what}: connection lost during login ({mechanism}): {error}") from None

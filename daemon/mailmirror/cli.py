@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from importlib import resources
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 
 import click
 from rich.console import Console
@@ -46,6 +46,7 @@ Exit codes:
   65  verify found differences
   69  a server or an OAuth2 token endpoint could not be reached, or TLS failed
   70  internal error (a bug: please report it)
+  74  the state database could not be written (disk full, I/O error, corrupt)
   75  the pass finished but some messages failed, or exactly once is not proven yet
       (transfer.late_write_window), or another process writes the same destination (retryable)
   77  authentication failed (a server or token endpoint refused the credentials)
@@ -91,7 +92,50 @@ class Context:
         return list(wanted) or known
 
 
-pass_context = click.make_pass_decorator(Context)
+_pass_context_object = click.make_pass_decorator(Context)
+#: Checked by load_config, not by click: a directory, FIFO or unreadable file is a config error (exit 78).
+CONFIG_PATH = click.Path(path_type=Path, readable=False)
+
+
+def _later_config(click_context: click.Context, _param: click.Parameter, value: Path | None) -> None:
+    if value is not None:
+        context = click_context.find_object(Context)
+        if context is not None:
+            context.config_path = value
+            context._config = None
+
+
+def _later_verbose(click_context: click.Context, _param: click.Parameter, value: int) -> None:
+    context = click_context.find_object(Context)
+    if value and context is not None:
+        context.verbose += value
+        _setup_logging(context.verbose, context.quiet)
+
+
+def _later_quiet(click_context: click.Context, _param: click.Parameter, value: bool) -> None:
+    context = click_context.find_object(Context)
+    if value and context is not None:
+        context.quiet = True
+        _setup_logging(context.verbose, context.quiet)
+
+
+def global_options(command: F) -> F:
+    """-c/--config, -v and -q also after the subcommand (`mailmirror sync -c FILE`), as well as before it."""
+    for option in (
+        click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_later_quiet,
+                     help="Only warnings and errors in the log (also before the command)."),
+        click.option("-v", "--verbose", count=True, expose_value=False, callback=_later_verbose,
+                     help="More detail in the log (also before the command)."),
+        click.option("-c", "--config", type=CONFIG_PATH, default=None, expose_value=False,
+                     callback=_later_config, help="The YAML config file (also before the command)."),
+    ):  # fmt: skip
+        command = option(command)
+    return command
+
+
+def pass_context(command: F) -> F:
+    """Hand the command the shared Context; the global options work after the command name too."""
+    return global_options(cast(F, _pass_context_object(command)))
 
 
 def _take_shard(click_context: click.Context, _param: click.Parameter, value: str | None) -> None:
@@ -148,7 +192,7 @@ class JsonFormatter(logging.Formatter):
     "-c",
     "--config",
     "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=CONFIG_PATH,
     default=lambda: os.environ.get("MAILMIRROR_CONFIG", DEFAULT_CONFIG),
     show_default=f"$MAILMIRROR_CONFIG or {DEFAULT_CONFIG}",
     help="The YAML file describing accounts and pairs.",
@@ -170,6 +214,8 @@ def cli(click_context: click.Context, config_path: Path, verbose: int, quiet: bo
       mailmirror sync --dry-run     what a pass would do, touching nothing
       mailmirror sync               one pass now (repeat, or run the daemon)
       mailmirror verify             prove every message is on the destination
+
+    The options -c/--config, -v and -q work before or after the command: `mailmirror sync -c FILE`.
     """
     click_context.obj = Context(config_path, verbose, quiet)
     _setup_logging(verbose, quiet)
@@ -548,6 +594,7 @@ def status(context: Context) -> None:
 
 
 @cli.group("config", short_help="Validate the config, print its JSON Schema or an example.")
+@global_options
 def config_group() -> None:
     """Validate the config, print its JSON Schema, or print an annotated example."""
 
@@ -563,6 +610,7 @@ def config_validate(context: Context) -> None:
 
 
 @config_group.command("schema")
+@global_options
 def config_schema() -> None:
     """Print the JSON Schema of the config (for editors: yaml-language-server, VS Code, …)."""
     from mailmirror.config import config_json_schema
@@ -571,6 +619,7 @@ def config_schema() -> None:
 
 
 @config_group.command("example")
+@global_options
 def config_example() -> None:
     """Print an annotated example config with every option and its default."""
     click.echo(resources.files("mailmirror").joinpath("data/config.example.yaml").read_text("utf-8"), nl=False)
@@ -683,7 +732,13 @@ def import_imapsync(
     default=None,
     help="Where the demo servers keep their files (default: a new temporary folder).",
 )
-@click.option("--messages", default=240, show_default=True, help="How many sample messages to generate.")
+@click.option(
+    "--messages",
+    default=240,
+    show_default=True,
+    type=click.IntRange(1, 100_000),
+    help="How many sample messages to generate.",
+)
 @click.option("--keep", is_flag=True, help="Leave the two servers running until Ctrl-C, to look around.")
 @pass_context
 def demo(context: Context, workdir: Path | None, messages: int, keep: bool) -> None:
@@ -693,6 +748,11 @@ def demo(context: Context, workdir: Path | None, messages: int, keep: bool) -> N
     """
     from mailmirror.demo import run_demo
 
+    if workdir is not None:
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UsageError(f"--workdir {workdir}: cannot create it ({error.strerror or error})") from None
     if not context.verbose:
         logging.getLogger().setLevel(logging.WARNING)  # the demo's tables tell the story
     sys.exit(run_demo(context.stdout, workdir=workdir, messages=messages, keep=keep))
@@ -721,6 +781,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except KeyboardInterrupt:
         click.echo("mailmirror: interrupted", err=True)
         sys.exit(130)
+    except BrokenPipeError:  # `mailmirror plan --json | head`: the reader left; nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(ExitCode.OK)
     except SystemExit:
         raise
     except Exception as error:  # a bug: say so, with the traceback only when asked for

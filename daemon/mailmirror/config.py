@@ -24,11 +24,13 @@ import json
 import logging
 import os
 import re
+import ssl
+import stat
 import types
 import zoneinfo
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -53,7 +55,7 @@ from mailmirror.mailboxes import MailboxIdentity, mailbox_identity
 from mailmirror.oauth2 import OAuth2Client
 from mailmirror.providers import AppliedPreset, ProviderName, apply_account_presets, pair_preset_layer
 from mailmirror.secrets import Secret
-from mailmirror.units import CONFIG_DIR, ConfigPath, Duration, Size, format_duration
+from mailmirror.units import CONFIG_DIR, ConfigPath, Duration, Size, at_most, format_duration
 
 __all__ = [
     "Account",
@@ -85,6 +87,7 @@ FLAG_PATTERN = r'^\\?[^\s(){%*"\\\]]+$'
 REGEX_PREFIX = "re:"
 OAUTH_MECHANISMS = ("xoauth2", "oauthbearer")
 SECRET_SHAPES = "{env: NAME}, {file: PATH} or {command: [argv, ...]}"
+IMAP_NUMBER_MAX = 2**32 - 1  # sizes in SEARCH LARGER/SMALLER are 32-bit numbers
 
 # The context key of a PydanticCustomError that points below the model raising it (see _field_error).
 _SUBPATH = "mailmirror_subpath"
@@ -146,12 +149,18 @@ def _check_flag(flag: str) -> str:
 def _check_timezone(name: str) -> str:
     try:
         zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
         raise ValueError(f"unknown time zone {name!r} (use an IANA name such as Europe/Berlin or UTC)") from None
     return name
 
 
 def _check_existing_file(path: Path) -> Path:
+    try:
+        path.stat()
+    except FileNotFoundError:
+        raise ValueError(f"no such file: {path}") from None
+    except OSError as error:
+        raise ValueError(f"cannot use {str(path)[:80]}: {error.strerror or error}") from None
     if not path.exists():
         raise ValueError(f"no such file: {path}")
     if not path.is_file():
@@ -159,6 +168,27 @@ def _check_existing_file(path: Path) -> Path:
     if not os.access(path, os.R_OK):
         raise ValueError(f"not readable: {path}")
     return path
+
+
+def _check_ca_file(path: Path) -> Path:
+    problem = ca_file_problem(path)
+    if problem:
+        raise ValueError(problem)
+    return path
+
+
+def ca_file_problem(path: Path) -> str | None:
+    """Why ``path`` cannot serve as tls_ca (a PEM file of CA certificates), or None when it can."""
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except ssl.SSLError as error:
+        return (
+            f"{path} holds no usable CA certificate ({error.reason or error}): give a PEM file with "
+            "-----BEGIN CERTIFICATE----- blocks (the CA that signed the server's certificate)"
+        )
+    except OSError as error:
+        return f"cannot read {path}: {error.strerror or error}"
+    return None
 
 
 Name = Annotated[str, AfterValidator(_check_name), WithJsonSchema({"type": "string", "pattern": NAME_PATTERN})]
@@ -175,6 +205,7 @@ HeaderName = Annotated[
 Flag = Annotated[str, AfterValidator(_check_flag), WithJsonSchema({"type": "string", "pattern": FLAG_PATTERN})]
 TimeZoneName = Annotated[str, AfterValidator(_check_timezone)]
 ExistingFile = Annotated[ConfigPath, AfterValidator(_check_existing_file)]
+CAFile = Annotated[ExistingFile, AfterValidator(_check_ca_file)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -247,6 +278,8 @@ def _split_listen_address(value: str) -> tuple[str, int]:
     bracketed = host.startswith("[") and host.endswith("]")
     if bracketed:
         host = host[1:-1]
+    if colon and host and port.isdigit() and int(port) > 65535:
+        raise ValueError(f"port {int(port)} is out of range: a TCP port is 0 to 65535 (got {value!r})")
     valid = colon and host and port.isdigit() and 0 <= int(port) < 65536 and (bracketed or ":" not in host)
     if not valid:
         raise ValueError(f"must be host:port, e.g. 127.0.0.1:9464, 0.0.0.0:9464 or [::1]:9464 (got {value!r})")
@@ -266,7 +299,22 @@ def _check_listen_address(value: str) -> str:
 class _Section(BaseModel):
     """Every config model: unknown keys are errors, instances are immutable, defaults are validated too."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, coerce_numbers_to_str=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_default=True, coerce_numbers_to_str=True, allow_inf_nan=False
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data: Any) -> Any:
+        """YAML 1.1 reads yes/no/on/off/true/false as booleans, which pydantic would take as 1 and 0."""
+        if not isinstance(data, dict):
+            return data
+        for name, model_field in cls.model_fields.items():
+            if isinstance(data.get(name), bool) and _unwrap(model_field.annotation) in (int, float):
+                got = "true" if data[name] else "false"
+                message = f"must be a number, not {got} (YAML reads yes, no, on, off, true, false as true/false)"
+                raise _field_error(name, message)
+        return data
 
     @model_validator(mode="before")
     @classmethod
@@ -348,12 +396,12 @@ class DaemonConfig(_Section):
         le=256,
         description="Passes running at the same time, over all pairs (also `mailmirror sync`'s default --parallel).",
     )
-    backoff_max: Duration = Field(
+    backoff_max: Annotated[Duration, at_most(timedelta(days=7))] = Field(
         default=timedelta(minutes=30),
         json_schema_extra={"default": "30m"},
         description="A failing pair is retried after 30s, 1m, 2m, ... up to this, whatever its schedule.",
     )
-    stop_timeout: Duration = Field(
+    stop_timeout: Annotated[Duration, at_most(timedelta(hours=1))] = Field(
         default=timedelta(seconds=30),
         json_schema_extra={"default": "30s"},
         description=(
@@ -424,7 +472,7 @@ class Account(_Section):
         default=True,
         description="Verify the server certificate and host name. Turn off only for a known lab server.",
     )
-    tls_ca: ExistingFile | None = Field(
+    tls_ca: CAFile | None = Field(
         default=None,
         description="PEM file of the CA(s) to trust instead of the system store (must exist).",
     )
@@ -476,7 +524,7 @@ class Account(_Section):
             "fresh token. Prefer oauth2, which refreshes tokens itself."
         ),
     )
-    timeout: Duration = Field(
+    timeout: Annotated[Duration, at_most(timedelta(hours=1))] = Field(
         default=timedelta(seconds=60),
         json_schema_extra={"default": "60s"},
         description="Network timeout for connecting and for each server response.",
@@ -484,11 +532,13 @@ class Account(_Section):
     max_connections: int = Field(
         default=4,
         ge=1,
+        le=10000,
         description="Most simultaneous connections to this account, across all pairs using it.",
     )
     max_messages_per_second: float | None = Field(
         default=None,
         gt=0,
+        le=1_000_000,
         description=(
             "Rate limit: messages fetched from / appended to this account per second, over all pairs and "
             "connections (a token bucket; for providers that throttle). null: no limit."
@@ -551,7 +601,7 @@ class Account(_Section):
 class Schedule(_Section):
     """When a pair runs under `mailmirror run`. It always starts with a pass; then every/cron and IDLE push."""
 
-    every: Duration | None = Field(
+    every: Annotated[Duration, at_most(timedelta(days=366))] | None = Field(
         default=timedelta(minutes=15),
         json_schema_extra={"default": "15m"},
         description="Run a pass this long after the previous one started. Alternative to cron; null for neither.",
@@ -573,7 +623,7 @@ class Schedule(_Section):
             "remain the safety net."
         ),
     )
-    jitter: Duration = Field(
+    jitter: Annotated[Duration, at_most(timedelta(days=7))] = Field(
         default=timedelta(0),
         json_schema_extra={"default": "0s"},
         description="Delay each scheduled pass by a random time up to this long (spreads load over many pairs).",
@@ -601,7 +651,19 @@ class Schedule(_Section):
                 "cron",
                 "every and cron are alternatives: set one of them (every: null to schedule by cron only)",
             )
+        if self.cron is not None and not _cron_ever_fires(self.cron, self.timezone):
+            raise _field_error(
+                "cron",
+                f"{self.cron!r} never fires (no such date, e.g. February 31st): the pair would never run; "
+                "check day of month, month and day of week",
+            )
         return self
+
+
+def _cron_ever_fires(expression: str, timezone: str | None) -> bool:
+    from mailmirror.daemon import cron_trigger  # the scheduler's own reading of the expression
+
+    return cron_trigger(expression, timezone).get_next_fire_time(None, datetime.now(UTC)) is not None
 
 
 class RenameRule(_Section):
@@ -693,8 +755,14 @@ class MessageRules(_Section):
         default=None, description="Copy only messages younger than this (by INTERNALDATE)."
     )
     min_age: Duration | None = Field(default=None, description="Copy only messages older than this.")
-    max_size: Size | None = Field(default=None, description="Copy only messages up to this size.")
-    min_size: Size | None = Field(default=None, description="Copy only messages of at least this size.")
+    max_size: Size | None = Field(
+        default=None, le=IMAP_NUMBER_MAX, description="Copy only messages up to this size (at most 4GiB - 1 byte)."
+    )
+    min_size: Size | None = Field(
+        default=None,
+        le=IMAP_NUMBER_MAX,
+        description="Copy only messages of at least this size (at most 4GiB - 1 byte).",
+    )
     search: str | None = Field(
         default=None,
         min_length=1,
@@ -831,6 +899,7 @@ class TransferRules(_Section):
     split_above: int = Field(
         default=2000,
         ge=100,
+        le=100_000_000,
         description="A folder with more messages to copy than this is split into UID ranges for several workers.",
     )
     retries: int = Field(
@@ -842,7 +911,7 @@ class TransferRules(_Section):
             "the connection dropped, reconnecting after an exponential backoff; then the pass fails."
         ),
     )
-    backoff: Duration = Field(
+    backoff: Annotated[Duration, at_most(timedelta(minutes=5))] = Field(
         default=timedelta(seconds=2),
         json_schema_extra={"default": "2s"},
         description="First wait before such a retry; doubled each time, at most 5 minutes.",
@@ -1240,13 +1309,32 @@ def _line_of(node: Node) -> int:
     return int(node.start_mark.line) + 1
 
 
+def _file_kind(mode: int) -> str | None:
+    """What a non-regular file is, in words; None for a regular file."""
+    kinds = (
+        (stat.S_ISDIR, "is a directory, not a config file"),
+        (stat.S_ISFIFO, "is a named pipe (FIFO), not a regular file: write the config to a file"),
+        (stat.S_ISSOCK, "is a socket, not a regular file"),
+        (stat.S_ISCHR, "is a device, not a regular file"),
+        (stat.S_ISBLK, "is a device, not a regular file"),
+    )
+    return next((words for test, words in kinds if test(mode)), None if stat.S_ISREG(mode) else "is not a regular file")
+
+
 def _read_text(shown: str) -> str:
     try:
+        kind = _file_kind(os.stat(shown).st_mode)  # a FIFO would block the read forever
+        if kind is not None:
+            raise InvalidConfig([ConfigProblem(shown, None, "", kind)])
+        if not os.access(shown, os.R_OK):
+            raise PermissionError
         raw = Path(shown).read_bytes()
     except FileNotFoundError:
-        raise InvalidConfig([ConfigProblem(shown, None, "", "no such file")]) from None
+        message = "no such file"
+        raise InvalidConfig([ConfigProblem(shown, None, "", message)]) from None
     except PermissionError:
-        raise InvalidConfig([ConfigProblem(shown, None, "", "permission denied")]) from None
+        message = "permission denied: the user running mailmirror cannot read it (check its owner and mode)"
+        raise InvalidConfig([ConfigProblem(shown, None, "", message)]) from None
     except IsADirectoryError:
         raise InvalidConfig([ConfigProblem(shown, None, "", "is a directory, not a config file")]) from None
     except OSError as error:
@@ -1263,7 +1351,7 @@ def _parse_yaml(text: str, shown: str) -> _YamlDocument:
     try:
         return _compose_and_construct(loader, shown)
     except yaml.MarkedYAMLError as error:
-        raise InvalidConfig([_yaml_syntax_problem(error, shown)]) from None
+        raise InvalidConfig([_tab_problem(error, text, shown) or _yaml_syntax_problem(error, shown)]) from None
     except yaml.YAMLError as error:
         raise InvalidConfig([ConfigProblem(shown, None, "", f"YAML error: {error}")]) from None
     except (ValueError, TypeError) as error:  # e.g. an impossible date such as 2024-02-30
@@ -1290,6 +1378,20 @@ def _raise_on_duplicates(duplicates: list[tuple[Location, int, int]], shown: str
             for path, line, first in duplicates
         ]
         raise InvalidConfig(problems)
+
+
+def _tab_problem(error: yaml.MarkedYAMLError, text: str, shown: str) -> ConfigProblem | None:
+    """A tab where YAML wants indentation: PyYAML's words do not say so; name the line and column."""
+    mark = error.problem_mark
+    if mark is None or ("tab" not in str(error.problem) and "cannot start any token" not in str(error.problem)):
+        return None
+    lines = text.splitlines()
+    for number in (int(mark.line), int(mark.line) - 1):
+        if 0 <= number < len(lines) and "\t" in lines[number]:
+            column = lines[number].index("\t") + 1
+            message = f"tab character at line {number + 1}, column {column}: YAML indents with spaces, never tabs"
+            return ConfigProblem(shown, number + 1, "", message)
+    return None
 
 
 def _yaml_syntax_problem(error: yaml.MarkedYAMLError, shown: str) -> ConfigProblem:

@@ -73,6 +73,10 @@ def render() -> str:
         "`config.example.yaml` shows every option in context; `mailmirror config schema` prints the JSON Schema.",
         "Durations: `30s`, `15m`, `2h`, `7d`, `1w` or seconds. Sizes: `512KB`, `50MB` (10^6), `1.5MiB` (2^20) "
         "or bytes.",
+        "Bounds: no duration above 100 years, no size above 8 PiB; some options are bounded tighter "
+        "(`schedule.every` 366d, `schedule.jitter` 1w, `timeout` and `daemon.stop_timeout` 1h, `transfer.backoff` "
+        "5m, `daemon.backoff_max` 1w): an error names the bound. Numbers are numbers: `yes`, `no`, `on`, `off` "
+        "(booleans in YAML) are refused where a number is expected.",
         "",
     ]
     for title, key in SECTIONS:

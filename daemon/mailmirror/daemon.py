@@ -36,16 +36,26 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.base import STATE_STOPPED
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 
 from mailmirror.config import Config, Pair, load_config
-from mailmirror.errors import ConfigError, ConnectionFailure, InternalError, LockedError, MailmirrorError, Stopped
+from mailmirror.errors import (
+    ConfigError,
+    ConnectionFailure,
+    InternalError,
+    LockedError,
+    MailmirrorError,
+    StateStorageError,
+    Stopped,
+)
 from mailmirror.health import Check, HealthServer
-from mailmirror.imap import Session
+from mailmirror.imap import FolderMissing, Session
 from mailmirror.limits import ConnectionLimits
 from mailmirror.metrics import Metrics
 from mailmirror.notify import Notifier
@@ -59,6 +69,7 @@ IDLE_RENEW_SECONDS = 25 * 60  # RFC 2177: servers may drop an IDLE after 30 minu
 PUSH_DEBOUNCE_SECONDS = 0.1
 FIRST_BACKOFF_SECONDS = 30.0
 LOOP_SECONDS = 5.0  # the main loop wakes at least this often (watchdog, reload, status)
+MISSING_FOLDER_RETRY_SECONDS = 300.0  # an IDLE folder that does not exist (yet): looked for again this often
 DAYS = ["sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 
 
@@ -164,6 +175,17 @@ class IdleWatcher(threading.Thread):
             try:
                 self._watch()
                 backoff = 1.0
+            except FolderMissing:
+                backoff = max(backoff, MISSING_FOLDER_RETRY_SECONDS)
+                log.warning(
+                    "%s: schedule.idle names '%s', which the source account '%s' does not have (or cannot "
+                    "open): fix schedule.idle; looking again in %.0f s (the scheduled passes go on)",
+                    self.pair_name,
+                    self.folder,
+                    self.account_name,
+                    backoff,
+                )
+                self.stopping.wait(backoff)
             except (MailmirrorError, IMAPClientError, OSError) as error:
                 if isinstance(error, MailmirrorError):
                     self.failed(error)
@@ -176,6 +198,18 @@ class IdleWatcher(threading.Thread):
                     error,
                     backoff,
                 )
+                self.stopping.wait(backoff)
+                backoff = min(backoff * 2, 300.0)
+            except Exception as error:  # a bug: never a dead watcher (nor a thread traceback on stderr)
+                log.error(
+                    "%s: IDLE watcher on %s failed (%s: %s; a bug, please report it); restarting in %.0f s",
+                    self.pair_name,
+                    self.folder,
+                    type(error).__name__,
+                    error,
+                    backoff,
+                )
+                log.debug("IDLE watcher failure", exc_info=True)
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, 300.0)
 
@@ -207,6 +241,32 @@ class IdleWatcher(threading.Thread):
                     self.changed()
 
 
+class _Scheduler(BackgroundScheduler):  # type: ignore[misc]
+    """APScheduler's background scheduler, without its shutdown race: a one-off job that ran while
+    `shutdown()` stopped the scheduler is no longer found when the scheduler's thread removes it, which
+    raised JobLookupError (a thread traceback) at every such stop."""
+
+    def remove_job(self, job_id: str, jobstore: str | None = None) -> None:
+        try:
+            super().remove_job(job_id, jobstore)
+        except JobLookupError:
+            if self.state != STATE_STOPPED:
+                raise
+
+
+def _log_thread_failure(args: threading.ExceptHookArgs) -> None:
+    """A thread that dies of an unexpected exception: one line in the log (a bug to report), never a raw
+    traceback on stderr; the traceback with -v."""
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "a thread"
+    log.error(
+        "internal error in %s (%s: %s); this is a bug, please report it", name, args.exc_type.__name__, args.exc_value
+    )
+    if args.exc_value is not None:
+        log.debug("thread failure", exc_info=args.exc_value)
+
+
 class Daemon:
     def __init__(self, config_path: Path, notifier: Notifier | None = None, shard: Shard | None = None) -> None:
         self.config_path = config_path
@@ -220,7 +280,7 @@ class Daemon:
         self.watchers: dict[str, list[IdleWatcher]] = {}
         self.pair_mutex: dict[str, threading.Lock] = {}
         self.pair_stop: dict[str, threading.Event] = {}  # set when the pair is removed or changed, or on stop
-        self.scheduler = BackgroundScheduler(
+        self.scheduler = _Scheduler(
             executors={"default": ThreadPoolExecutor(self.config.daemon.max_parallel_passes)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
             timezone=UTC,
@@ -236,6 +296,7 @@ class Daemon:
     # -- lifecycle -------------------------------------------------------------------------------------
 
     def run(self) -> int:
+        threading.excepthook = _log_thread_failure
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGHUP, self._on_reload_signal)
@@ -408,7 +469,7 @@ class Daemon:
             pending = None
             try:
                 store = StateStore(config.state.path)
-            except ConfigError as error:  # e.g. the disk or the database went read-only: back off, retry
+            except (ConfigError, StateStorageError) as error:  # e.g. a read-only or full disk: back off, retry
                 report = PairReport(name, error=error)
                 report.finished = time.monotonic()
             else:
@@ -520,7 +581,7 @@ class Daemon:
         with self._lock:
             for name in removed:
                 self.health.pop(name, None)
-        with contextlib.suppress(ConfigError):  # unreadable now: the passes will say so
+        with contextlib.suppress(ConfigError, StateStorageError):  # unreadable now: the passes will say so
             self._read_state()
         self._configure_metrics()  # before the new pairs' first passes can start
         for name in sorted(added | changed):

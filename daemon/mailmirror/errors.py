@@ -10,6 +10,7 @@ code  name                meaning
 65    EX_DATAERR          verify found differences between source and destination
 69    EX_UNAVAILABLE      a server could not be reached, or TLS failed
 70    EX_SOFTWARE         internal error (a bug: please report it)
+74    EX_IOERR            the state database could not be read or written (disk full, I/O error)
 75    EX_TEMPFAIL         the pass finished, but some messages failed or it is not proven yet; or locked
 77    EX_NOPERM           authentication failed
 78    EX_CONFIG           the configuration is invalid
@@ -27,6 +28,7 @@ class ExitCode(IntEnum):
     DIFFERENCES = 65
     UNAVAILABLE = 69
     SOFTWARE = 70
+    IOERR = 74
     TEMPFAIL = 75
     NOPERM = 77
     CONFIG = 78
@@ -54,6 +56,13 @@ class ConfigError(MailmirrorError):
 
 class UsageError(MailmirrorError):
     exit_code = ExitCode.USAGE
+
+
+class StateStorageError(MailmirrorError):
+    """The state database could not be written or read (disk full, I/O error, corrupt file): an error of
+    the machine, not of mailmirror; what was committed before it is safe."""
+
+    exit_code = ExitCode.IOERR
 
 
 class ConnectionFailure(MailmirrorError):

@@ -89,6 +89,7 @@ class _Invocation:
     sides: dict[int, _Side] = field(default_factory=lambda: {side: _Side() for side in SIDES})
     pair: dict[str, dict[str, Any]] = field(default_factory=dict)
     automap: bool = False
+    folder_deletion_narrowed: bool = False  # --delete2foldersonly/--delete2foldersbutnot: not expressible
 
     def section(self, name: str) -> dict[str, Any]:
         return self.pair.setdefault(name, {})
@@ -409,6 +410,17 @@ def _unsupported(why: str) -> Handler:
     return handle
 
 
+def _narrowed_folder_deletion(why: str) -> Handler:
+    """An option that limits which folders --delete2folders deletes: it cannot be expressed, and dropping it
+    would widen the deletion, so --delete2folders is not converted either (convert_invocation)."""
+
+    def handle(invocation: _Invocation, side: int, value: str) -> None:
+        invocation.conversion.add_unsupported(why)
+        invocation.folder_deletion_narrowed = True
+
+    return handle
+
+
 def _noted(text: str) -> Handler:
     def handle(invocation: _Invocation, side: int, value: str) -> None:
         invocation.note(text)
@@ -530,13 +542,13 @@ _GLOBAL: dict[str, Option] = {
     ),
     "delete2foldersonly": Option(
         True,
-        _unsupported("--delete2foldersonly: delete_missing_folders applies to every mapped folder"),
-        "not supported: delete_missing_folders has no folder filter",
+        _narrowed_folder_deletion("--delete2foldersonly: delete_missing_folders applies to every mapped folder"),
+        "not supported: delete_missing_folders has no folder filter; --delete2folders is then not converted either",
     ),
     "delete2foldersbutnot": Option(
         True,
-        _unsupported("--delete2foldersbutnot: delete_missing_folders applies to every mapped folder"),
-        "not supported: delete_missing_folders has no folder filter",
+        _narrowed_folder_deletion("--delete2foldersbutnot: delete_missing_folders applies to every mapped folder"),
+        "not supported: delete_missing_folders has no folder filter; --delete2folders is then not converted either",
     ),
     "expunge1": Option(False, _ignored, "part of deletions.source: after_copy"),
     "noexpungeaftereach": Option(False, _ignored, "nothing: mailmirror expunges per batch"),
@@ -756,6 +768,11 @@ def convert_invocation(
     """Add one imapsync run (its options) to ``conversion``: two accounts and a pair. Returns the pair name."""
     invocation = _Invocation(conversion, secret_source)
     _read_options(invocation, arguments)
+    if invocation.folder_deletion_narrowed and invocation.pair.get("deletions", {}).pop("delete_missing_folders", None):
+        conversion.add_unsupported(
+            "--delete2folders: not converted either, since mailmirror would delete every mapped folder missing on "
+            "the source, not only those imapsync would; set deletions.delete_missing_folders by hand if that is wanted"
+        )
     source, destination = (_finish_account(invocation, side) for side in SIDES)
     name = pair_name or _pair_name(source["username"])
     pair: dict[str, Any] = {"source": account_names[0], "destination": account_names[1]}

@@ -11,6 +11,7 @@ belong to an open file, so two threads of one process exclude each other too.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -167,8 +168,11 @@ class DestinationLock:
         if writable:
             since = datetime.now(UTC).isoformat(timespec="seconds")
             text = f"mailmirror pid {os.getpid()} on {socket.gethostname()} since {since} ({self.holder})\n"
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, text.encode(), 0)
+            # only a note for the next one: a full file system must neither fail the pass nor leave the
+            # descriptor (and so the lock) open
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, text.encode(), 0)
         return fd
 
     def release(self) -> None:

@@ -2,7 +2,8 @@
 
 Two account entries that differ only in how they name the server (``localhost``, ``127.0.0.1``, ``::1``;
 ``IMAP.Example.org`` and ``imap.example.org.``) or in a port left to its default (993 with implicit TLS,
-143 otherwise) are the same mailbox. This identity keys the destination lock (locks.py: one writer per
+143 otherwise) are the same mailbox; so are 143 and 993 of one host (its IMAP service, with STARTTLS or
+implicit TLS). This identity keys the destination lock (locks.py: one writer per
 destination mailbox) and refuses a pair whose source and destination are the same mailbox (config.py).
 
 Host names are not resolved (validation must not depend on DNS): two different names for one server
@@ -16,6 +17,8 @@ import ipaddress
 from dataclasses import dataclass
 
 LOOPBACK = "localhost"  # every loopback spelling
+IMAP_PORT = 143  # the identity's port for both standard ports: 143 (STARTTLS or plain) and 993 (implicit TLS)
+_STANDARD_PORTS = {143, 993}
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"}
 
 
@@ -27,7 +30,7 @@ class MailboxIdentity:
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.user}@{host}:{self.port}"
+        return f"{self.user}@{host}" if self.port == IMAP_PORT else f"{self.user}@{host}:{self.port}"
 
     @property
     def key(self) -> str:
@@ -56,5 +59,8 @@ def normal_host(host: str) -> str:
 def mailbox_identity(host: str, port: int, username: str) -> MailboxIdentity:
     """The identity of the mailbox of ``username`` on ``host:port`` (``port``: the effective port).
     User names are compared without case: IMAP servers nearly always treat them so, and the cautious
-    side of a wrong guess is only a lock shared by two mailboxes, or a refusal to be explained."""
-    return MailboxIdentity(normal_host(host), port, username.strip().casefold())
+    side of a wrong guess is only a lock shared by two mailboxes, or a refusal to be explained. For the
+    same reason the two standard ports are one: 143 and 993 of a host are its one IMAP service, reached
+    with STARTTLS or with implicit TLS (two configs that differ only in ``tls`` write into one mailbox)."""
+    service = IMAP_PORT if port in _STANDARD_PORTS else port
+    return MailboxIdentity(normal_host(host), service, username.strip().casefold())

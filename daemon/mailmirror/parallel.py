@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 
 from mailmirror.config import Config
-from mailmirror.errors import ConfigError, InternalError, Stopped
+from mailmirror.errors import ConfigError, InternalError, StateStorageError, Stopped
 from mailmirror.limits import ConnectionLimits
 from mailmirror.state import StateStore
 from mailmirror.sync import PairPass, PairReport, Progress
@@ -78,7 +78,7 @@ class ParallelPasses:
                 return _ended(PairReport(name, error=Stopped(f"pair '{name}': not started (stop requested)")))
             try:
                 store = StateStore(self.config.state.path)
-            except ConfigError as error:
+            except (ConfigError, StateStorageError) as error:
                 return _ended(PairReport(name, error=error))
             try:
                 return PairPass(

@@ -8,8 +8,11 @@ pass stays incremental. Some servers (Courier) give a renamed folder a new UIDVA
 no vanished folder has the new one's UIDVALIDITY, a vanished folder is taken as renamed when every message
 the state knows in it is in the new folder, by fingerprint (headers only), and no other vanished folder
 qualifies; the UIDVALIDITY change then re-maps its messages by fingerprint, as after any UIDVALIDITY reset.
-Without a confident match nothing is renamed: the folder is treated as new, and fingerprint matching still
-prevents duplicates inside each destination folder.
+A vanished folder that still exists on the source (only no longer selected by the rules) or whose
+destination folder another source folder still fills (a merge) is never taken as renamed: renaming its
+destination folder would carry the other folder's copies away. Without a confident match nothing is
+renamed: the folder is treated as new, and fingerprint matching still prevents duplicates inside each
+destination folder.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from mailmirror.identity import fingerprint, header_fields_to_fetch
-from mailmirror.imap import MailboxStatus
+from mailmirror.imap import Folder, MailboxStatus
 from mailmirror.mapping import FolderMapping
 from mailmirror.sessions import ImapSession
 from mailmirror.state import FolderState, StateStore
@@ -29,6 +32,8 @@ log = logging.getLogger(__name__)
 
 
 class StatusSource(Protocol):
+    folders: list[Folder]  # every folder the source listed, selected or not
+
     def status(self, session: ImapSession, name: str) -> MailboxStatus: ...
 
 
@@ -46,7 +51,15 @@ def follow_renames(
 ) -> dict[str, str]:
     """Detect and apply renames; returns {new source name: old source name}. Updates existing_destination."""
     listed = {mapping.source for mapping in mappings}
-    orphans = [state for state in store.folders(pair) if state.src_folder not in listed]
+    on_source = {folder.name for folder in source_statuses.folders}
+    filled = {mapping.destination for mapping in mappings}
+    # A folder that still exists on the source (only no longer selected) was not renamed, and a
+    # destination folder another source folder still fills (a merge) must not move away from it.
+    orphans = [
+        state
+        for state in store.folders(pair)
+        if state.src_folder not in listed and state.src_folder not in on_source and state.dst_folder not in filled
+    ]
     renamed: dict[str, str] = {}
     for mapping in mappings:
         if not orphans:

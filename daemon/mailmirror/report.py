@@ -160,7 +160,29 @@ def print_pass(console: Console, report: PairReport, source: str, destination: s
             "(see above); a later pass settles it.[/yellow]"
         )
     else:
-        console.print("  [yellow]Incomplete: some source messages are not on the destination (see above).[/yellow]")
+        console.print(f"  [yellow]Incomplete: {_incomplete_reason(report)}[/yellow]", highlight=False)
+
+
+def _incomplete_reason(report: PairReport) -> str:
+    """What kept a pass from completing, in words: the summary must not claim missing messages when only
+    the deletion guard held back (it deletes nothing) or a folder disappeared."""
+    guarded = [f for f in report.folders if f.error and f.error.startswith("refusing to delete")]
+    vanished = [f for f in report.folders if f.error and "was deleted on the server during the pass" in f.error]
+    others = [f for f in report.folders if f.error and f not in guarded and f not in vanished]
+    reasons = []
+    if report.failed or others:
+        reasons.append("some source messages are not on the destination")
+    if vanished:
+        names = ", ".join(f.source for f in vanished[:3])
+        reasons.append(f"{len(vanished)} folder(s) were deleted on a server during the pass ({names})")
+    if guarded:
+        reasons.append(
+            f"the deletion guard refused deletions in {len(guarded)} folder(s) (deletions.max_share): nothing "
+            "was deleted there; check the source, then --force-deletions"
+        )
+    if guarded and not (report.failed or others or vanished):
+        reasons.append("every selected source message is on the destination")
+    return "; ".join(reasons or ["some source messages are not on the destination"]) + " (see above)."
 
 
 def _folder_notes(folder: FolderReport) -> str:

@@ -16,9 +16,13 @@ loaded, so ``mailmirror config validate`` works on a machine that does not hold 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
+import stat
 import subprocess
+import time
 from typing import Annotated, Any
 
 from pydantic import (
@@ -37,6 +41,9 @@ from mailmirror.units import ConfigPath
 
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 COMMAND_TIMEOUT_SECONDS = 30
+_PIPE_GRACE_SECONDS = 1.0
+MAX_SECRET_BYTES = 64 * 1024  # a password or token; a larger file is the wrong file
+_POLL_SECONDS = 0.2
 SECRET_KINDS = ("env", "file", "command")
 
 INLINE_SECRET_MESSAGE = (
@@ -162,7 +169,12 @@ class Secret(BaseModel):
     def _read_file(self) -> str:
         assert self.file is not None
         try:
-            data = self.file.read_bytes()
+            if not stat.S_ISREG(os.stat(self.file).st_mode):  # a FIFO blocks, /dev/zero never ends
+                raise self._error("is not a regular file")
+            with self.file.open("rb") as handle:
+                data = handle.read(MAX_SECRET_BYTES + 1)
+            if len(data) > MAX_SECRET_BYTES:
+                raise self._error(f"is larger than {MAX_SECRET_BYTES} bytes: is it the right file?")
         except OSError as error:
             raise self._error(f"cannot be read: {error.strerror or error}") from None
         try:
@@ -172,23 +184,20 @@ class Secret(BaseModel):
 
     def _run_command(self, argv: tuple[str, ...]) -> str:
         try:
-            completed = subprocess.run(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=COMMAND_TIMEOUT_SECONDS,
-                check=False,
-            )
+            returncode, stdout, stderr = _run_in_own_group(argv, command_timeout())
         except FileNotFoundError:
             raise self._error(f"cannot run: {argv[0]} not found") from None
         except subprocess.TimeoutExpired:
-            raise self._error(f"did not finish within {COMMAND_TIMEOUT_SECONDS}s") from None
+            raise self._error(
+                f"did not finish within {command_timeout():g}s (it and the processes it started were killed); "
+                "does it wait for input, such as a password prompt?"
+            ) from None
         except OSError as error:
             raise self._error(f"cannot run: {error.strerror or error}") from None
-        if completed.returncode != 0:
-            raise self._error(f"failed with exit status {completed.returncode}{_stderr_hint(completed.stderr)}")
+        if returncode != 0:
+            raise self._error(f"failed with exit status {returncode}{_stderr_hint(stderr)}")
         try:
-            return completed.stdout.decode("utf-8")
+            return stdout.decode("utf-8")
         except UnicodeDecodeError:
             raise self._error("printed something that is not UTF-8 text") from None
 
@@ -203,6 +212,52 @@ class Secret(BaseModel):
         return f"Secret(command={_flow_list(self.command or ())})"
 
     __str__ = __repr__
+
+
+def command_timeout() -> float:
+    """How long a secret command may run: 30s, or $MAILMIRROR_SECRET_COMMAND_TIMEOUT seconds."""
+    try:
+        return max(0.1, float(os.environ.get("MAILMIRROR_SECRET_COMMAND_TIMEOUT", COMMAND_TIMEOUT_SECONDS)))
+    except ValueError:
+        return float(COMMAND_TIMEOUT_SECONDS)
+
+
+def _run_in_own_group(argv: tuple[str, ...], timeout: float) -> tuple[int, bytes, bytes]:
+    """Run the command in a process group of its own: (exit status, stdout, stderr).
+
+    Its output ends when the command exits, even if a process it started in the background still holds
+    the pipe (then that group is killed after a grace second). On timeout the whole group is killed.
+    """
+    with subprocess.Popen(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    ) as process:
+        deadline = time.monotonic() + timeout
+        exited_at: float | None = None
+        while True:
+            try:
+                stdout, stderr = process.communicate(timeout=_POLL_SECONDS)
+                return process.returncode, stdout, stderr
+            except subprocess.TimeoutExpired:
+                now = time.monotonic()
+                if exited_at is None and process.poll() is not None:
+                    exited_at = now
+                if exited_at is not None and now - exited_at >= _PIPE_GRACE_SECONDS:
+                    _kill_group(process.pid)  # a background child holds the pipe: the command itself is done
+                    stdout, stderr = process.communicate()
+                    return process.returncode, stdout, stderr
+                if now >= deadline:
+                    _kill_group(process.pid)
+                    process.communicate()
+                    raise
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
 
 
 def _flow_list(argv: tuple[str, ...]) -> str:

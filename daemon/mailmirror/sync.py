@@ -15,6 +15,7 @@ import hashlib
 import logging
 import queue
 import re
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -29,10 +30,20 @@ from mailmirror.errors import (
     LockedError,
     MailmirrorError,
     ServerRefused,
+    StateStorageError,
     Stopped,
 )
 from mailmirror.identity import fingerprint, header_fields_to_fetch, without_size
-from mailmirror.imap import AppendRefused, Folder, FolderMissing, MailboxStatus, MessageToAppend, Session, uid_set
+from mailmirror.imap import (
+    AppendRefused,
+    Folder,
+    FolderMissing,
+    FolderVanished,
+    MailboxStatus,
+    MessageToAppend,
+    Session,
+    uid_set,
+)
 from mailmirror.locks import DestinationLock, PairLock, default_lock_dir
 from mailmirror.mapping import WELL_KNOWN_NAMES, FolderMapping, Namespace, pair_mappings, pattern_matches
 from mailmirror.planner import (
@@ -49,7 +60,7 @@ from mailmirror.planner import (
 )
 from mailmirror.renames import follow_renames
 from mailmirror.sessions import Connect, ImapSession
-from mailmirror.state import FolderState, LateWriteWatch, StateStore, SyncedMessage
+from mailmirror.state import FolderState, LateWriteWatch, StateStore, SyncedMessage, state_error
 from mailmirror.transfer import ByteBudget, RateLimit, backoff_delay, bound_heap, rate_limit, split_evenly
 
 if TYPE_CHECKING:
@@ -318,7 +329,12 @@ class PairPass:
         )
 
     def _run_locked(self) -> PairReport:
-        run_id = None if self.dry_run else self.store.start_run(self.name)
+        try:
+            run_id = None if self.dry_run else self.store.start_run(self.name)
+        except sqlite3.Error as error:  # e.g. a full disk: nothing done yet
+            self.report.error = state_error(self.store.path, error, "write")
+            self.report.finished = time.monotonic()
+            return self.report
         try:
             source_account = self.config.accounts[self.pair.source]
             destination_account = self.config.accounts[self.pair.destination]
@@ -329,6 +345,9 @@ class PairPass:
                 self._run(source, destination)
         except MailmirrorError as error:
             self.report.error = error
+        except sqlite3.Error as error:  # the machine's fault (disk full, I/O error), not a bug
+            log.debug("%s: state database error", self.name, exc_info=True)
+            self.report.error = state_error(self.store.path, error, "write")
         except Exception as error:  # a bug: recorded as such, so that the daemon backs off and goes on
             log.debug("%s: internal error", self.name, exc_info=True)
             self.report.error = InternalError(
@@ -338,15 +357,22 @@ class PairPass:
         finally:
             self.report.finished = time.monotonic()
             if run_id is not None:
-                self.store.finish_run(
-                    run_id,
-                    outcome=_outcome(self.report),
-                    copied=self.report.copied,
-                    failed=self.report.failed,
-                    bytes_copied=self.report.bytes_copied,
-                    error=str(self.report.error) if self.report.error else None,
-                )
+                self._finish_run(run_id)
         return self.report
+
+    def _finish_run(self, run_id: int) -> None:
+        try:
+            self.store.finish_run(
+                run_id,
+                outcome=_outcome(self.report),
+                copied=self.report.copied,
+                failed=self.report.failed,
+                bytes_copied=self.report.bytes_copied,
+                error=str(self.report.error) if self.report.error else None,
+            )
+        except sqlite3.Error as error:
+            if self.report.error is None or not isinstance(self.report.error, StateStorageError):
+                self.report.error = state_error(self.store.path, error, "write")
 
     def _run(self, source: ImapSession, destination: ImapSession) -> None:
         rules = self.pair.folders
@@ -683,6 +709,9 @@ class Transfer:
             while (task := self._get()) is not None:
                 try:
                     self._do(worker, task)
+                except FolderVanished as error:  # not a network problem: that folder is gone, the others go on
+                    worker.close()
+                    self._folder_error(task, str(error))
                 except ConnectionFailure as error:  # Throttled too: retried after a backoff
                     worker.close()
                     self._interrupted(task, error)
@@ -1174,8 +1203,10 @@ class FolderPass:
 
     def _delete_copied_from_source(self, status: MailboxStatus) -> MailboxStatus:
         """Move semantics: delete from the source what the destination confirmed (status done)."""
-        # a message whose late copy is still watched for stays: the watch compares with its row
+        # a message whose late copy is still watched for stays: the watch compares with its row; so does one
+        # with a failure row after its copy was confirmed (the destination altered it: _check_stored)
         watched = {w.src_uid for w in self.store.late_write_watches(self.pair, self.mapping.source)}
+        watched |= set(self.store.failed_uids(self.pair, self.mapping.source))
         done = [
             uid
             for uid, m in self.store.messages(self.pair, self.mapping.source).items()
@@ -1576,6 +1607,8 @@ class FolderPass:
                 continue
             with self.owner.lock:
                 self.report.altered.append((source_uid[dst_uid], why))
+            if self.moving:  # the source holds the only original: a move must not delete it (recorded)
+                self.store.record_failure(self.pair, self.mapping.source, source_uid[dst_uid], _KEPT_ALTERED + why)
             log.warning(
                 "%s: %s: message UID %d altered by the destination server: %s",
                 self.pair,
@@ -1665,6 +1698,7 @@ class LateCopies:
 
 
 _EIGHT_BIT = re.compile(rb"[\x80-\xff]")
+_KEPT_ALTERED = "kept on the source (move): the destination altered its copy: "
 
 
 def header_section(raw: bytes) -> bytes:

@@ -54,6 +54,11 @@ SIZE_PATTERN = rf"^\s*{_NUMBER}\s*(?:[bB]|[kKmMgGtT][iI]?[bB])?\s*$"
 _DURATION_PART = re.compile(rf"({_NUMBER})\s*([smhdw])")
 _SIZE = re.compile(rf"^\s*({_NUMBER})\s*([a-z]*)\s*$", re.IGNORECASE)
 
+MAX_DURATION = timedelta(days=36500)
+"""No duration in a config means more than a century; beyond it, date arithmetic overflows."""
+MAX_SIZE = 2**53
+"""No size in a config is larger (8 PiB); beyond it, numbers stop being exact and databases overflow."""
+
 DURATION_HINT = "a duration like 30s, 15m, 2h, 7d, 1w (or 1h30m), or a whole number of seconds"
 SIZE_HINT = "a size like 512KB, 50MB, 1.5MiB, 2GiB, or a whole number of bytes"
 
@@ -66,21 +71,39 @@ def parse_duration(value: object) -> timedelta:
     if isinstance(value, timedelta):
         if value < timedelta(0):
             raise ValueError("must not be negative")
-        return value
+        return _bounded_duration(Decimal(str(value.total_seconds())), value)
     if isinstance(value, bool):
         raise ValueError(f"must be {DURATION_HINT} (got {value!r})")
     if isinstance(value, int):
         if value < 0:
             raise ValueError(f"must not be negative (got {value})")
-        return timedelta(seconds=value)
+        return _bounded_duration(Decimal(value), value)
     if isinstance(value, str):
         text = value.strip()
         if text.isdigit():
-            return timedelta(seconds=int(text))
+            return _bounded_duration(Decimal(text), value)
         if re.fullmatch(DURATION_PATTERN, text):
             seconds = sum(Decimal(number) * SECONDS_PER_UNIT[unit] for number, unit in _DURATION_PART.findall(text))
-            return timedelta(seconds=float(seconds))
+            return _bounded_duration(Decimal(seconds), value)
     raise ValueError(f"must be {DURATION_HINT} (got {value!r})")
+
+
+def _bounded_duration(seconds: Decimal, written: object) -> timedelta:
+    if seconds > Decimal(int(MAX_DURATION.total_seconds())):
+        shown = written if isinstance(written, str | int) else format_duration(MAX_DURATION)
+        raise ValueError(f"must be at most {format_duration(MAX_DURATION)} (100 years) (got {shown!r})")
+    return timedelta(seconds=float(seconds))
+
+
+def at_most(limit: timedelta) -> AfterValidator:
+    """A bound for one duration field, with a sentence naming it: ``must be at most 5m (got 1h)``."""
+
+    def check(value: timedelta | None) -> timedelta | None:
+        if value is not None and value > limit:
+            raise ValueError(f"must be at most {format_duration(limit)} (got {format_duration(value)})")
+        return value
+
+    return AfterValidator(check)
 
 
 def format_duration(value: timedelta) -> str:
@@ -109,14 +132,20 @@ def parse_size(value: object) -> int:
     if isinstance(value, int):
         if value < 0:
             raise ValueError(f"must not be negative (got {value})")
-        return value
+        return _bounded_size(value, value)
     if isinstance(value, str):
         match = _SIZE.match(value)
         if match:
             number, unit = match.group(1), match.group(2).lower() or "b"
             if unit in BYTES_PER_UNIT:
-                return _whole_bytes(number, BYTES_PER_UNIT[unit])
+                return _bounded_size(_whole_bytes(number, BYTES_PER_UNIT[unit]), value)
     raise ValueError(f"must be {SIZE_HINT} (got {value!r})")
+
+
+def _bounded_size(size: int, written: object) -> int:
+    if size > MAX_SIZE:
+        raise ValueError(f"must be at most {MAX_SIZE} bytes (8 PiB) (got {written!r})")
+    return size
 
 
 def _whole_bytes(number: str, multiplier: int) -> int:

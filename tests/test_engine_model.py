@@ -73,7 +73,9 @@ class EngineAgainstModel(RuleBasedStateMachine):
     @initialize(
         mode=st.sampled_from(["keep", "mirror", "move"]),
         separator=st.sampled_from(["/", "."]),
-        prefetch=st.sampled_from([0, 1]),
+        # prefetch 0: a fetch thread running ahead by a varying number of batches would make the source's
+        # k-th command, and so a whole example, differ between replays (Hypothesis needs them equal)
+        prefetch=st.just(0),
         batch=st.integers(1, 4),
         stale_views=st.booleans(),
     )

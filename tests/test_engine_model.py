@@ -84,7 +84,9 @@ class EngineAgainstModel(RuleBasedStateMachine):
         world = World(destination_separator=separator)
         world.destination.stale_views = stale_views
         deletions = "{source: after_copy}" if mode == "move" else f"{{destination: {mode}, max_share: 1.0}}"
-        transfer = f"{{workers: 1, batch_messages: {batch}, prefetch: {prefetch}, retries: 2, backoff: 0.001s}}"
+        # backoff 0.2s: a retry that is due after the worker's next look at its queue, every time (with 1ms
+        # whether it went before another folder's task depended on the clock, and replays differed)
+        transfer = f"{{workers: 1, batch_messages: {batch}, prefetch: {prefetch}, retries: 2, backoff: 0.2s}}"
         self.harness = Harness(world, pair_options=f"deletions: {deletions}\ntransfer: {transfer}")
 
     def teardown(self) -> None:

@@ -703,7 +703,12 @@ def import_imapsync(
     """Convert an imapsync command line (mailmirror import imapsync -- --host1 … --user1 …) or a sync_loop file
     into config YAML. Options mailmirror cannot express are named on stderr and in a comment at the top;
     passwords are never written: --password1 becomes {env: NAME} (export it), --passfile1 {file: PATH}.
-    docs/imapsync.md maps every option.
+    When an option that narrows which folders or messages are taken (an unreadable --include/--exclude
+    regex, --search2, --justfolders, an unknown option, …) is not converted, the deletions (--delete1,
+    --delete2, --delete2folders) are left out too, named. docs/imapsync.md maps every option.
+
+    Exit 0 when everything was converted; 78 when something was not (the YAML is still written: review
+    it before use); 64 on unusable options (a missing --host1, a value that is not a number).
     """
     from mailmirror.imapsync_import import convert_command_line, convert_sync_loop
 
@@ -720,6 +725,8 @@ def import_imapsync(
         click.echo(f"mailmirror: not converted: {line}", err=True)
     for line in conversion.notes:
         click.echo(f"mailmirror: note: {line}", err=True)
+    if conversion.unsupported:
+        sys.exit(ExitCode.CONFIG)
 
 
 # -- demo -------------------------------------------------------------------------------------------------

@@ -423,8 +423,10 @@ class DaemonConfig(_Section):
         description=(
             "Directory of the destination locks (one writer per destination mailbox, whatever the config file or "
             "state database): every mailmirror of the machine must use the same one. Default: /run/mailmirror "
-            "when it exists and is writable (the systemd units create it) or when run as root, else "
-            "$XDG_RUNTIME_DIR/mailmirror, else /tmp/mailmirror-UID. Local to one machine: see docs/architecture.md."
+            "when it exists (the systemd units create it) or when run as root, else $XDG_RUNTIME_DIR/mailmirror, "
+            "else /tmp/mailmirror-UID. A user who cannot create a lock file in /run/mailmirror locks an existing "
+            "one read-only, else the pass ends with exit 78 (never locking elsewhere). Local to one machine: see "
+            "docs/architecture.md."
         ),
     )
 

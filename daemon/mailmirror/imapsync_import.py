@@ -90,6 +90,7 @@ class _Invocation:
     pair: dict[str, dict[str, Any]] = field(default_factory=dict)
     automap: bool = False
     folder_deletion_narrowed: bool = False  # --delete2foldersonly/--delete2foldersbutnot: not expressible
+    selection_widened: bool = False  # an option that narrowed which folders/messages imapsync takes was dropped
 
     def section(self, name: str) -> dict[str, Any]:
         return self.pair.setdefault(name, {})
@@ -281,6 +282,7 @@ def _regex_list(key: str) -> Handler:
             re.compile(value)
         except re.error as error:
             invocation.unsupported(f"{key} {value}", f"not a regular expression Python reads ({error})")
+            invocation.selection_widened = True
             return
         invocation.listed("folders", key).append("re:" + value)
         _folder_names_note(invocation)
@@ -410,6 +412,17 @@ def _unsupported(why: str) -> Handler:
     return handle
 
 
+def _unsupported_narrowing(why: str) -> Handler:
+    """An option that narrows which folders or messages imapsync takes, and cannot be expressed: without
+    it the converted pair takes more, so its deletions are not converted (convert_invocation)."""
+
+    def handle(invocation: _Invocation, side: int, value: str) -> None:
+        invocation.conversion.add_unsupported(why)
+        invocation.selection_widened = True
+
+    return handle
+
+
 def _narrowed_folder_deletion(why: str) -> Handler:
     """An option that limits which folders --delete2folders deletes: it cannot be expressed, and dropping it
     would widen the deletion, so --delete2folders is not converted either (convert_invocation)."""
@@ -481,7 +494,7 @@ _SIDED_ONLY_ONE = {
     "search1": Option(True, _pair_key("messages", "search"), "pairs.X.messages.search"),
     "search2": Option(
         True,
-        _unsupported("--search2: mailmirror selects source messages only"),
+        _unsupported_narrowing("--search2: mailmirror selects source messages only"),
         "not supported: selection is on the source",
     ),
     "delete1": Option(False, _pair_flag("deletions", "source", "after_copy"), "pairs.X.deletions.source: after_copy"),
@@ -524,7 +537,7 @@ _GLOBAL: dict[str, Option] = {
     "timeout": Option(True, _timeout, "accounts.X.timeout, both sides"),
     "justfolders": Option(
         False,
-        _unsupported("--justfolders: mailmirror always copies messages with their folders"),
+        _unsupported_narrowing("--justfolders: mailmirror always copies messages with their folders"),
         "not supported: a pass copies folders and messages together",
     ),
     "dry": Option(
@@ -576,13 +589,15 @@ _GLOBAL: dict[str, Option] = {
     ),
     "maxlinelength": Option(
         True,
-        _unsupported("--maxlinelength: mailmirror has no line-length rule"),
+        _unsupported_narrowing("--maxlinelength: mailmirror has no line-length rule"),
         "not supported: no line-length rule",
     ),
-    "minmaxlinelength": Option(True, _unsupported("--minmaxlinelength: no line-length rule"), "not supported"),
+    "minmaxlinelength": Option(
+        True, _unsupported_narrowing("--minmaxlinelength: no line-length rule"), "not supported"
+    ),
     "exitwhenover": Option(
         True,
-        _unsupported("--exitwhenover: mailmirror has no transfer volume cap per run"),
+        _unsupported_narrowing("--exitwhenover: mailmirror has no transfer volume cap per run"),
         "not supported: no volume cap per run",
     ),
     "errorsmax": Option(True, _ignored, "nothing: a pass records each failure and goes on"),
@@ -600,7 +615,7 @@ _GLOBAL: dict[str, Option] = {
     ),
     "skipmess": Option(
         True,
-        _unsupported("--skipmess: mailmirror has no rule on message content; use messages.search"),
+        _unsupported_narrowing("--skipmess: mailmirror has no rule on message content; use messages.search"),
         "not supported: no content regex (messages.search selects by IMAP SEARCH)",
     ),
     "regexmess": Option(
@@ -690,6 +705,7 @@ def _read_options(invocation: _Invocation, arguments: Sequence[str]) -> None:
         if not name:
             if written != "--":
                 invocation.conversion.add_unsupported("a stray argument (not an option) was ignored")
+                invocation.selection_widened = True  # perhaps the value of a narrowing option
             continue
         negated = name.startswith("no") and name[2:] in NEGATABLE
         key = name[2:] if negated else name
@@ -697,6 +713,7 @@ def _read_options(invocation: _Invocation, arguments: Sequence[str]) -> None:
             takes_value = inline is None and index < len(items) and not items[index][0] and items[index][2] != "--"
             index += takes_value
             invocation.conversion.add_unsupported(f"--{name}: unknown to the importer (its value, if any, not shown)")
+            invocation.selection_widened = True  # it may narrow the selection: nobody can tell
             continue
         option, side = OPTIONS[key]
         value = "no" if negated else ""
@@ -773,6 +790,8 @@ def convert_invocation(
             "--delete2folders: not converted either, since mailmirror would delete every mapped folder missing on "
             "the source, not only those imapsync would; set deletions.delete_missing_folders by hand if that is wanted"
         )
+    if invocation.selection_widened:
+        _drop_deletions(invocation)
     source, destination = (_finish_account(invocation, side) for side in SIDES)
     name = pair_name or _pair_name(source["username"])
     pair: dict[str, Any] = {"source": account_names[0], "destination": account_names[1]}
@@ -789,6 +808,22 @@ def convert_invocation(
     conversion.accounts[account_names[1]] = destination
     conversion.pairs[name] = pair
     return name
+
+
+_DELETIONS = (("source", "--delete1"), ("destination", "--delete2"), ("delete_missing_folders", "--delete2folders"))
+
+
+def _drop_deletions(invocation: _Invocation) -> None:
+    """Deletions are not converted when an option that narrowed the selection was dropped: the converted
+    pair takes more folders or messages than imapsync, and would move or mirror those too."""
+    deletions = invocation.pair.get("deletions", {})
+    for key, option in _DELETIONS:
+        if deletions.pop(key, None):
+            invocation.conversion.add_unsupported(
+                f"{option}: not converted, since an option that narrows which folders or messages are taken was "
+                "not converted (above): the pair would delete from more than imapsync does; set deletions by hand "
+                "once the selection is right"
+            )
 
 
 def convert_command_line(arguments: Sequence[str], *, state_path: str | None = None) -> Conversion:

@@ -77,10 +77,13 @@ def default_lock_dir() -> Path:
     """Where destination locks live when daemon.lock_dir is not set: one directory for every config and
     state database of the machine (per user, when no shared one can be had).
 
-    /run/mailmirror when it exists and is writable (the systemd units create it: RuntimeDirectory=) or we
-    are root; else $XDG_RUNTIME_DIR/mailmirror; else /tmp/mailmirror-UID.
+    /run/mailmirror when it exists (the systemd units create it: RuntimeDirectory=), whoever we are: a
+    user who cannot create a lock file there still locks an existing one (read-only is enough for flock)
+    and is refused otherwise (DestinationLock), never sent elsewhere, where the daemon would not see the
+    lock. When it does not exist: itself for root; else $XDG_RUNTIME_DIR/mailmirror; else
+    /tmp/mailmirror-UID.
     """
-    if os.access(_SYSTEM_LOCK_DIR, os.W_OK | os.X_OK) or os.geteuid() == 0:
+    if _SYSTEM_LOCK_DIR.is_dir() or os.geteuid() == 0:
         return _SYSTEM_LOCK_DIR
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and Path(runtime).is_absolute():
@@ -99,7 +102,8 @@ def _prepare_lock_dir(directory: Path) -> None:
         ) from None
     if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
         raise ConfigError(f"lock directory {directory} is not a directory; set daemon.lock_dir elsewhere")
-    if directory.is_relative_to(tempfile.gettempdir()) and info.st_uid != os.getuid():
+    shared_tmp = directory != _SYSTEM_LOCK_DIR and directory.is_relative_to(tempfile.gettempdir())
+    if shared_tmp and info.st_uid != os.getuid():
         raise ConfigError(
             f"lock directory {directory} belongs to another user (uid {info.st_uid}); set daemon.lock_dir to a "
             "directory of your own"
@@ -152,8 +156,10 @@ class DestinationLock:
                 writable = False
         except OSError as error:
             raise ConfigError(
-                f"destination lock {self.path}: cannot open it ({error.strerror or error}); run as the user of the "
-                "daemon (e.g. sudo -u mailmirror) or set daemon.lock_dir"
+                f"destination lock {self.path}: cannot open it ({error.strerror or error}); {self.directory} is "
+                "where every mailmirror of this machine (the daemon too) locks its destination mailboxes, so this "
+                "pass does not lock elsewhere: run as the user of the daemon (e.g. sudo -u mailmirror), or set "
+                "daemon.lock_dir to a directory every mailmirror of this machine can write (the same in every config)"
             ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -460,12 +460,14 @@ def map_folders(
     under: str | None = None,
     from_under: str | None = None,
     rename: Sequence[RenameLike] = (),
+    known: Mapping[str, str] | None = None,
 ) -> list[FolderMapping]:
     """The mapping of every source folder the rules select, INBOX first then alphabetical.
 
     ``subscribed``: the source's subscribed folders (server names); None syncs every folder, a set only
-    those in it (and INBOX). The other arguments are the FolderRules fields of the same name (``explicit``
-    is ``map``); see the module docstring for the order in which they apply.
+    those in it (and INBOX). ``known``: source server name -> the destination folder the state already
+    syncs it into (see :func:`_keep_known`). The other arguments are the FolderRules fields of the same
+    name (``explicit`` is ``map``); see the module docstring for the order in which they apply.
     """
     rules = _Rules(
         include=include,
@@ -484,7 +486,7 @@ def map_folders(
         selected = _select_one(by_name[name], rules, source_ns, destination_ns)
         if selected is not None:
             chosen.append(selected)
-    targets = _automap(chosen, rules, destination_ns, destination)
+    targets = _keep_known(chosen, _automap(chosen, rules, destination_ns, destination), known or {}, destination)
     mappings = []
     for one in chosen:
         target, rule = targets.get(one.folder.name, (one.name, one.rule))
@@ -564,6 +566,36 @@ def _automap(
     return targets
 
 
+def _keep_known(
+    chosen: Sequence[_Chosen],
+    targets: dict[str, tuple[str, str]],
+    known: Mapping[str, str],
+    destination: _Destination,
+) -> dict[str, tuple[str, str]]:
+    """Guessed names (automap, default) stick to the destination folder the state already syncs into.
+
+    A guess can change between passes without any change on the source: automap follows the destination's
+    special-use attributes, and the first pass (or a mail client) may create a folder the server marks
+    (Dovecot marks a new "Sent" as \\Sent). Following the new guess would copy the whole folder again. So
+    a folder whose mapping is a guess keeps the destination folder its state knows, as long as that
+    folder exists and receives no other source folder; an explicit rule (map, rename, under) still wins.
+    """
+    kept = dict(targets)
+    final = {one.folder.name: targets.get(one.folder.name, (one.name, one.rule)) for one in chosen}
+    for one in chosen:
+        target, rule = final[one.folder.name]
+        previous = known.get(one.folder.name)
+        if previous is None or previous == target or rule not in (RULE_AUTOMAP, RULE_DEFAULT):
+            continue
+        if previous not in destination.names:
+            continue
+        taken = {_case_key(other) for name, (other, _rule) in final.items() if name != one.folder.name}
+        if _case_key(previous) in taken:
+            continue  # another source folder goes there now: sticking would merge the two
+        final[one.folder.name] = kept[one.folder.name] = (previous, one.rule if previous == one.name else RULE_AUTOMAP)
+    return kept
+
+
 def _destination_name(relative: str, rules: _Rules, destination_ns: Namespace) -> tuple[str, str]:
     """The destination server name by rename / under / default, and the rule that decided it."""
     name = relative
@@ -611,9 +643,10 @@ def map_folders_with_rules(
     rules: FolderRules,
     *,
     subscribed: Iterable[str] | None = None,
+    known: Mapping[str, str] | None = None,
 ) -> list[FolderMapping]:
     """:func:`map_folders` with a pair's FolderRules. ``subscribed`` (source server names) is needed, and
-    only used, when ``rules.subscribed_only`` is set."""
+    only used, when ``rules.subscribed_only`` is set; ``known`` as in :func:`map_folders`."""
     if rules.subscribed_only and subscribed is None:
         raise ValueError("subscribed_only needs the source's subscribed folders")
     return map_folders(
@@ -629,6 +662,7 @@ def map_folders_with_rules(
         under=rules.under,
         from_under=rules.from_under,
         rename=rules.rename,
+        known=known,
     )
 
 
@@ -648,6 +682,7 @@ def pair_mappings(
     destination_folders: Sequence[Folder] | None = None,
     *,
     subscribed: Iterable[str] | None = None,
+    known: Mapping[str, str] | None = None,
 ) -> list[FolderMapping]:
     """The folder mapping of a pair between two open sessions (namespaces from NAMESPACE or overrides).
 
@@ -663,4 +698,5 @@ def pair_mappings(
         destination_namespace(rules, destination),
         rules,
         subscribed=subscribed,
+        known=known,
     )

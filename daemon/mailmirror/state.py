@@ -417,11 +417,24 @@ class StateStore:
             )
 
     @_locked
-    def forget_folder(self, pair: str, src_folder: str) -> None:
-        """Drop the UID map of a folder (after a UIDVALIDITY change: it is rebuilt by fingerprint)."""
+    def forget_folder(
+        self, pair: str, src_folder: str, *, keep_late_writes: bool = False, new_uids: bool = False
+    ) -> None:
+        """Drop the UID map of a folder (after a UIDVALIDITY change: it is rebuilt by fingerprint).
+
+        ``keep_late_writes``: its open late-write watches stay (a late write can still land in the same
+        destination folder); with ``new_uids`` (the destination's UIDVALIDITY changed) their UID floor
+        means nothing any more and becomes 1: the whole new folder is looked at."""
+        tables = ["messages", "failures", "deferred", "pending", "folders"]
+        if not keep_late_writes:
+            tables.append("late_writes")
         with self.transaction():
-            for table in ("messages", "failures", "deferred", "pending", "late_writes", "folders"):
+            for table in tables:
                 self.db.execute(f"DELETE FROM {table} WHERE pair = ? AND src_folder = ?", [pair, src_folder])
+            if keep_late_writes and new_uids:
+                self.db.execute(
+                    "UPDATE late_writes SET dst_uid_floor = 1 WHERE pair = ? AND src_folder = ?", [pair, src_folder]
+                )
 
     # -- messages ----------------------------------------------------------------------------------------
 
@@ -617,6 +630,20 @@ class StateStore:
             "SELECT m.dst_uid FROM messages m LEFT JOIN folders f ON f.pair = m.pair AND f.src_folder = m.src_folder "
             "WHERE (f.dst_folder = ? OR f.dst_folder IS NULL) AND m.dst_uid IS NOT NULL",
             [dst_folder],
+        )
+        return {row[0] for row in rows}
+
+    @_locked
+    def pending_fingerprints(self, dst_folder: str, pair: str, src_folder: str) -> set[str]:
+        """Fingerprints of unconfirmed appends (no destination UID yet) of every other source folder into
+        ``dst_folder`` (any pair; folders not saved yet count too): their copy may be on the destination
+        already, unclaimed only until its folder marks it done. Never taken for a late write of ours."""
+        rows = self.db.execute(
+            "SELECT m.fingerprint FROM messages m "
+            "LEFT JOIN folders f ON f.pair = m.pair AND f.src_folder = m.src_folder "
+            "WHERE (f.dst_folder = ? OR f.dst_folder IS NULL) AND m.dst_uid IS NULL "
+            "AND NOT (m.pair = ? AND m.src_folder = ?)",
+            [dst_folder, pair, src_folder],
         )
         return {row[0] for row in rows}
 

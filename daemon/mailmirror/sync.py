@@ -18,7 +18,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -376,7 +376,8 @@ class PairPass:
 
     def _run(self, source: ImapSession, destination: ImapSession) -> None:
         rules = self.pair.folders
-        source_view, destination_view, mappings = list_and_map(self.pair, source, destination)
+        known = {folder.src_folder: folder.dst_folder for folder in self.store.folders(self.name)}
+        source_view, destination_view, mappings = list_and_map(self.pair, source, destination, known)
         self.order = [mapping.source for mapping in mappings]
         if self.only_folders is not None and self.pair.messages.skip_cross_folder_duplicates:
             # a folder's copies depend on the folders that come before it: a push pass takes them too
@@ -880,11 +881,12 @@ class FolderView:
 
 
 def list_and_map(
-    pair: Pair, source: ImapSession, destination: ImapSession
+    pair: Pair, source: ImapSession, destination: ImapSession, known: Mapping[str, str] | None = None
 ) -> tuple[FolderView, FolderView, list[FolderMapping]]:
     """Both accounts' folders (one LIST-STATUS each, special-use attributes asked for) and the pair's
     folder mapping, in the order a pass takes the folders. The one way sync, plan and verify map folders:
-    they must never disagree about where a source folder goes."""
+    they must never disagree about where a source folder goes. ``known``: source folder -> the destination
+    folder the state syncs it into (a guessed mapping sticks to it: mapping.map_folders)."""
     rules = pair.folders
     source_view = FolderView(*source.list_folders_with_status())
     destination_view = FolderView(*destination.list_folders_with_status())
@@ -895,6 +897,7 @@ def list_and_map(
         source_view.folders,
         destination_view.folders,
         subscribed=source_view.subscribed(source) if rules.subscribed_only else None,
+        known=known,
     )
     if pair.messages.skip_cross_folder_duplicates:
         mappings = duplicate_priority_order(
@@ -1252,7 +1255,13 @@ class FolderPass:
                 self.mapping.source,
                 ", ".join(changes),
             )
-            self.store.forget_folder(self.pair, self.mapping.source)
+            # a late write of a lost APPEND can still land in the same destination folder: its watch stays
+            self.store.forget_folder(
+                self.pair,
+                self.mapping.source,
+                keep_late_writes=known.dst_folder == self.mapping.destination,
+                new_uids=known.dst_uidvalidity != destination_uidvalidity,
+            )
         return None
 
     def _resolve_pending(self, uidnext: int) -> None:
@@ -1297,16 +1306,27 @@ class FolderPass:
         if not watches:
             return
         self.destination.ensure_selected(self.mapping.destination, readonly=False)
+        floor = min(w.dst_uid_floor for w in watches)
+        # The order matters with folders merged into one destination folder: a message the search sees was
+        # journalled by its folder before it was appended, so it is either still pending when read next
+        # (skipped by fingerprint) or already done, and then in the claimed set read after that.
+        present = self.destination.uids_from(floor)
+        pending_elsewhere = {
+            without_size(fp)
+            for fp in self.store.pending_fingerprints(self.mapping.destination, self.pair, self.mapping.source)
+        }
         ours = self.store.messages(self.pair, self.mapping.source)
         claimed = self.store.claimed_dst_uids(self.mapping.destination)
         claimed |= {m.dst_uid for m in ours.values() if m.dst_uid}
-        floor = min(w.dst_uid_floor for w in watches)
-        arrived = [uid for uid in self.destination.uids_from(floor) if uid not in claimed]
-        late = LateCopies(self.destination, self._destination_messages_for(arrived))
+        arrived = [uid for uid in present if uid not in claimed]
+        candidates = [
+            m for m in self._destination_messages_for(arrived) if without_size(m.fingerprint) not in pending_elsewhere
+        ]
+        late = LateCopies(self.destination, candidates)
         found: dict[int, int] = {}  # watch id -> the late copy's UID
         for watch in watches:
-            own = ours.get(watch.src_uid)
-            if own is not None and own.status == "done" and own.dst_uid:
+            own = _own_copy(watch, ours)
+            if own is not None and own.dst_uid:
                 uid = late.take(watch, own.dst_uid)
                 if uid is not None:
                     found[watch.id] = uid
@@ -1660,6 +1680,15 @@ class FolderPass:
             if len(confirmed) < len(group):
                 self.unconfirmed = True
             self.owner.progress.advance(self.pair, self.mapping.source, len(group), size)
+
+
+def _own_copy(watch: LateWriteWatch, ours: dict[int, SyncedMessage]) -> SyncedMessage | None:
+    """The copy of ours a watch compares bytes with: its source UID's, or (after a UIDVALIDITY change
+    rebuilt the folder's map by fingerprint) one with its fingerprint."""
+    own = ours.get(watch.src_uid)
+    if own is not None and own.status == "done" and own.fingerprint == watch.fingerprint:
+        return own
+    return next((m for m in ours.values() if m.status == "done" and m.fingerprint == watch.fingerprint), None)
 
 
 class LateCopies:

@@ -3,7 +3,10 @@
 Both sides are only EXAMINEd and read with BODY.PEEK: verify changes nothing anywhere. Per mapped folder
 it compares the multiset of messages by SHA-256 of their exact bytes, and for each message its flags
 (minus \\Recent, and minus keywords the destination does not keep) and INTERNALDATE. It needs no state
-database: it is independent evidence, not a re-reading of our own records.
+database for its comparison: it is independent evidence, not a re-reading of our own records. It reads
+the state database (read-only, when there is one) for one thing only: which destination folder a pass
+syncs a source folder into, where the mapping is a guess that sticks to what the state knows
+(mapping.map_folders, ``known``), so that verify compares the folders a pass fills.
 
 Differences (any one makes `mailmirror verify` exit 65):
 - missing: a source message not on the destination;
@@ -19,11 +22,14 @@ difference: a destination may legitimately hold more (mail delivered to it after
 
 from __future__ import annotations
 
+import logging
 import re
+import sqlite3
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mailmirror.errors import MailmirrorError
@@ -37,6 +43,8 @@ if TYPE_CHECKING:
     from mailmirror.config import Config, Pair
 
 BATCH_BYTES = 8 * 1024 * 1024
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -213,17 +221,38 @@ def verify_pair(name: str, pair: Pair, config: Config) -> PairVerdict:
             Session.open(pair.destination, config.accounts[pair.destination]) as destination,
         ):
             expectations = _Expectations(pair)
-            for group in _grouped_by_destination(_mappings(pair, source, destination)):
+            known = known_destination_folders(config.state.path, name)
+            for group in _grouped_by_destination(_mappings(pair, source, destination, known)):
                 verdict.folders.append(_verify_folder(pair, group, source, destination, expectations))
     except MailmirrorError as error:
         verdict.error = error
     return verdict
 
 
-def _mappings(pair: Pair, source: Session, destination: Session) -> list[FolderMapping]:
-    """The mapping a pass uses (the same listing and rules: sync.list_and_map), selectable folders only."""
-    _source_view, _destination_view, mappings = list_and_map(pair, source, destination)
+def _mappings(pair: Pair, source: Session, destination: Session, known: dict[str, str]) -> list[FolderMapping]:
+    """The mapping a pass uses (the same listing, rules and known folders: sync.list_and_map), selectable
+    folders only."""
+    _source_view, _destination_view, mappings = list_and_map(pair, source, destination, known)
     return [mapping for mapping in mappings if mapping.selectable]
+
+
+def known_destination_folders(path: Path, pair: str) -> dict[str, str]:
+    """Source folder -> destination folder of a pair in the state database, read-only (verify writes
+    nothing, and creates no database); empty without a readable one."""
+    if not path.exists():
+        return {}
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            rows = db.execute("SELECT src_folder, dst_folder FROM folders WHERE pair = ?", [pair]).fetchall()
+        finally:
+            db.close()
+    except sqlite3.Error as error:
+        log.warning(
+            "pair '%s': state database %s not readable (%s): folders are mapped by the rules alone", pair, path, error
+        )
+        return {}
+    return {str(source): str(destination) for source, destination in rows}
 
 
 def _grouped_by_destination(mappings: list[FolderMapping]) -> list[list[FolderMapping]]:

@@ -1,0 +1,75 @@
+"""Late-write watches and source folders merged into one destination folder (review h12, finding 2).
+
+A watch of folder A must never take folder B's fresh copy of a byte-identical message for A's own late
+write in the gap between B's APPEND and B marking it done: B's row is still pending (no destination UID),
+so no state row claims the copy yet.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from imapclient import IMAPClient
+
+from mailmirror.config import load_config
+from mailmirror.lab import DovecotServer, LabUser, SeedMessage, seed
+from mailmirror.state import StateStore
+from mailmirror.sync import PairPass
+from tests.support import make_setup, message_count, simple_message
+
+pytestmark = pytest.mark.dovecot
+
+MERGED = """
+folders:
+  map:
+    A: Merged
+    B: Merged
+"""
+
+
+def test_a_watch_never_removes_another_folders_unconfirmed_copy_of_the_same_message(
+    source_server: DovecotServer,
+    dest_server: DovecotServer,
+    src_user: LabUser,
+    dst_user: LabUser,
+    src_client: IMAPClient,
+    dst_client: IMAPClient,
+) -> None:
+    same = simple_message(7)
+    seed(src_client, "A", [SeedMessage(same)])
+    seed(src_client, "B", [SeedMessage(same)])
+    setup = make_setup(source_server, src_user, dest_server, dst_user, pair_options=MERGED)
+    first = setup.sync()
+    assert first.error is None and message_count(dst_client, "Merged") == 1  # B adopts A's copy
+    # B's pass appended a copy of its own (as when both folders were planned at once) and has not marked it
+    # done yet: its row is pending, with the UIDNEXT before that append as its floor
+    floor = int(dst_client.folder_status("Merged", ["UIDNEXT"])[b"UIDNEXT"])
+    dst_client.append("Merged", same)
+    assert message_count(dst_client, "Merged") == 2
+
+    config = load_config(setup.config_path)
+    store = StateStore(config.state.path)
+    try:
+        store.db.execute(
+            "UPDATE messages SET status = 'pending', dst_uid = NULL, dst_uid_floor = ? "
+            "WHERE pair = 'test' AND src_folder = 'B'",
+            [floor],
+        )
+        store.db.conn.commit()
+        # A lost an append of the same message once: it watches for its late write
+        [a_row] = store.messages("test", "A").values()
+        store.watch_late_writes("test", "A", [a_row], 1, datetime.now(UTC) + timedelta(hours=1))
+        report = PairPass("test", config.effective_pairs()["test"], config, store, only_folders={"A"}).run()
+    finally:
+        store.close()
+    assert report.error is None
+    assert sum(f.late_duplicates_removed for f in report.folders) == 0
+    assert message_count(dst_client, "Merged") == 2  # B's copy is still there
+    [folder] = report.folders
+    assert folder.unresolved is not None  # A's watch stays open: nothing proven yet
+
+    second = setup.sync()  # B resolves its pending row: found on the destination, done
+    assert second.error is None and second.copied == 0
+    assert message_count(dst_client, "Merged") == 2
+    assert setup.verify().clean

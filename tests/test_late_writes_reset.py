@@ -1,0 +1,73 @@
+"""Late-write watches across a destination UIDVALIDITY reset (review h12, finding 3), against Dovecot.
+
+The reset drops the folder's UID map (rebuilt by fingerprint), but a late write of a lost APPEND can still
+land in the folder: the watch stays (its UID floor then means nothing: the whole new folder is looked at),
+the passes stay unproven (exit 75) until it ends, and the late copy is removed.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from imapclient import IMAPClient
+
+from mailmirror.config import load_config
+from mailmirror.lab import DovecotServer, LabUser, SeedMessage, seed
+from mailmirror.state import StateStore
+from tests.support import make_setup, message_count, simple_message
+
+pytestmark = pytest.mark.dovecot
+
+
+def _recreate(client: IMAPClient, folder: str) -> list[bytes]:
+    """The folder deleted and made again with the same messages (a restore): a new UIDVALIDITY."""
+    before = client.folder_status(folder, ["UIDVALIDITY"])[b"UIDVALIDITY"]
+    client.select_folder(folder, readonly=True)
+    fetched = client.fetch(client.search(), ["BODY.PEEK[]", "FLAGS", "INTERNALDATE"])
+    messages = [fetched[uid] for uid in sorted(fetched)]
+    client.close_folder()
+    client.delete_folder(folder)
+    client.create_folder(folder)
+    for data in messages:
+        flags = [flag for flag in data[b"FLAGS"] if flag != b"\\Recent"]
+        client.append(folder, data[b"BODY[]"], flags, data[b"INTERNALDATE"])
+    bodies = [data[b"BODY[]"] for data in messages]
+    assert client.folder_status(folder, ["UIDVALIDITY"])[b"UIDVALIDITY"] != before
+    return bodies
+
+
+def test_a_watch_survives_a_destination_uidvalidity_reset_and_removes_the_late_copy(
+    source_server: DovecotServer,
+    dest_server: DovecotServer,
+    src_user: LabUser,
+    dst_user: LabUser,
+    src_client: IMAPClient,
+    dst_client: IMAPClient,
+) -> None:
+    seed(src_client, "Work", [SeedMessage(simple_message(i)) for i in range(3)])
+    setup = make_setup(source_server, src_user, dest_server, dst_user)
+    assert setup.sync().error is None
+    config = load_config(setup.config_path)
+    store = StateStore(config.state.path)
+    try:  # one append of a lost connection was copied again: watched for its late write
+        watched = store.messages("test", "Work")[min(store.messages("test", "Work"))]
+        floor = int(dst_client.folder_status("Work", ["UIDNEXT"])[b"UIDNEXT"])
+        store.watch_late_writes("test", "Work", [watched], floor, datetime.now(UTC) + timedelta(hours=1))
+    finally:
+        store.close()
+
+    bodies = _recreate(dst_client, "Work")
+    second = setup.sync()  # the map is rebuilt by fingerprint; the watch stays open
+    assert second.error is None and second.copied == 0
+    [work] = [folder for folder in second.folders if folder.source == "Work"]
+    assert work.unresolved is not None, "the pass claimed exactly once while a late write may still land"
+
+    dst_client.append("Work", bodies[0])  # the stalled server runs the old APPEND now (UIDs from 1 again)
+    assert message_count(dst_client, "Work") == 4
+    third = setup.sync()
+    assert third.error is None and third.copied == 0
+    [work] = [folder for folder in third.folders if folder.source == "Work"]
+    assert work.late_duplicates_removed == 1
+    assert message_count(dst_client, "Work") == 3
+    assert setup.verify().clean

@@ -35,11 +35,10 @@ from tests.model.imap_model import OPTIONAL_CAPABILITIES, Fault, World
 #: h1-exactly-once (transfer.late_write_window). False runs the machine without them.
 LATE_WRITES = True
 
-#: Known defect (found by this machine, reported to the lead): a UIDVALIDITY reset of a folder drops its
-#: late-write watches with its UID map (StateStore.forget_folder), so a late copy that landed before
-#: the reset stays as a duplicate. While True, the machine resets no UIDVALIDITY while a watch is open;
-#: test_uidvalidity_reset_during_a_late_write_window_keeps_each_message_once pins it (strict xfail).
-WATCH_DROPPED_ON_RESET = True
+#: A defect this machine found: a UIDVALIDITY reset dropped a folder's late-write watches with its UID map
+#: (a late copy that landed before stayed a duplicate). Fixed on main (df2ee5a, watches survive a
+#: UIDVALIDITY change); True would keep resets away from open watches and expect the pinning test to fail.
+WATCH_DROPPED_ON_RESET = False
 #: Limits, not checked by the machine (docs/testing.md): a state database lost during a late-write window
 #: loses the watch (a late copy stays); in move mode a byte-identical message delivered again after the
 #: first was moved is adopted as that copy (the destination keeps one).

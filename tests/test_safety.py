@@ -12,10 +12,12 @@ from imapclient.exceptions import IMAPClientError
 
 import mailmirror.sync as sync
 from mailmirror.config import load_config
-from mailmirror.errors import ConnectionFailure, ServerRefused
+from mailmirror.errors import ServerRefused
 from mailmirror.imap import Session
 from mailmirror.lab import SeedMessage, seed
 from mailmirror.state import StateStore
+from mailmirror.sync import LogProgress
+from tests.proxy import Fault, FaultProxy
 from tests.support import make_setup, message_count, simple_message
 
 pytestmark = pytest.mark.dovecot
@@ -39,7 +41,8 @@ def test_refused_message_duplicates_batch_without_multiappend(source_server, mak
 
 # 2. Source without CONDSTORE + mirror deletions: a pass cut after its first batch; the next pass
 #    takes the copied-but-unsaved messages for expunged, deletes their copies and never copies them again.
-def test_cut_pass_then_mirror_deletes_live_messages(make_server, dest_server, dst_user, dst_client, monkeypatch):
+#    The cut: the destination's connection dropped by the fault proxy as the second batch's APPEND goes out.
+def test_cut_pass_then_mirror_deletes_live_messages(make_server, dest_server, dst_user, dst_client):
     source = make_server(drop_capabilities=["CONDSTORE", "QRESYNC"])
     src_user = source.add_user()
     src = source.connect(src_user)
@@ -54,18 +57,13 @@ def test_cut_pass_then_mirror_deletes_live_messages(make_server, dest_server, ds
     assert setup.sync().complete
     seed_inbox(src, [simple_message(i, tag="new") for i in range(6)])
 
-    real = sync.FolderPass._copy_batch
-    calls = {"n": 0}
-
-    def cut_on_second(self, *args):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise ConnectionFailure("simulated: connection cut")
-        return real(self, *args)
-
-    monkeypatch.setattr(sync.FolderPass, "_copy_batch", cut_on_second)
-    assert setup.sync().error is not None  # the cut pass: 3 of 6 new copied (done), markers not saved
-    monkeypatch.setattr(sync.FolderPass, "_copy_batch", real)
+    with FaultProxy(dest_server.host, dest_server.port) as proxy:
+        direct = setup.config_path.read_text(encoding="utf-8")
+        setup.config_path.write_text(_through_proxy(direct, "dst", proxy), encoding="utf-8")
+        proxy.inject(Fault("up", pattern=b" APPEND ", count=2))
+        assert setup.sync().error is not None  # the cut pass: 3 of 6 new copied (done), markers not saved
+        assert proxy.triggered >= 1, "the fault never fired: the test did not test what it says"
+        setup.config_path.write_text(direct, encoding="utf-8")
     report = setup.sync()
     print("deleted:", report.total("deleted"), "copied:", report.copied)
     setup.sync()
@@ -73,21 +71,50 @@ def test_cut_pass_then_mirror_deletes_live_messages(make_server, dest_server, ds
     assert message_count(dst_client) == 46, f"destination holds {message_count(dst_client)} of 46"
 
 
+def _through_proxy(config: str, account: str, proxy: FaultProxy) -> str:
+    """The config with one account's entry pointed at the proxy (plain IMAP: the proxy sees the commands)."""
+    lines = config.splitlines()
+    start = lines.index(f"  {account}:")
+    for index in range(start + 1, len(lines)):
+        if not lines[index].startswith("    "):
+            break
+        field = lines[index].strip().split(":", 1)[0]
+        if field == "port":
+            lines[index] = f"    port: {proxy.port}"
+        elif field == "tls":
+            lines[index] = "    tls: none"
+        elif field == "tls_ca":
+            lines[index] = ""
+    return "\n".join(line for line in lines if line) + "\n"
+
+
+class _OnEachBatch(LogProgress):
+    """A Progress that runs `then` after each batch the destination confirmed (a hook into a real pass)."""
+
+    def __init__(self, then):
+        self.then = then
+
+    def advance(self, pair, folder, messages, size):
+        self.then()
+
+
 # 3. Move (source: after_copy): a message arriving during the pass is skipped for ever.
 def test_move_loses_message_arriving_during_pass(
-    source_server, src_user, src_client, dest_server, dst_user, dst_client, monkeypatch
+    source_server, src_user, src_client, dest_server, dst_user, dst_client
 ):
     seed_inbox(src_client, [simple_message(i, tag="a") for i in range(5)])
     setup = make_setup(source_server, src_user, dest_server, dst_user, pair_options="deletions: {source: after_copy}")
-    real = sync.FolderPass.finish
+    arrived = []
 
-    def copy_then_new_mail(self):
-        seed_inbox(src_client, [simple_message(99, tag="late")])  # new mail while the pass runs (copied)
-        return real(self)
+    def new_mail():  # after the folder was listed and copied, before its copies are deleted from the source
+        if not arrived:
+            arrived.append(seed_inbox(src_client, [simple_message(99, tag="late")]))
 
-    monkeypatch.setattr(sync.FolderPass, "finish", copy_then_new_mail)
-    setup.sync()
-    monkeypatch.setattr(sync.FolderPass, "finish", real)
+    config = load_config(setup.config_path)
+    store = StateStore(config.state.path)
+    sync.PairPass("test", config.effective_pairs()["test"], config, store, _OnEachBatch(new_mail)).run()
+    store.close()
+    assert arrived, "no batch was copied: the test did not test what it says"
     for _ in range(3):
         setup.sync()
     assert message_count(dst_client) == 6, (
@@ -223,7 +250,7 @@ def test_non_ascii_password_reaches_error_text(source_server, dest_server, dst_u
 
 
 # 2b. Same as 2 with the daemon's own graceful stop (SIGTERM / reload) between batches; real batch size.
-def test_graceful_stop_then_mirror_deletes_live_messages(make_server, dest_server, dst_user, dst_client, monkeypatch):
+def test_graceful_stop_then_mirror_deletes_live_messages(make_server, dest_server, dst_user, dst_client):
     source = make_server(drop_capabilities=["CONDSTORE", "QRESYNC"])
     src_user = source.add_user()
     src = source.connect(src_user)
@@ -232,21 +259,89 @@ def test_graceful_stop_then_mirror_deletes_live_messages(make_server, dest_serve
     assert setup.sync().complete
     seed_inbox(src, [simple_message(i, tag="new") for i in range(150)])
     stop = threading.Event()
-    real = sync.FolderPass._copy_batch
-
-    def then_stop(self, *args):
-        result = real(self, *args)
-        stop.set()  # SIGTERM arrives while the first batch is in flight
-        return result
-
-    monkeypatch.setattr(sync.FolderPass, "_copy_batch", then_stop)
     config = load_config(setup.config_path)
     store = StateStore(config.state.path)
-    report = sync.PairPass("test", config.effective_pairs()["test"], config, store, stop=stop).run()
+    # SIGTERM arrives while the first batch is in flight: set once it is confirmed
+    report = sync.PairPass(
+        "test", config.effective_pairs()["test"], config, store, _OnEachBatch(stop.set), stop=stop
+    ).run()
     store.close()
     print("stopped pass:", report.error, report.copied)
-    monkeypatch.setattr(sync.FolderPass, "_copy_batch", real)
+    assert report.copied == 100, "the pass was not stopped between its two batches"
     report = setup.sync()
     print("next pass: deleted", report.total("deleted"), "copied", report.copied)
     setup.sync()
     assert message_count(dst_client) == 1150, f"destination {message_count(dst_client)} of 1150"
+
+
+# 9. (found by the model, tests/test_engine_model.py) A message refused by the destination, then deleted on
+#    the source, while the folder's first pass never finished (stopped, killed): its failure was retried,
+#    and reported, on every pass for ever ("the source did not return the message's size and headers").
+def test_failure_of_a_message_deleted_before_the_first_pass_finished_is_not_retried_for_ever(
+    source_server, src_user, src_client, dest_server
+):
+    small = dest_server.add_user(max_mail_size=20_000)
+    seed_inbox(src_client, [simple_message(1, size=50_000)] + [simple_message(i) for i in range(2, 8)])
+    setup = make_setup(source_server, src_user, dest_server, small, pair_options="transfer: {batch_messages: 3}")
+    stop = threading.Event()
+    config = load_config(setup.config_path)
+    store = StateStore(config.state.path)
+    report = sync.PairPass(
+        "test", config.effective_pairs()["test"], config, store, _OnEachBatch(stop.set), stop=stop
+    ).run()
+    store.close()
+    assert report.failed == 1 and report.error is not None, "the first batch's refusal and the stop did not happen"
+    src_client.select_folder("INBOX")
+    src_client.delete_messages([1])  # the user deletes the message the destination refused
+    src_client.expunge()
+    src_client.unselect_folder()
+    assert setup.sync().complete
+    again = setup.sync()
+    assert again.complete, again.folders[0].failed
+    with dest_server.connect(small) as client:
+        assert message_count(client) == 6
+
+
+# 10. (found by the model) A crash during a folder's first pass left journal rows without the UIDVALIDITY
+#     they belong to; after the source folder was recreated (new UIDVALIDITY, new UIDs) the next pass read
+#     them against the new UIDs: one message copied twice, another never copied, and the pass "complete".
+def test_crash_in_first_pass_then_source_uidvalidity_reset_copies_each_message_once(
+    source_server, src_user, src_client, dest_server, dst_user, dst_client
+):
+    messages = [simple_message(i, tag="work") for i in range(1, 4)]
+    seed_inbox(src_client, messages, folder="Work")
+    src_client.select_folder("Work")
+    src_client.delete_messages([1])  # the others keep UIDs 2 and 3
+    src_client.expunge()
+    src_client.unselect_folder()
+    setup = make_setup(source_server, src_user, dest_server, dst_user, pair_options="transfer: {batch_messages: 1}")
+
+    def crash():
+        raise KeyboardInterrupt("simulated crash after the first batch, before the folder's state was saved")
+
+    config = load_config(setup.config_path)
+    store = StateStore(config.state.path)
+    with pytest.raises(KeyboardInterrupt):
+        sync.PairPass("test", config.effective_pairs()["test"], config, store, _OnEachBatch(crash)).run()
+    store.close()
+    assert message_count(dst_client, "Work") == 1
+    src_client.delete_folder("Work")  # the folder recreated: a new UIDVALIDITY, the messages at UIDs 1 and 2
+    seed_inbox(src_client, messages[1:], folder="Work")
+    assert setup.sync().complete
+    assert setup.sync().copied == 0
+    assert message_count(dst_client, "Work") == 2
+    assert setup.verify().clean
+
+
+# 11. A message another session expunged after the pass listed it: Dovecot answers its UID FETCH with
+#     BODY[] NIL (OK [EXPUNGEISSUED]); that was a TypeError, and the pass ended with "internal error".
+def test_message_expunged_by_another_session_mid_fetch_is_not_a_bug(source_server, src_user, src_client, dest_server):
+    seed_inbox(src_client, [simple_message(i) for i in range(3)])
+    setup = make_setup(source_server, src_user, dest_server, dest_server.add_user())
+    with Session.open("src", load_config(setup.config_path).accounts["src"]) as session:
+        session.select("INBOX", readonly=True)
+        assert len(session.fetch_meta([1, 2, 3], ["Message-ID"])) == 3  # listed
+        src_client.select_folder("INBOX")
+        src_client.delete_messages([1])  # the user deletes one while the pass runs
+        src_client.expunge()
+        assert sorted(session.fetch_bodies([1, 2])) == [2]

@@ -682,7 +682,8 @@ class Session:
             return {}
         with self._talking(f"fetching messages in '{self.selected}'"):
             response = self._fetch(uid_set(uids), ["BODY.PEEK[]"])
-        return {int(uid): bytes(data[b"BODY[]"]) for uid, data in response.items() if b"BODY[]" in data}
+        # BODY[] NIL: expunged by another session meanwhile (Dovecot answers OK [EXPUNGEISSUED]): not returned
+        return {int(uid): bytes(body) for uid, data in response.items() if (body := data.get(b"BODY[]")) is not None}
 
     def fetch_digests(
         self,
@@ -704,7 +705,7 @@ class Session:
                 with self._talking(f"fetching messages in '{self.selected}'"):
                     response = self._fetch(uid_set(batch), ["BODY.PEEK[]", "FLAGS", "INTERNALDATE"])
                 for got_uid, data in sorted(response.items()):
-                    if b"BODY[]" in data:
+                    if data.get(b"BODY[]") is not None:  # NIL: expunged meanwhile
                         raw = bytes(data[b"BODY[]"])
                         yield MessageDigest(
                             int(got_uid),

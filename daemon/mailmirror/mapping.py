@@ -77,10 +77,11 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
 from mailmirror.errors import ConfigError
-from mailmirror.imap import Folder, Session
+from mailmirror.imap import Folder
 
 if TYPE_CHECKING:
     from mailmirror.config import FolderRules
+    from mailmirror.sessions import ImapSession
 
 log = logging.getLogger(__name__)
 
@@ -665,7 +666,7 @@ def map_folders_with_rules(
     )
 
 
-def destination_namespace(rules: FolderRules, destination: Session) -> Namespace:
+def destination_namespace(rules: FolderRules, destination: ImapSession) -> Namespace:
     """The destination's namespace: NAMESPACE's answer unless the rules override separator or prefix."""
     return Namespace(
         rules.separator or destination.separator,
@@ -675,8 +676,8 @@ def destination_namespace(rules: FolderRules, destination: Session) -> Namespace
 
 def pair_mappings(
     rules: FolderRules,
-    source: Session,
-    destination: Session,
+    source: ImapSession,
+    destination: ImapSession,
     source_folders: Sequence[Folder] | None = None,
     destination_folders: Sequence[Folder] | None = None,
     *,

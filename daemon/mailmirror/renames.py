@@ -23,8 +23,9 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from mailmirror.identity import fingerprint, header_fields_to_fetch
-from mailmirror.imap import Folder, MailboxStatus, Session
+from mailmirror.imap import Folder, MailboxStatus
 from mailmirror.mapping import FolderMapping
+from mailmirror.sessions import ImapSession
 from mailmirror.state import FolderState, StateStore
 
 log = logging.getLogger(__name__)
@@ -33,14 +34,14 @@ log = logging.getLogger(__name__)
 class StatusSource(Protocol):
     folders: list[Folder]  # every folder the source listed, selected or not
 
-    def status(self, session: Session, name: str) -> MailboxStatus: ...
+    def status(self, session: ImapSession, name: str) -> MailboxStatus: ...
 
 
 def follow_renames(
     pair: str,
     store: StateStore,
-    source: Session,
-    destination: Session,
+    source: ImapSession,
+    destination: ImapSession,
     mappings: Sequence[FolderMapping],
     source_statuses: StatusSource,
     existing_destination: set[str],
@@ -102,7 +103,7 @@ def _same_folder(
     store: StateStore,
     pair: str,
     old: FolderState,
-    source: Session,
+    source: ImapSession,
     candidate: str,
     identity_headers: Sequence[str],
 ) -> bool:
@@ -120,7 +121,7 @@ def _renumbered_matches(
     store: StateStore,
     pair: str,
     candidates: Sequence[FolderState],
-    source: Session,
+    source: ImapSession,
     folder: str,
     identity_headers: Sequence[str],
 ) -> list[FolderState]:

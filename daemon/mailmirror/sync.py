@@ -59,6 +59,7 @@ from mailmirror.planner import (
     plan_folder,
 )
 from mailmirror.renames import follow_renames
+from mailmirror.sessions import Connect, ImapSession
 from mailmirror.state import FolderState, LateWriteWatch, StateStore, SyncedMessage, state_error
 from mailmirror.transfer import ByteBudget, RateLimit, backoff_delay, bound_heap, rate_limit, split_evenly
 
@@ -238,8 +239,10 @@ class PairPass:
         only_folders: Collection[str] | None = None,
         stop: threading.Event | None = None,
         slots: ExtraConnections | None = None,
+        connect: Connect = Session.open,
     ) -> None:
         self.name = name
+        self.connect = connect  # how sessions are opened: the real IMAP client unless a test models one
         self.slots = slots
         self.lock = threading.RLock()  # the report and progress, shared by the workers
         self.abort = threading.Event()  # a worker failed for good: the others stop between batches
@@ -336,8 +339,8 @@ class PairPass:
             source_account = self.config.accounts[self.pair.source]
             destination_account = self.config.accounts[self.pair.destination]
             with (
-                Session.open(self.pair.source, source_account) as source,
-                Session.open(self.pair.destination, destination_account) as destination,
+                self.connect(self.pair.source, source_account) as source,
+                self.connect(self.pair.destination, destination_account) as destination,
             ):
                 self._run(source, destination)
         except MailmirrorError as error:
@@ -373,7 +376,7 @@ class PairPass:
             if self.report.error is None or not isinstance(self.report.error, StateStorageError):
                 self.report.error = state_error(self.store.path, error, "write")
 
-    def _run(self, source: Session, destination: Session) -> None:
+    def _run(self, source: ImapSession, destination: ImapSession) -> None:
         rules = self.pair.folders
         known = {folder.src_folder: folder.dst_folder for folder in self.store.folders(self.name)}
         source_view, destination_view, mappings = list_and_map(self.pair, source, destination, known)
@@ -459,7 +462,7 @@ class PairPass:
             counts = [(f.source, f.destination, f.source_messages, f.destination_messages) for f in mapped]
             self.store.record_folder_counts(self.name, counts)
 
-    def _delete_missing_folders(self, source_view: FolderView, destination: Session, existing: set[str]) -> None:
+    def _delete_missing_folders(self, source_view: FolderView, destination: ImapSession, existing: set[str]) -> None:
         """deletions.delete_missing_folders: destination folders whose source folder is gone.
 
         Only folders this pair synced (known to the state), never INBOX, never one holding messages
@@ -512,7 +515,7 @@ class PairPass:
             report.deleted = len(held)
 
     @staticmethod
-    def _has_messages(view: FolderView, session: Session, mapping: FolderMapping) -> bool:
+    def _has_messages(view: FolderView, session: ImapSession, mapping: FolderMapping) -> bool:
         try:
             return view.status(session, mapping.source).messages > 0
         except FolderMissing:
@@ -522,8 +525,8 @@ class PairPass:
         self,
         mapping: FolderMapping,
         report: FolderReport,
-        source: Session,
-        destination: Session,
+        source: ImapSession,
+        destination: ImapSession,
         source_view: FolderView,
         destination_view: FolderView,
     ) -> bool:
@@ -567,20 +570,20 @@ class _Worker:
     first task. After a cut connection or a throttling answer a worker logs in again on its next task."""
 
     def __init__(
-        self, owner: PairPass, index: int, source: Session | None = None, destination: Session | None = None
+        self, owner: PairPass, index: int, source: ImapSession | None = None, destination: ImapSession | None = None
     ) -> None:
         self.owner = owner
         self.index = index
         self.source = source
         self.destination = destination
 
-    def sessions(self) -> tuple[Session, Session]:
+    def sessions(self) -> tuple[ImapSession, ImapSession]:
         config, pair = self.owner.config, self.owner.pair
         if self.source is None:
-            self.source = Session.open(pair.source, config.accounts[pair.source])
+            self.source = self.owner.connect(pair.source, config.accounts[pair.source])
             self.source.enable_condstore()
         if self.destination is None:
-            self.destination = Session.open(pair.destination, config.accounts[pair.destination])
+            self.destination = self.owner.connect(pair.destination, config.accounts[pair.destination])
             self.destination.enable_condstore()
         return self.source, self.destination
 
@@ -871,19 +874,19 @@ class FolderView:
     statuses: dict[str, MailboxStatus]
     subscriptions: set[str] | None
 
-    def status(self, session: Session, name: str) -> MailboxStatus:
+    def status(self, session: ImapSession, name: str) -> MailboxStatus:
         if name not in self.statuses:
             self.statuses[name] = session.status(name)
         return self.statuses[name]
 
-    def subscribed(self, session: Session) -> set[str]:
+    def subscribed(self, session: ImapSession) -> set[str]:
         if self.subscriptions is None:
             self.subscriptions = session.subscribed_folders()
         return self.subscriptions
 
 
 def list_and_map(
-    pair: Pair, source: Session, destination: Session, known: Mapping[str, str] | None = None
+    pair: Pair, source: ImapSession, destination: ImapSession, known: Mapping[str, str] | None = None
 ) -> tuple[FolderView, FolderView, list[FolderMapping]]:
     """Both accounts' folders (one LIST-STATUS each, special-use attributes asked for) and the pair's
     folder mapping, in the order a pass takes the folders. The one way sync, plan and verify map folders:
@@ -924,8 +927,8 @@ class FolderPass:
     def __init__(
         self,
         owner: PairPass,
-        source: Session,
-        destination: Session,
+        source: ImapSession,
+        destination: ImapSession,
         mapping: FolderMapping,
         report: FolderReport,
     ) -> None:
@@ -953,7 +956,7 @@ class FolderPass:
         self.refused: set[int] = set()  # source UIDs that failed during this pass's copies
         self.removed_before_plan = 0  # late duplicates removed before planning (in destination_status)
 
-    def bind(self, source: Session, destination: Session) -> None:
+    def bind(self, source: ImapSession, destination: ImapSession) -> None:
         """The worker's sessions for planning or finishing (never two workers at once)."""
         self.source, self.destination = source, destination
 
@@ -976,6 +979,19 @@ class FolderPass:
             return []
         destination_status = self.destination.select(self.mapping.destination, readonly=self.owner.dry_run)
         known = self._known_state(source_status.uidvalidity, destination_status.uidvalidity)
+        if known is None and not self.owner.dry_run:
+            # Record which UIDVALIDITYs the journal's UIDs belong to before the first row is written (the
+            # markers come when the folder is done): rows left by a crash must not be read against UIDs
+            # a later UIDVALIDITY reset gave to other messages.
+            self.store.save_folder(
+                FolderState(
+                    self.pair,
+                    self.mapping.source,
+                    self.mapping.destination,
+                    source_status.uidvalidity,
+                    destination_status.uidvalidity,
+                )
+            )
         self._resolve_pending(destination_status.uidnext)
         if not self.owner.dry_run:
             self._check_late_writes()
@@ -1090,6 +1106,8 @@ class FolderPass:
         ):
             last = status.uidnext - 1 if status.uidnext else None
             everything = self.source.fetch_flags_changed(last, None) if status.messages else {}
+            # a failure of a message gone since (refused, then deleted by the user) is not retried for ever
+            self.store.clear_failures(self.pair, self.mapping.source, [uid for uid in retry if uid not in everything])
             return SourceListing(sorted(uid for uid in everything if uid not in synced), everything, set(everything))
         # Every UID above the last pass's UIDNEXT: new ones, and ones an interrupted pass already copied
         # (those have 'done' rows, are not new, but are present: never count them as expunged).
@@ -1445,7 +1463,7 @@ class FolderPass:
         self.report.adopted = len(plan.adopt)
         self.report.flags_updated = len(plan.flag_changes)
 
-    def copy_run(self, source: Session, destination: Session, copies: Sequence[Copy]) -> None:
+    def copy_run(self, source: ImapSession, destination: ImapSession, copies: Sequence[Copy]) -> None:
         """Copy a run of this folder's planned messages with one worker's sessions, in batches bounded by
         bytes: a fetch thread reads batch N+1 from the source (at most transfer.prefetch batches ahead)
         while this thread journals and appends batch N. Several runs of one folder may go at once."""
@@ -1514,7 +1532,11 @@ class FolderPass:
             fetcher.join()
 
     def _fetch_batch(
-        self, source: Session, batch: list[Copy], limit: RateLimit | None, halted: Callable[[], bool] = lambda: False
+        self,
+        source: ImapSession,
+        batch: list[Copy],
+        limit: RateLimit | None,
+        halted: Callable[[], bool] = lambda: False,
     ) -> dict[int, bytes]:
         if limit is not None:
             size = sum(a.message.size for a in batch)
@@ -1525,7 +1547,7 @@ class FolderPass:
 
     def _copy_batch(
         self,
-        destination: Session,
+        destination: ImapSession,
         batch: list[Copy],
         bodies: dict[int, bytes],
         floor: int,
@@ -1585,7 +1607,7 @@ class FolderPass:
         return appended, uids
 
     def _check_stored(
-        self, destination: Session, group: list[Copy], uids: Sequence[int | None], bodies: dict[int, bytes]
+        self, destination: ImapSession, group: list[Copy], uids: Sequence[int | None], bodies: dict[int, bytes]
     ) -> None:
         """Did the destination store the bytes it was sent? One FETCH per appended batch: RFC822.SIZE of each
         copy, and the header section of those whose header has 8-bit bytes (what Cyrus's munge8bit turns
@@ -1678,7 +1700,7 @@ class LateCopies:
     """Unclaimed destination messages that may be late copies of lost appends, matched to watches by
     fingerprint (size aside) and then by the hash of their bytes against the copy we own."""
 
-    def __init__(self, destination: Session, candidates: Sequence[DestinationMessage]) -> None:
+    def __init__(self, destination: ImapSession, candidates: Sequence[DestinationMessage]) -> None:
         self.destination = destination
         self.by_headers: dict[str, list[int]] = {}
         for candidate in sorted(candidates, key=lambda m: m.uid):

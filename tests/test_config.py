@@ -222,7 +222,7 @@ BROKEN: list[tuple[str, str, str]] = [
         "top_level_not_a_mapping",
         "- old\n- new\n",
         "config.yaml:1: the top level must be a mapping of the sections state, metrics, log, daemon, defaults, "
-        "accounts, pairs (got a list)",
+        "accounts, pairs, pair_sets (got a list)",
     ),
     (
         "missing_required_key_points_at_the_parent",
@@ -237,8 +237,8 @@ BROKEN: list[tuple[str, str, str]] = [
     (
         "invalid_pair_name",
         VALID.replace("  alice:", "  alice smith:"),
-        "config.yaml:5: pairs[\"alice smith\"]: invalid name: use letters, digits, '.', '_' and '-', starting with "
-        "a letter or digit (names become metric labels and state keys)",
+        "config.yaml:5: pairs[\"alice smith\"]: invalid name: use letters, digits, '.', '_', '@' and '-', starting "
+        "with a letter or digit (names become metric labels and state keys)",
     ),
     (
         "password_missing",

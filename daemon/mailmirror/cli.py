@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import os
@@ -78,18 +79,44 @@ class Context:
         return self._config
 
     def pair_names(self, wanted: Sequence[str]) -> list[str]:
+        """The pairs named, in config order: names or glob patterns (staff-*); none: every pair."""
         known = list(self.config.effective_pairs())
-        unknown = [name for name in wanted if name not in known]
+        if not wanted:
+            return known
+        chosen: set[str] = set()
+        unknown: list[str] = []
+        for name in wanted:
+            matched = _matching(name, known)
+            chosen.update(matched)
+            if not matched:
+                unknown.append(name)
         if unknown and self.shard is not None:
             from mailmirror.shards import shard_of
 
+            patterns = [name for name in unknown if _is_pattern(name)]
+            if patterns:
+                raise UsageError(f"no pair of shard {self.shard} matches {', '.join(map(repr, patterns))}")
             owners = ", ".join(
                 f"{name!r}: --shard {shard_of(name, self.shard.count)}/{self.shard.count}" for name in unknown
             )
             raise UsageError(f"unknown pair in shard {self.shard} (if it is in the config, its shard is {owners})")
         if unknown:
-            raise UsageError(f"unknown pair {', '.join(map(repr, unknown))} (pairs in the config: {', '.join(known)})")
-        return list(wanted) or known
+            shown = ", ".join(known[:20]) + (f", ... ({len(known)} pairs)" if len(known) > 20 else "")
+            raise UsageError(
+                f"unknown pair {', '.join(map(repr, unknown))} (no pair matches; pairs in the config: {shown})"
+            )
+        return [name for name in known if name in chosen]
+
+
+def _is_pattern(name: str) -> bool:
+    return any(character in name for character in "*?[")
+
+
+def _matching(pattern: str, known: Sequence[str]) -> list[str]:
+    """The pairs ``pattern`` names: itself, or with *, ? or [...] every pair it matches (fnmatchcase)."""
+    if not _is_pattern(pattern):
+        return [pattern] if pattern in known else []
+    return [name for name in known if fnmatch.fnmatchcase(name, pattern)]
 
 
 _pass_context_object = click.make_pass_decorator(Context)
@@ -214,8 +241,10 @@ def cli(click_context: click.Context, config_path: Path, verbose: int, quiet: bo
       mailmirror sync --dry-run     what a pass would do, touching nothing
       mailmirror sync               one pass now (repeat, or run the daemon)
       mailmirror verify             prove every message is on the destination
+      mailmirror report --verify    the sign-off for the change ticket (md, json or csv)
 
-    The options -c/--config, -v and -q work before or after the command: `mailmirror sync -c FILE`.
+    PAIRS arguments are pair names or glob patterns ('staff-*'). The options -c/--config, -v and -q work
+    before or after the command: `mailmirror sync -c FILE`.
     """
     click_context.obj = Context(config_path, verbose, quiet)
     _setup_logging(verbose, quiet)
@@ -470,24 +499,32 @@ def plan(context: Context, pairs: tuple[str, ...], as_json: bool) -> None:
 
 @cli.command(short_help="Deep-compare source and destination (the cutover proof).")
 @click.argument("pairs", nargs=-1)
+@click.option(
+    "-j",
+    "--parallel",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="Pairs verified at the same time.",
+)
 @shard_option
 @pass_context
-def verify(context: Context, pairs: tuple[str, ...]) -> None:
+def verify(context: Context, pairs: tuple[str, ...], parallel: int) -> None:
     """Deep-compare source and destination of PAIRS (all by default): the cutover proof.
 
     Reads every message on both sides (read-only, BODY.PEEK) and compares them by SHA-256 of their exact
     bytes, with flags and INTERNALDATE. Exit 0 when every source message is on the destination exactly
     once and identical, 65 on any difference (listed). A message the destination server stored with other
-    bytes (same identity headers) is reported as altered, not as missing plus extra.
+    bytes (same identity headers) is reported as altered, not as missing plus extra. PAIRS are names or glob
+    patterns ('staff-*'); each result is recorded in the state database for `mailmirror report`.
     """
+    from mailmirror.fleet import verify_pairs
     from mailmirror.report import print_verdict
-    from mailmirror.verify import verify_pair
 
     _apply_log_config(context)
     names = context.pair_names(pairs)
-    verdicts = [verify_pair(name, context.config.effective_pairs()[name], context.config) for name in names]
-    for verdict in verdicts:
-        print_verdict(context.stdout, verdict)
+    verdicts = verify_pairs(context.config, names, parallel, lambda verdict: print_verdict(context.stdout, verdict))
     errors = [verdict.error for verdict in verdicts if verdict.error is not None]
     if errors:
         sys.exit(_exit_code_for(errors))
@@ -558,36 +595,126 @@ def _capability_text(capabilities: frozenset[str], name: str) -> str:
 # -- status -----------------------------------------------------------------------------------------------
 
 
-@cli.command(short_help="Each pair's last pass, from the state database.")
+@cli.command(short_help="One line per pair from the state database: state, messages, pending, errors.")
+@click.argument("pairs", nargs=-1)
+@click.option("--failing", is_flag=True, help="Only pairs whose last pass failed or left messages refused.")
+@click.option(
+    "--stale",
+    is_flag=True,
+    help="Only pairs without a success within metrics.stale_after_intervals of their schedule (or never).",
+)
+@click.option(
+    "--incomplete",
+    is_flag=True,
+    help="Only pairs with messages not on the destination yet (pending, refused, failing or never synced).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (one JSON document).")
 @shard_option
 @pass_context
-def status(context: Context) -> None:
-    """Show, from the state database, each pair's last pass: when, outcome, messages copied, failures."""
+def status(
+    context: Context, pairs: tuple[str, ...], failing: bool, stale: bool, incomplete: bool, as_json: bool
+) -> None:
+    """Show, from the state database (no server is contacted), one line per pair (PAIRS: names or glob
+    patterns such as 'staff-*'; all by default): its state (ok, partial, failing, stale, running, never), last
+    success, messages on the source and the destination at its last full pass, messages pending and refused,
+    and the last error; then the totals. Several filters show the pairs matching any of them.
+    """
+    from mailmirror.fleet import fleet_status, print_status, status_json
     from mailmirror.state import StateStore
 
+    names = context.pair_names(pairs)
+    filters = [name for name, given in (("failing", failing), ("stale", stale), ("incomplete", incomplete)) if given]
     store = StateStore(context.config.state.path)
     try:
-        runs = {str(row["pair"]): row for row in store.last_runs()}
-        table = Table(title=f"State in {context.config.state.path}", title_justify="left")
-        for column in ("Pair", "Last pass started", "Finished", "Outcome", "Copied", "Failed", "Error"):
-            table.add_column(column)
-        for name in context.config.effective_pairs():
-            row = runs.get(name)
-            if row is None:
-                table.add_row(name, "never", "", "", "", "", "")
-                continue
-            table.add_row(
-                name,
-                str(row["started_at"]),
-                str(row["finished_at"] or "running or interrupted"),
-                str(row["outcome"] or ""),
-                str(row["copied"]),
-                str(row["failed"]),
-                str(row["error"] or ""),
-            )
-        context.stdout.print(table)
+        statuses = [s for s in fleet_status(context.config, store, names) if s.matches(filters)]
     finally:
         store.close()
+    if as_json:
+        document = status_json(statuses, state=str(context.config.state.path), filters=filters)
+        click.echo(json.dumps(document, indent=2, ensure_ascii=False))
+        return
+    print_status(context.stdout, statuses, f"State in {context.config.state.path}")
+
+
+# -- report -----------------------------------------------------------------------------------------------
+
+
+@cli.command(short_help="The cutover sign-off: per pair and in total, as Markdown, JSON or CSV.")
+@click.argument("pairs", nargs=-1)
+@click.option(
+    "--format",
+    "form",
+    type=click.Choice(["md", "json", "csv"]),
+    default="md",
+    show_default=True,
+    help="md: for a change ticket; json, csv: for tools and spreadsheets.",
+)
+@click.option(
+    "--verify", "run_verify", is_flag=True, help="Run `mailmirror verify` on the pairs first (slow: reads all)."
+)
+@click.option(
+    "-j",
+    "--parallel",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="With --verify: pairs verified at the same time.",
+)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here (default: stdout).")
+@shard_option
+@pass_context
+def report(
+    context: Context,
+    pairs: tuple[str, ...],
+    form: str,
+    run_verify: bool,
+    parallel: int,
+    output: Path | None,
+) -> None:
+    """The cutover sign-off for PAIRS (names or glob patterns; all by default), from the state database: per
+    pair and in total, folders and messages on each side, messages copied, already there (found by identity),
+    skipped by rule and refused (with the server's reasons), pending, the last verify result, and whether the
+    pair is ready for cutover (nothing pending or refused, last verify clean).
+
+    With --verify, verifies the pairs first (as `mailmirror verify`, results recorded) and exits like it: 65
+    when a pair has differences. Without, exit 0; the report says which pairs were never verified.
+    """
+    from mailmirror.fleet import ReportContext, fleet_status, render_report, verify_pairs
+    from mailmirror.state import StateStore
+
+    _apply_log_config(context)
+    names = context.pair_names(pairs)
+    config = context.config
+    verdicts = verify_pairs(config, names, parallel, lambda verdict: None) if run_verify else []
+    store = StateStore(config.state.path)
+    try:
+        statuses = fleet_status(config, store, names)
+    finally:
+        store.close()
+    accounts = {name: str(account.identity) for name, account in config.accounts.items()}
+    about = ReportContext(
+        config_path=str(context.config_path),
+        state_path=str(config.state.path),
+        generated_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        shard=None if context.shard is None else str(context.shard),
+        selection=list(pairs),
+        pairs=config.effective_pairs(),
+        accounts=accounts,
+    )
+    text = render_report(statuses, about, form)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+    errors = [verdict.error for verdict in verdicts if verdict.error is not None]
+    for verdict in verdicts:
+        if verdict.error is not None:
+            context.stderr.print(f"mailmirror: pair '{verdict.pair}': {verdict.error}", markup=False, highlight=False)
+    if errors:
+        sys.exit(_exit_code_for(errors))
+    if not all(verdict.clean for verdict in verdicts):
+        sys.exit(ExitCode.DIFFERENCES)
 
 
 # -- config -----------------------------------------------------------------------------------------------
@@ -604,8 +731,11 @@ def config_group() -> None:
 def config_validate(context: Context) -> None:
     """Check the config file; print every error as file:line: field: message (exit 78)."""
     config = context.config
+    sets = config.pair_set_counts
+    from_sets = f"; {', '.join(f'{count} from pair set {name}' for name, count in sets.items())}" if sets else ""
     context.stdout.print(
-        f"{context.config_path}: valid ({len(config.accounts)} accounts, {len(config.pairs)} pairs)", markup=False
+        f"{context.config_path}: valid ({len(config.accounts)} accounts, {len(config.pairs)} pairs{from_sets})",
+        markup=False,
     )
 
 

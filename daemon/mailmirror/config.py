@@ -20,6 +20,7 @@ Inheritance from ``defaults``
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import logging
 import os
@@ -43,6 +44,7 @@ from pydantic import (
     ModelWrapValidatorHandler,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -53,6 +55,15 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from mailmirror.errors import ConfigError, UsageError
 from mailmirror.mailboxes import MailboxIdentity, mailbox_identity
 from mailmirror.oauth2 import OAuth2Client
+from mailmirror.pairsets import (
+    PAIR_SET_ORIGINS,
+    ROW_OPTION_COLUMNS,
+    CsvProblem,
+    PairSetOrigins,
+    RowOrigin,
+    TemplateIssue,
+    expand_pair_sets,
+)
 from mailmirror.providers import AppliedPreset, ProviderName, apply_account_presets, pair_preset_layer
 from mailmirror.secrets import Secret
 from mailmirror.units import CONFIG_DIR, ConfigPath, Duration, Size, at_most, format_duration
@@ -81,7 +92,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]*$"
 HEADER_NAME_PATTERN = r"^[!-9;-~]+$"
 FLAG_PATTERN = r'^\\?[^\s(){%*"\\\]]+$'
 REGEX_PREFIX = "re:"
@@ -107,7 +118,7 @@ def _field_error(path: str | Sequence[str], message: str) -> PydanticCustomError
 def _check_name(value: str) -> str:
     if not re.fullmatch(NAME_PATTERN, value):
         raise ValueError(
-            "invalid name: use letters, digits, '.', '_' and '-', starting with a letter or digit "
+            "invalid name: use letters, digits, '.', '_', '@' and '-', starting with a letter or digit "
             "(names become metric labels and state keys)"
         )
     return value
@@ -329,9 +340,12 @@ class _Section(BaseModel):
         return {**data, **{name: _empty_like(cls.model_fields[name].annotation) for name in blank}}
 
 
-def _container_fields(model: type[BaseModel]) -> list[str]:
+@functools.cache  # per model class: asked for every section of every pair (thousands with pair sets)
+def _container_fields(model: type[BaseModel]) -> tuple[str, ...]:
     """Fields holding a section, a mapping or a list (not Optional ones, for which null means something)."""
-    return [name for name, model_field in model.model_fields.items() if _empty_like(model_field.annotation) is not None]
+    return tuple(
+        name for name, model_field in model.model_fields.items() if _empty_like(model_field.annotation) is not None
+    )
 
 
 def _empty_like(declared: Any) -> dict[str, Any] | list[Any] | None:
@@ -976,6 +990,52 @@ class Pair(_Section):
     transfer: TransferRules = Field(default_factory=TransferRules, description=_TRANSFER_DESCRIPTION)
 
 
+class PairSet(_Section):
+    """Many pairs from one list of accounts: a CSV file (a header row, then one row per pair) or an imapsync
+    sync_loop file, and templates of the accounts and the pair options. Every string of source, destination
+    and the options may name a column as {column}. Each row becomes the pair <set>-<first column> (in a
+    sync_loop file: <set>-<user1>) with the accounts <pair>.source and <pair>.destination: the engine, the
+    daemon, shards and metrics see ordinary pairs. docs/fleet.md has the details."""
+
+    csv: ConfigPath = Field(
+        description=(
+            "The list: a CSV file with a header row (column names: letters, digits and _), or with format: "
+            "sync_loop, imapsync's host1;user1;password1;host2;user2;password2;extra lines. Lines starting "
+            "with # and empty lines are skipped. Relative to the config file's directory. A list holding "
+            "passwords (a {column: NAME} secret, or passwords in a sync_loop file) must be private to the user "
+            "running mailmirror (owned by it, chmod 600), or it is refused."
+        )
+    )
+    format: Literal["csv", "sync_loop"] = Field(
+        default="csv",
+        description=(
+            "csv, or sync_loop (columns host1, user1, password1, host2, user2, password2, extra; source and "
+            "destination default to {host1}/{user1} and {host2}/{user2} with the passwords of the line)."
+        ),
+    )
+    source: dict[str, Any] = Field(
+        default={},
+        description=(
+            "Template of each row's source account: the keys of an account (host, username, auth, authuser, "
+            'password, ...) with {column} in strings, e.g. username: "{user}". A secret is a template too '
+            '({file: "pw/{user}"}, {command: [pass, "mail/{user}"]}) or {column: NAME}: the password is the '
+            "row's NAME column."
+        ),
+    )
+    destination: dict[str, Any] = Field(
+        default={}, description="Template of each row's destination account (as source)."
+    )
+    schedule: Schedule | None = Field(default=None, description=_SCHEDULE_DESCRIPTION + " For every row.")
+    folders: FolderRules | None = Field(default=None, description=_FOLDERS_DESCRIPTION + " For every row.")
+    messages: MessageRules | None = Field(default=None, description=_MESSAGES_DESCRIPTION + " For every row.")
+    flags: FlagRules | None = Field(default=None, description=_FLAGS_DESCRIPTION + " For every row.")
+    deletions: DeletionRules | None = Field(default=None, description=_DELETIONS_DESCRIPTION + " For every row.")
+    transfer: TransferRules | None = Field(default=None, description=_TRANSFER_DESCRIPTION + " For every row.")
+
+
+_PAIR_SET_COLUMNS_NOTE = ", ".join(ROW_OPTION_COLUMNS)
+
+
 class Config(_Section):
     """mailmirror configuration: accounts, the pairs that mirror one account to another, and the service."""
 
@@ -997,7 +1057,17 @@ class Config(_Section):
         json_schema_extra={"additionalProperties": False},
         description=(
             "Pairs by name, as written (without defaults: use Config.pair(name) / effective_pairs() for the "
-            "settings that apply)."
+            "settings that apply). Optional when pair_sets gives pairs."
+        ),
+    )
+    pair_sets: dict[Name, PairSet] = Field(
+        default={},
+        json_schema_extra={"additionalProperties": False},
+        description=(
+            "Pairs from lists of accounts (CSV or imapsync sync_loop files) by set name: each row becomes the "
+            "pair <set>-<first column> (with defaults inherited like any pair). Columns named "
+            f"{_PAIR_SET_COLUMNS_NOTE} set that option for their row (lists separated by '|'; empty: the "
+            "template's value)."
         ),
     )
 
@@ -1005,6 +1075,12 @@ class Config(_Section):
     _account_presets: list[AppliedPreset] = PrivateAttr(default_factory=list)
     _pair_presets: dict[str, list[AppliedPreset]] = PrivateAttr(default_factory=dict)
     _source_path: Path | None = PrivateAttr(default=None)
+    _pair_set_counts: dict[str, int] = PrivateAttr(default_factory=dict)
+
+    @property
+    def pair_set_counts(self) -> dict[str, int]:
+        """Pair set name -> how many pairs it gave."""
+        return dict(self._pair_set_counts)
 
     @property
     def source_path(self) -> Path | None:
@@ -1013,9 +1089,38 @@ class Config(_Section):
 
     @model_validator(mode="wrap")
     @classmethod
-    def _check_across_sections(cls, data: Any, handler: ModelWrapValidatorHandler[Config]) -> Config:
-        """Check what no single section can: account references, and each pair once defaults are merged in."""
-        reference_errors = _account_reference_errors(data)
+    def _check_across_sections(
+        cls, data: Any, handler: ModelWrapValidatorHandler[Config], info: ValidationInfo
+    ) -> Config:
+        """Check what no single section can: account references, and each pair once defaults are merged in.
+        Pair sets are expanded first, into ordinary accounts and pairs."""
+        context = info.context if isinstance(info.context, dict) else {}
+        origins = context.get(PAIR_SET_ORIGINS)
+        if not isinstance(origins, PairSetOrigins):
+            origins = PairSetOrigins()
+        data, template_issues = expand_pair_sets(data, context.get(CONFIG_DIR), origins)
+        try:
+            config = cls._validate_expanded(data, handler, template_issues, origins)
+        except ValidationError:
+            if origins.problems and context.get(PAIR_SET_ORIGINS) is not origins:
+                raise InvalidConfig([list_problem(problem) for problem in origins.problems]) from None
+            raise  # load_config reports the lists' problems with these
+        if origins.problems:
+            problems = sorted((list_problem(problem) for problem in origins.problems), key=_file_and_line)
+            raise InvalidConfig(problems)
+        config._pair_set_counts = dict(origins.counts)
+        return config
+
+    @classmethod
+    def _validate_expanded(
+        cls,
+        data: Any,
+        handler: ModelWrapValidatorHandler[Config],
+        template_issues: list[TemplateIssue],
+        origins: PairSetOrigins,
+    ) -> Config:
+        reference_errors = [_custom_error(issue.loc, issue.message, None) for issue in template_issues]
+        reference_errors += _account_reference_errors(data)
         data, account_presets = apply_account_presets(data)
         try:
             config = handler(data)
@@ -1025,7 +1130,7 @@ class Config(_Section):
             raise _validation_error(reference_errors)
         config._account_presets = account_presets
         config._apply_defaults()
-        same_mailbox_errors = _same_mailbox_errors(config)
+        same_mailbox_errors = _same_mailbox_errors(config) + _shared_destination_errors(config, origins)
         if same_mailbox_errors:
             raise _validation_error(same_mailbox_errors)
         config._label_secrets()
@@ -1139,6 +1244,28 @@ def _same_mailbox_errors(config: Config) -> list[InitErrorDetails]:
     return errors
 
 
+def _shared_destination_errors(config: Config, origins: PairSetOrigins) -> list[InitErrorDetails]:
+    """Two rows of pair sets writing into one destination mailbox (at the same place: rows that set
+    different folders.under may consolidate two old accounts into one)."""
+    first: dict[tuple[MailboxIdentity, str | None], str] = {}
+    errors: list[InitErrorDetails] = []
+    for name in origins.rows:
+        pair = config._effective_pairs.get(name)
+        if pair is None:
+            continue
+        key = (config.accounts[pair.destination].identity, pair.folders.under)
+        if key in first:
+            other = first[key]
+            message = (
+                f"the same destination mailbox ({key[0]}) as pair '{other}' (line {origins.rows[other].line}): two "
+                "pairs would write into one mailbox; fix the row, or give each row its own folders.under"
+            )
+            errors.append(_custom_error(("pairs", name, "destination"), message, None))
+        else:
+            first[key] = name
+    return errors
+
+
 def same_mailbox_accounts(config: Config) -> list[tuple[str, str, MailboxIdentity]]:
     """Pairs of account names (in file order) that are one mailbox: worth a warning, not an error."""
     first: dict[MailboxIdentity, str] = {}
@@ -1223,6 +1350,13 @@ class ConfigProblem:
     def __str__(self) -> str:
         where = self.file if self.line is None else f"{self.file}:{self.line}"
         return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+def list_problem(problem: CsvProblem) -> ConfigProblem:
+    """A problem in a pair set's list, as ``staff.csv:12: column dest_user: message``."""
+    return ConfigProblem(
+        problem.file, problem.line, f"column {problem.column}" if problem.column else "", problem.message
+    )
 
 
 class InvalidConfig(ConfigError):
@@ -1444,14 +1578,43 @@ _BOUND_WORDS = {
 _NOT_DATA = "[key]"
 
 
-def _problems_from(error: ValidationError, document: _YamlDocument, shown: str) -> list[ConfigProblem]:
+def _problems_from(
+    error: ValidationError, document: _YamlDocument, shown: str, origins: PairSetOrigins | None = None
+) -> list[ConfigProblem]:
     problems: list[ConfigProblem] = []
+    listed: list[ConfigProblem] = [list_problem(problem) for problem in origins.problems] if origins else []
     for detail in error.errors(include_url=False):
         loc = _data_location(detail)
-        problem = ConfigProblem(shown, document.line_for(loc), _dotted(loc), _sentence(detail, loc))
+        if listed and loc in (("accounts",), ("pairs",)):
+            continue  # empty because a pair set's list could not be read: its problem says why
+        row = origins.row_of(loc) if origins is not None else None
+        if row is not None:
+            problem = _row_problem(row[0], row[1], _sentence(detail, loc), document, shown)
+            if problem.file != shown:
+                if problem not in listed:
+                    listed.append(problem)
+                continue
+        else:
+            problem = ConfigProblem(shown, document.line_for(loc), _dotted(loc), _sentence(detail, loc))
         if problem not in problems:
             problems.append(problem)
-    return sorted(problems, key=lambda problem: problem.line or 0)  # stable: same line, order found
+    # stable: same line, order found; the config file first, then its lists
+    return sorted(problems, key=lambda problem: problem.line or 0) + sorted(listed, key=_file_and_line)
+
+
+def _file_and_line(problem: ConfigProblem) -> tuple[str, int]:
+    return problem.file, problem.line or 0
+
+
+def _row_problem(origin: RowOrigin, path: Location, message: str, document: _YamlDocument, shown: str) -> ConfigProblem:
+    """An error in a pair made from a row: at the row and its column when a column gave the value, else in
+    the pair set's template (the same for every row)."""
+    columns = origin.columns_at(path)
+    field = ".".join(str(segment) for segment in path)
+    if columns:
+        return ConfigProblem(origin.file, origin.line, f"column {', '.join(columns)}", f"{message} (in {field})")
+    loc = ("pair_sets", origin.set_name, *path)
+    return ConfigProblem(shown, document.line_for(loc), _dotted(loc), message)
 
 
 def _data_location(detail: Mapping[str, Any]) -> Location:
@@ -1620,10 +1783,11 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     if top_level_problem is not None:
         raise InvalidConfig([top_level_problem])
     config_dir = Path(shown).absolute().parent
+    origins = PairSetOrigins()
     try:
-        config = Config.model_validate(document.data, context={CONFIG_DIR: config_dir})
+        config = Config.model_validate(document.data, context={CONFIG_DIR: config_dir, PAIR_SET_ORIGINS: origins})
     except ValidationError as error:
-        raise InvalidConfig(_problems_from(error, document, shown)) from None
+        raise InvalidConfig(_problems_from(error, document, shown, origins)) from None
     config._source_path = Path(shown).absolute()
     for first, second, identity in same_mailbox_accounts(config):
         line = document.line_for(("accounts", second))
@@ -1656,6 +1820,11 @@ def config_json_schema() -> dict[str, Any]:
     """JSON Schema (draft 2020-12) of the config file, for editors: every object closed
     (``additionalProperties: false``), every option with a title, description and default."""
     schema = Config.model_json_schema(mode="validation")
+    # accounts and pairs may all come from pair_sets: one of pairs and pair_sets is required
+    schema["required"] = [name for name in schema.get("required", []) if name not in ("accounts", "pairs")]
+    schema["anyOf"] = [{"required": ["pairs"]}, {"required": ["pair_sets"]}]
+    if not schema["required"]:
+        del schema["required"]
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         **schema,

@@ -10,6 +10,8 @@ Tables (all keyed by pair and source folder name; no secrets anywhere):
   copy exactly-once.
 - ``failures``: messages the destination refused, with the server's reason (retried on every pass).
 - ``runs``: one row per pass and pair, for ``mailmirror status``.
+- ``folder_counts``: each mapped folder's messages on both sides at the pair's last full pass;
+  ``verifies``: every `mailmirror verify` result (for ``mailmirror status`` and ``report``).
 - ``late_writes``: appends of a lost connection that resolution did not find and copied again: the
   server may still execute the old APPEND late. Watched until their deadline (transfer.late_write_window)
   for a byte-identical copy of our own above the destination UIDNEXT of the resolution, which is removed.
@@ -35,7 +37,7 @@ import sqlite_utils
 
 from mailmirror.errors import ConfigError, MailmirrorError, StateStorageError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS folders (
@@ -132,8 +134,47 @@ CREATE TABLE IF NOT EXISTS late_writes (
 CREATE INDEX IF NOT EXISTS late_writes_folder ON late_writes (pair, src_folder);
 """
 
+# v6: what `mailmirror status` and `report` show over a fleet without reading the mailboxes: each run's
+# adoptions (messages already on the destination) and rule skips; each mapped folder's message counts on both
+# sides at the last full pass; and every `mailmirror verify` result.
+_SCHEMA_V6 = """
+ALTER TABLE runs ADD COLUMN adopted INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN skipped INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE IF NOT EXISTS folder_counts (
+    pair TEXT NOT NULL,
+    src_folder TEXT NOT NULL,
+    dst_folder TEXT NOT NULL,
+    src_messages INTEGER NOT NULL,
+    dst_messages INTEGER,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (pair, src_folder)
+);
+CREATE TABLE IF NOT EXISTS verifies (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    pair TEXT NOT NULL,
+    verified_at TEXT NOT NULL,
+    clean INTEGER NOT NULL,
+    folders INTEGER NOT NULL,
+    src_messages INTEGER NOT NULL,
+    dst_messages INTEGER NOT NULL,
+    differences INTEGER NOT NULL,
+    extra INTEGER NOT NULL,
+    skipped INTEGER NOT NULL,
+    summary TEXT NOT NULL,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS verifies_pair ON verifies (pair, id);
+"""
+
 #: Forward migrations: MIGRATIONS[n] brings a database from version n-1 to n.
-MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4, 5: _SCHEMA_V5}
+MIGRATIONS: dict[int, str] = {
+    1: _SCHEMA_V1,
+    2: _SCHEMA_V2,
+    3: _SCHEMA_V3,
+    4: _SCHEMA_V4,
+    5: _SCHEMA_V5,
+    6: _SCHEMA_V6,
+}
 
 
 def _statements(script: str) -> Iterator[str]:
@@ -711,11 +752,21 @@ class StateStore:
         return int(cursor.lastrowid or 0)
 
     def finish_run(
-        self, run_id: int, *, outcome: str, copied: int, failed: int, bytes_copied: int, error: str | None
+        self,
+        run_id: int,
+        *,
+        outcome: str,
+        copied: int,
+        failed: int,
+        bytes_copied: int,
+        error: str | None,
+        adopted: int = 0,
+        skipped: int = 0,
     ) -> None:
         self.db.execute(
-            "UPDATE runs SET finished_at = ?, outcome = ?, copied = ?, failed = ?, bytes = ?, error = ? WHERE id = ?",
-            [_now(), outcome, copied, failed, bytes_copied, error, run_id],
+            "UPDATE runs SET finished_at = ?, outcome = ?, copied = ?, failed = ?, bytes = ?, error = ?, "
+            "adopted = ?, skipped = ? WHERE id = ?",
+            [_now(), outcome, copied, failed, bytes_copied, error, adopted, skipped, run_id],
         )
 
     @_locked
@@ -734,3 +785,127 @@ class StateStore:
         )
         names = ["pair", "started_at", "finished_at", "outcome", "copied", "failed", "bytes", "error"]
         return [dict(zip(names, row, strict=True)) for row in rows]
+
+    # -- fleet status and report ---------------------------------------------------------------------
+
+    @_locked
+    def record_folder_counts(self, pair: str, counts: Iterable[tuple[str, str, int, int | None]]) -> None:
+        """After a full pass: (source folder, destination folder, source messages, destination messages or
+        None) of every mapped folder; folders no longer mapped are forgotten."""
+        rows = [(pair, src, dst, src_messages, dst_messages, _now()) for src, dst, src_messages, dst_messages in counts]
+        with self.transaction():
+            self.db.execute("DELETE FROM folder_counts WHERE pair = ?", [pair])
+            self.db.conn.executemany(
+                "INSERT INTO folder_counts (pair, src_folder, dst_folder, src_messages, dst_messages, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+    @_locked
+    def record_verify(self, pair: str, verdict: VerifyRecord) -> None:
+        self.db.execute(
+            "INSERT INTO verifies (pair, verified_at, clean, folders, src_messages, dst_messages, differences, "
+            "extra, skipped, summary, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                pair,
+                _now(),
+                int(verdict.clean),
+                verdict.folders,
+                verdict.src_messages,
+                verdict.dst_messages,
+                verdict.differences,
+                verdict.extra,
+                verdict.skipped,
+                verdict.summary,
+                verdict.error,
+            ],
+        )
+        self.db.conn.commit()
+
+    @_locked
+    def fleet_rows(self) -> dict[str, dict[str, object]]:
+        """Per pair, everything `status` and `report` show, in a few grouped queries (no per-pair round trips)."""
+        result: dict[str, dict[str, object]] = {}
+
+        def row(pair: str) -> dict[str, object]:
+            return result.setdefault(pair, {})
+
+        for run in self.last_runs():
+            row(str(run["pair"])).update({f"last_{key}": value for key, value in run.items() if key != "pair"})
+        for pair, finished in self.db.execute(
+            "SELECT pair, MAX(finished_at) FROM runs WHERE outcome IN ('ok', 'partial') GROUP BY pair"
+        ):
+            row(pair)["last_success"] = finished
+        for pair, copied, adopted, runs in self.db.execute(
+            "SELECT pair, SUM(copied), SUM(adopted), COUNT(*) FROM runs GROUP BY pair"
+        ):
+            row(pair).update({"copied": int(copied or 0), "adopted": int(adopted or 0), "passes": int(runs)})
+        for pair, folders, src, dst, unknown in self.db.execute(
+            "SELECT pair, COUNT(*), SUM(src_messages), SUM(dst_messages), SUM(dst_messages IS NULL) "
+            "FROM folder_counts GROUP BY pair"
+        ):
+            row(pair).update(
+                {
+                    "folders": int(folders),
+                    "src_messages": int(src or 0),
+                    "dst_messages": None if unknown else int(dst or 0),
+                }
+            )
+        for pair, done in self.db.execute("SELECT pair, COUNT(*) FROM messages WHERE status = 'done' GROUP BY pair"):
+            row(pair)["synced"] = int(done)
+        for pair, pending in self.pending_by_pair().items():
+            row(pair)["pending"] = pending
+        for pair, failed in self.db.execute("SELECT pair, COUNT(*) FROM failures GROUP BY pair"):
+            row(pair)["refused"] = int(failed)
+        for verify in self.db.execute(
+            "SELECT pair, verified_at, clean, folders, src_messages, dst_messages, differences, extra, skipped, "
+            "summary, error FROM verifies WHERE id IN (SELECT MAX(id) FROM verifies GROUP BY pair)"
+        ):
+            names = (
+                "at",
+                "clean",
+                "folders",
+                "src_messages",
+                "dst_messages",
+                "differences",
+                "extra",
+                "skipped",
+                "summary",
+                "error",
+            )
+            row(verify[0])["verify"] = dict(zip(names, verify[1:], strict=True))
+        return result
+
+    @_locked
+    def refusal_reasons(self) -> dict[str, list[tuple[str, int]]]:
+        """Per pair: (reason, messages) of the messages the destination refused, most frequent first."""
+        reasons: dict[str, list[tuple[str, int]]] = {}
+        for pair, reason, count in self.db.execute(
+            "SELECT pair, reason, COUNT(*) AS n FROM failures GROUP BY pair, reason ORDER BY pair, n DESC, reason"
+        ):
+            reasons.setdefault(pair, []).append((reason, int(count)))
+        return reasons
+
+    @_locked
+    def folder_count_rows(self, pair: str) -> list[tuple[str, str, int, int | None]]:
+        rows = self.db.execute(
+            "SELECT src_folder, dst_folder, src_messages, dst_messages FROM folder_counts WHERE pair = ? "
+            "ORDER BY src_folder",
+            [pair],
+        )
+        return [(src, dst, int(s), None if d is None else int(d)) for src, dst, s, d in rows]
+
+
+@dataclass(frozen=True)
+class VerifyRecord:
+    """A `mailmirror verify` result as the state keeps it (counts and one line; never message contents)."""
+
+    clean: bool
+    folders: int
+    src_messages: int
+    dst_messages: int
+    differences: int
+    extra: int
+    skipped: int
+    summary: str
+    error: str | None

@@ -369,6 +369,8 @@ class PairPass:
                 failed=self.report.failed,
                 bytes_copied=self.report.bytes_copied,
                 error=str(self.report.error) if self.report.error else None,
+                adopted=self.report.total("adopted"),
+                skipped=self.report.skipped,
             )
         except sqlite3.Error as error:
             if self.report.error is None or not isinstance(self.report.error, StateStorageError):
@@ -454,8 +456,11 @@ class PairPass:
             if first.source is not source or first.destination is not destination:
                 first.close()  # sessions it reopened after a cut connection (the first ones are closed by run())
         if self.only_folders is None and not self.dry_run:
-            self.report.sides = _sides([f for f in self.report.folders if f.rule != DELETED_FOLDER_RULE])
+            mapped = [f for f in self.report.folders if f.rule != DELETED_FOLDER_RULE]
+            self.report.sides = _sides(mapped)
             self.store.prune_pending(self.name, self.order)
+            counts = [(f.source, f.destination, f.source_messages, f.destination_messages) for f in mapped]
+            self.store.record_folder_counts(self.name, counts)
 
     def _delete_missing_folders(self, source_view: FolderView, destination: ImapSession, existing: set[str]) -> None:
         """deletions.delete_missing_folders: destination folders whose source folder is gone.

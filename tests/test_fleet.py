@@ -154,6 +154,19 @@ def test_two_rows_into_one_destination_mailbox_are_refused_unless_under_differs(
     ]
 
 
+def test_a_row_cannot_take_a_secret_file_or_command_out_of_its_template(tmp_path: Path) -> None:
+    # the list holds no passwords, so it may be writable by others: a row must not read another file
+    pair_set = STAFF.replace("{env: OLD_ADMIN}", '{command: [pass, "{user}"]}')
+    config = fleet_config(tmp_path, "user,dest_user\nalice,../../etc/shadow\nbob,..\n-x,carol\ndave,d.ve\n", pair_set)
+    assert problems(config) == [
+        "staff.csv:2: column dest_user: '../../etc/shadow' names a secret's file or command argument: no '/' or "
+        "'\\', not '.' or '..'",
+        "staff.csv:3: column dest_user: '..' names a secret's file or command argument: no '/' or '\\', not '.' "
+        "or '..'",
+        "staff.csv:4: column user: '-x' names a secret's file or command argument: it may not start with '-'",
+    ]
+
+
 def test_a_list_that_is_missing_or_not_a_file_is_an_error(tmp_path: Path) -> None:
     config = fleet_config(tmp_path, "user,dest_user\na,a\n")
     (tmp_path / "staff.csv").unlink()

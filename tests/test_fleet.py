@@ -154,6 +154,18 @@ def test_two_rows_into_one_destination_mailbox_are_refused_unless_under_differs(
     ]
 
 
+def test_rows_whose_folders_under_differ_only_in_case_or_a_trailing_slash_share_one_destination(
+    tmp_path: Path,
+) -> None:
+    pair_set = STAFF.replace(', under: "Old/{user}"', "")
+    config = fleet_config(tmp_path, "user,dest_user,folders.under\nalice,shared,Old\nbob,shared,old/\n", pair_set)
+    assert problems(config) == [
+        "staff.csv:3: column dest_user: the same destination mailbox (shared@imap.new.example) as pair "
+        "'staff-alice' (line 2): two pairs would write into one mailbox; fix the row, or give each row its "
+        "own folders.under (in destination)"
+    ]
+
+
 def test_a_row_cannot_take_a_secret_file_or_command_out_of_its_template(tmp_path: Path) -> None:
     # the list holds no passwords, so it may be writable by others: a row must not read another file
     pair_set = STAFF.replace("{env: OLD_ADMIN}", '{command: [pass, "{user}"]}')

@@ -213,6 +213,20 @@ def test_a_row_pair_name_may_not_collide_with_a_pair_of_the_config(tmp_path: Pat
     ]
 
 
+def test_a_row_account_name_may_not_replace_an_account_of_the_config(tmp_path: Path) -> None:
+    config = fleet_config(tmp_path, "user,dest_user\nbob,robert\n")
+    text = (
+        config.read_text()
+        .replace("  b: {host", "  staff-bob.destination: {host")
+        .replace("destination: b}", "destination: staff-bob.destination}")
+    )
+    config.write_text(text)
+    assert problems(config) == [
+        "staff.csv:2: column user: account 'staff-bob.destination' is defined in the config's accounts too: rename "
+        "that account"
+    ]
+
+
 PASSWORD_SET = """\
 pair_sets:
   staff:

@@ -505,6 +505,11 @@ def _expand_row(
         message = f"pair '{pair_name}' is defined in the config's pairs too (or by another pair set)"
         origins.problems.append(CsvProblem(shown, row.line, key_column, message))
         return
+    taken = [f"{pair_name}.{role}" for role in ROLES if f"{pair_name}.{role}" in accounts]
+    if taken:  # replacing it would silently point the config's pairs that use it at this row's mailbox
+        message = f"account '{taken[0]}' is defined in the config's accounts too: rename that account"
+        origins.problems.append(CsvProblem(shown, row.line, key_column, message))
+        return
     for column, problem in _secret_path_problems(template, row.values):
         origins.problems.append(CsvProblem(shown, row.line, column, problem))
         return

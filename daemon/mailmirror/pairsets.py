@@ -464,8 +464,8 @@ def _secret_path_problems(template: _Template, values: Mapping[str, str]) -> Ite
             value = values.get(name, "")
             if not any(place in path for place in SECRET_PLACES):
                 continue
-            if "/" in value or "\\" in value or value in (".", ".."):
-                yield name, f"{value!r} names a secret's file or command argument: no '/' or '\\', not '.' or '..'"
+            if "/" in value or value in (".", ".."):  # a backslash is no separator here (DOMAIN\user)
+                yield name, f"{value!r} names a secret's file or command argument: no '/', not '.' or '..'"
             elif value.startswith("-"):
                 yield name, f"{value!r} names a secret's file or command argument: it may not start with '-'"
 

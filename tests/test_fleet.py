@@ -154,6 +154,31 @@ def test_two_rows_into_one_destination_mailbox_are_refused_unless_under_differs(
     ]
 
 
+def test_rows_whose_folders_under_differ_only_in_case_or_a_trailing_slash_share_one_destination(
+    tmp_path: Path,
+) -> None:
+    pair_set = STAFF.replace(', under: "Old/{user}"', "")
+    config = fleet_config(tmp_path, "user,dest_user,folders.under\nalice,shared,Old\nbob,shared,old/\n", pair_set)
+    assert problems(config) == [
+        "staff.csv:3: column dest_user: the same destination mailbox (shared@imap.new.example) as pair "
+        "'staff-alice' (line 2): two pairs would write into one mailbox; fix the row, or give each row its "
+        "own folders.under (in destination)"
+    ]
+
+
+def test_a_row_cannot_take_a_secret_file_or_command_out_of_its_template(tmp_path: Path) -> None:
+    # the list holds no passwords, so it may be writable by others: a row must not read another file
+    pair_set = STAFF.replace("{env: OLD_ADMIN}", '{command: [pass, "{user}"]}')
+    rows = "user,dest_user\nalice,../../etc/shadow\nbob,..\n-x,carol\ndave,d.ve\nerin,CORP\\erin\n"
+    config = fleet_config(tmp_path, rows, pair_set)
+    assert problems(config) == [
+        "staff.csv:2: column dest_user: '../../etc/shadow' names a secret's file or command argument: no '/', not "
+        "'.' or '..'",
+        "staff.csv:3: column dest_user: '..' names a secret's file or command argument: no '/', not '.' or '..'",
+        "staff.csv:4: column user: '-x' names a secret's file or command argument: it may not start with '-'",
+    ]
+
+
 def test_a_list_that_is_missing_or_not_a_file_is_an_error(tmp_path: Path) -> None:
     config = fleet_config(tmp_path, "user,dest_user\na,a\n")
     (tmp_path / "staff.csv").unlink()
@@ -185,6 +210,20 @@ def test_a_row_pair_name_may_not_collide_with_a_pair_of_the_config(tmp_path: Pat
     config.write_text(config.read_text().replace("  manual: {source", "  manual-x: {source"))
     assert problems(config) == [
         "staff.csv:2: column user: pair 'manual-x' is defined in the config's pairs too (or by another pair set)"
+    ]
+
+
+def test_a_row_account_name_may_not_replace_an_account_of_the_config(tmp_path: Path) -> None:
+    config = fleet_config(tmp_path, "user,dest_user\nbob,robert\n")
+    text = (
+        config.read_text()
+        .replace("  b: {host", "  staff-bob.destination: {host")
+        .replace("destination: b}", "destination: staff-bob.destination}")
+    )
+    config.write_text(text)
+    assert problems(config) == [
+        "staff.csv:2: column user: account 'staff-bob.destination' is defined in the config's accounts too: rename "
+        "that account"
     ]
 
 

@@ -1253,7 +1253,13 @@ def _shared_destination_errors(config: Config, origins: PairSetOrigins) -> list[
         pair = config._effective_pairs.get(name)
         if pair is None:
             continue
-        key = (config.accounts[pair.destination].identity, pair.folders.under)
+        under = pair.folders.under
+        # one folder tree however written: "Old/" is "Old" (a trailing '/' is dropped by the mapping), and
+        # folder names are compared without case, like user names: a server may not tell them apart
+        key = (
+            config.accounts[pair.destination].identity,
+            None if under is None else (under.rstrip("/") or under).casefold(),
+        )
         if key in first:
             other = first[key]
             message = (

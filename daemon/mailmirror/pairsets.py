@@ -451,6 +451,25 @@ def _key_of(value: str) -> str:
     return _NAME_CHARACTER.sub("_", value)
 
 
+SECRET_PLACES = ("file", "command")  # a secret kept in a file, or printed by a command
+
+
+def _secret_path_problems(template: _Template, values: Mapping[str, str]) -> Iterator[tuple[str, str]]:
+    """Columns that would take a secret's file or command elsewhere than the template says: a value with a
+    '/' (or '..') leaves the template's directory (``pw/{user}`` with ``../../etc/shadow``), one starting with
+    '-' is an option to the command. The list may be readable (and writable) by others when it holds no
+    passwords itself; a secret read from the wrong file would be sent to the row's server."""
+    for role in ROLES:
+        for path, name in _placeholders(template.roles[role], (role,)):
+            value = values.get(name, "")
+            if not any(place in path for place in SECRET_PLACES):
+                continue
+            if "/" in value or value in (".", ".."):  # a backslash is no separator here (DOMAIN\user)
+                yield name, f"{value!r} names a secret's file or command argument: no '/', not '.' or '..'"
+            elif value.startswith("-"):
+                yield name, f"{value!r} names a secret's file or command argument: it may not start with '-'"
+
+
 def _expand_row(
     template: _Template,
     table: _List,
@@ -485,6 +504,14 @@ def _expand_row(
     if pair_name in pairs:
         message = f"pair '{pair_name}' is defined in the config's pairs too (or by another pair set)"
         origins.problems.append(CsvProblem(shown, row.line, key_column, message))
+        return
+    taken = [f"{pair_name}.{role}" for role in ROLES if f"{pair_name}.{role}" in accounts]
+    if taken:  # replacing it would silently point the config's pairs that use it at this row's mailbox
+        message = f"account '{taken[0]}' is defined in the config's accounts too: rename that account"
+        origins.problems.append(CsvProblem(shown, row.line, key_column, message))
+        return
+    for column, problem in _secret_path_problems(template, row.values):
+        origins.problems.append(CsvProblem(shown, row.line, column, problem))
         return
     origin = RowOrigin(template.set_name, shown, row.line)
     pair: dict[str, Any] = {}

@@ -1106,8 +1106,12 @@ class FolderPass:
         ):
             last = status.uidnext - 1 if status.uidnext else None
             everything = self.source.fetch_flags_changed(last, None) if status.messages else {}
-            # a failure of a message gone since (refused, then deleted by the user) is not retried for ever
-            self.store.clear_failures(self.pair, self.mapping.source, [uid for uid in retry if uid not in everything])
+            # a failure of a message gone since (refused, then deleted by the user) is not retried for ever;
+            # never by a dry run: it takes no pair lock, and a real pass may have failed a message newer
+            # than this listing
+            if not self.owner.dry_run:
+                gone = [uid for uid in retry if uid not in everything]
+                self.store.clear_failures(self.pair, self.mapping.source, gone)
             return SourceListing(sorted(uid for uid in everything if uid not in synced), everything, set(everything))
         # Every UID above the last pass's UIDNEXT: new ones, and ones an interrupted pass already copied
         # (those have 'done' rows, are not new, but are present: never count them as expunged).
@@ -1126,7 +1130,8 @@ class FolderPass:
             present = set(self.source.all_uids())
         if present is not None:
             gone = [uid for uid in retry if uid not in present]
-            self.store.clear_failures(self.pair, self.mapping.source, gone)
+            if not self.owner.dry_run:
+                self.store.clear_failures(self.pair, self.mapping.source, gone)
             retry = [uid for uid in retry if uid in present]
         return SourceListing(sorted({*fresh, *retry}), flags, present)
 

@@ -1,0 +1,42 @@
+"""A dry run changes nothing, the state database included (review of the failure clearing in _list_source).
+
+A dry run takes no pair lock, so it may list a folder while a real pass of the pair runs: a failure row the
+real pass writes for a message that arrived after the dry run's SELECT is not in the dry run's listing, and
+clearing it would leave the message below the saved UIDNEXT with neither a journal row nor a failure row:
+never copied by an incremental pass.
+"""
+
+from __future__ import annotations
+
+from imapclient import IMAPClient
+
+from mailmirror.config import load_config
+from mailmirror.lab import DovecotServer, LabUser, SeedMessage, seed
+from mailmirror.state import StateStore
+from tests.support import make_setup, simple_message
+
+
+def test_a_dry_run_keeps_the_failure_rows_of_messages_it_does_not_list(
+    source_server: DovecotServer,
+    dest_server: DovecotServer,
+    src_user: LabUser,
+    dst_user: LabUser,
+    src_client: IMAPClient,
+) -> None:
+    seed(src_client, "INBOX", [SeedMessage(simple_message(1))])
+    setup = make_setup(source_server, src_user, dest_server, dst_user)
+    config = load_config(setup.config_path)
+    store = StateStore(config.state.path)
+    try:
+        store.record_failure("test", "INBOX", 99, "the source did not return the message (expunged meanwhile?)")
+    finally:
+        store.close()
+
+    report = setup.sync(dry_run=True)
+    assert report.error is None
+
+    store = StateStore(config.state.path)
+    try:
+        assert store.failed_uids("test", "INBOX") == [99]
+    finally:
+        store.close()

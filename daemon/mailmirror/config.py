@@ -677,7 +677,7 @@ class Schedule(_Section):
 
 
 def _cron_ever_fires(expression: str, timezone: str | None) -> bool:
-    from mailmirror.daemon import cron_trigger  # the scheduler's own reading of the expression
+    from mailmirror.crontab import cron_trigger  # the scheduler's own reading of the expression
 
     return cron_trigger(expression, timezone).get_next_fire_time(None, datetime.now(UTC)) is not None
 

@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import re
-import ssl
 import stat
 import types
 import zoneinfo
@@ -190,6 +189,8 @@ def _check_ca_file(path: Path) -> Path:
 
 def ca_file_problem(path: Path) -> str | None:
     """Why ``path`` cannot serve as tls_ca (a PEM file of CA certificates), or None when it can."""
+    import ssl  # only for configs that name a CA file: `config validate` starts faster without it
+
     try:
         ssl.create_default_context(cafile=str(path))
     except ssl.SSLError as error:
@@ -677,7 +678,7 @@ class Schedule(_Section):
 
 
 def _cron_ever_fires(expression: str, timezone: str | None) -> bool:
-    from mailmirror.daemon import cron_trigger  # the scheduler's own reading of the expression
+    from mailmirror.crontab import cron_trigger  # the scheduler's own reading of the expression
 
     return cron_trigger(expression, timezone).get_next_fire_time(None, datetime.now(UTC)) is not None
 

@@ -22,7 +22,6 @@ import contextlib
 import functools
 import logging
 import random
-import re
 import signal
 import sqlite3
 import threading
@@ -33,7 +32,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.base import JobLookupError
@@ -45,6 +43,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 
 from mailmirror.config import Config, Pair, load_config
+from mailmirror.crontab import cron_trigger
 from mailmirror.errors import (
     ConfigError,
     ConnectionFailure,
@@ -70,22 +69,6 @@ PUSH_DEBOUNCE_SECONDS = 0.1
 FIRST_BACKOFF_SECONDS = 30.0
 LOOP_SECONDS = 5.0  # the main loop wakes at least this often (watchdog, reload, status)
 MISSING_FOLDER_RETRY_SECONDS = 300.0  # an IDLE folder that does not exist (yet): looked for again this often
-DAYS = ["sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-
-
-def cron_trigger(expression: str, timezone: str | None) -> CronTrigger:
-    """A 5-field crontab as APScheduler wants it (its day_of_week counts from Monday = 0; cron's from
-    Sunday = 0 or 7): numeric days are turned into names."""
-    minute, hour, day, month, day_of_week = expression.split()
-    day_of_week = re.sub(r"(?<![/\d])\d(?!\d)", lambda m: DAYS[int(m.group())], day_of_week)
-    return CronTrigger(
-        minute=minute,
-        hour=hour,
-        day=day,
-        month=month,
-        day_of_week=day_of_week,
-        timezone=ZoneInfo(timezone) if timezone else None,
-    )
 
 
 def pair_trigger(pair: Pair) -> CronTrigger | IntervalTrigger | DateTrigger:

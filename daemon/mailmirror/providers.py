@@ -25,13 +25,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
-
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+from typing import TYPE_CHECKING, Any, Literal
 
 from mailmirror.units import parse_duration
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 __all__ = [
     "PRESETS",
@@ -320,6 +319,9 @@ def _shown(value: Any) -> str:
 
 def print_presets(console: Console, pair: str, applied: Iterable[AppliedPreset]) -> None:
     """The settings that the accounts' presets chose for ``pair`` (and those the config overrode)."""
+    from rich.markup import escape  # rich only for the commands that print tables
+    from rich.table import Table
+
     rows = list(applied)
     if not rows:
         return

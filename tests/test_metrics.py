@@ -82,6 +82,7 @@ def test_failure_and_skip_reasons_are_a_small_fixed_set() -> None:
         ("0 * * * 1-5", 49 * 3600),  # Friday 23:00 -> Monday 00:00
         ("30 2 * * *", 24 * 3600),
         ("0 0 1 * *", 31 * 24 * 3600),  # the longest month
+        ("0 0 1 * 1", 7 * 24 * 3600),  # the 1st OR Mondays, as cron reads both day fields
     ],
 )
 def test_the_expected_interval_of_a_cron_schedule_is_its_longest_gap(cron: str, longest: int) -> None:

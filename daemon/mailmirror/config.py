@@ -627,7 +627,8 @@ class Schedule(_Section):
         default=None,
         description=(
             "Run a pass at these times: standard 5-field crontab (minute hour day-of-month month day-of-week, "
-            "day of week 0 or 7 = Sunday). Alternative to every."
+            "day of week 0 or 7 = Sunday; when both day fields are restricted, either one matching is enough, "
+            "as in cron). Alternative to every."
         ),
     )
     timezone: TimeZoneName | None = Field(

@@ -37,7 +37,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import STATE_STOPPED
-from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
@@ -71,7 +71,7 @@ LOOP_SECONDS = 5.0  # the main loop wakes at least this often (watchdog, reload,
 MISSING_FOLDER_RETRY_SECONDS = 300.0  # an IDLE folder that does not exist (yet): looked for again this often
 
 
-def pair_trigger(pair: Pair) -> CronTrigger | IntervalTrigger | DateTrigger:
+def pair_trigger(pair: Pair) -> BaseTrigger:
     schedule = pair.schedule
     jitter = int(schedule.jitter.total_seconds()) or None
     if schedule.cron:

@@ -962,27 +962,33 @@ passdb {{
 
         ``normalise_times`` is switched off so INTERNALDATEs come back timezone-aware.
         """
-        if tls not in ("none", "starttls", "implicit"):
-            raise ValueError(f"tls must be 'none', 'starttls' or 'implicit', not {tls!r}")
-        if tls == "implicit":
-            client = IMAPClient(self.host, self.tls_port, ssl=True, ssl_context=self.ssl_context(),
-                                timeout=timeout)  # fmt: skip
-        else:
-            client = IMAPClient(self.host, self.port, ssl=False, timeout=timeout)
-        try:
-            if tls == "starttls":
-                client.starttls(self.ssl_context())
-            client.login(user.username, user.password)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                client.shutdown()
-            raise
-        client.normalise_times = False
-        return client
+        return connect_client(self.host, self.port, self.tls_port, self.ssl_context(), user, tls=tls, timeout=timeout)
 
     def folder_name(self, logical: str) -> str:
         """Server name of a "/"-separated logical folder name (see :func:`server_folder_name`)."""
         return server_folder_name(logical, self.separator, self.prefix)
+
+
+def connect_client(
+    host: str, port: int, tls_port: int, context: ssl.SSLContext, user: LabUser, *, tls: str, timeout: float
+) -> IMAPClient:
+    """A logged-in IMAPClient to a lab server of any kind (``normalise_times`` off: dates timezone-aware)."""
+    if tls not in ("none", "starttls", "implicit"):
+        raise ValueError(f"tls must be 'none', 'starttls' or 'implicit', not {tls!r}")
+    if tls == "implicit":
+        client = IMAPClient(host, tls_port, ssl=True, ssl_context=context, timeout=timeout)
+    else:
+        client = IMAPClient(host, port, ssl=False, timeout=timeout)
+    try:
+        if tls == "starttls":
+            client.starttls(context)
+        client.login(user.username, user.password)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            client.shutdown()
+        raise
+    client.normalise_times = False
+    return client
 
 
 # ------------------------------------------------------------------------------------------- seeding

@@ -53,6 +53,7 @@ from mailmirror.lab import (
     _check_traversable,
     _ensure_system_user,
     _exit_cleanly_on_sigterm,
+    connect_client,
     free_port,
     server_folder_name,
 )
@@ -326,22 +327,7 @@ DAEMON {{
 
     def connect(self, user: LabUser, *, tls: str = "none", timeout: float = 30) -> IMAPClient:
         """A logged-in IMAPClient (``normalise_times`` off), as :meth:`DovecotServer.connect`."""
-        if tls not in ("none", "starttls", "implicit"):
-            raise ValueError(f"tls must be 'none', 'starttls' or 'implicit', not {tls!r}")
-        if tls == "implicit":
-            client = IMAPClient(self.host, self.tls_port, ssl=True, ssl_context=self.ssl_context(), timeout=timeout)
-        else:
-            client = IMAPClient(self.host, self.port, ssl=False, timeout=timeout)
-        try:
-            if tls == "starttls":
-                client.starttls(self.ssl_context())
-            client.login(user.username, user.password)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                client.shutdown()
-            raise
-        client.normalise_times = False
-        return client
+        return connect_client(self.host, self.port, self.tls_port, self.ssl_context(), user, tls=tls, timeout=timeout)
 
     def folder_name(self, logical: str) -> str:
         return server_folder_name(logical, self.separator, self.prefix)

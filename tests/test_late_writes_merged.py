@@ -37,15 +37,17 @@ def test_a_watch_never_removes_another_folders_unconfirmed_copy_of_the_same_mess
     dst_client: IMAPClient,
 ) -> None:
     same = simple_message(7)
-    seed(src_client, "A", [SeedMessage(same)])
-    seed(src_client, "B", [SeedMessage(same)])
+    # a fixed INTERNALDATE: the hand-made copy below must not differ from the source by the clock's second
+    received = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
+    seed(src_client, "A", [SeedMessage(same, internaldate=received)])
+    seed(src_client, "B", [SeedMessage(same, internaldate=received)])
     setup = make_setup(source_server, src_user, dest_server, dst_user, pair_options=MERGED)
     first = setup.sync()
     assert first.error is None and message_count(dst_client, "Merged") == 1  # B adopts A's copy
     # B's pass appended a copy of its own (as when both folders were planned at once) and has not marked it
     # done yet: its row is pending, with the UIDNEXT before that append as its floor
     floor = int(dst_client.folder_status("Merged", ["UIDNEXT"])[b"UIDNEXT"])
-    dst_client.append("Merged", same)
+    dst_client.append("Merged", same, msg_time=received)
     assert message_count(dst_client, "Merged") == 2
 
     config = load_config(setup.config_path)

@@ -19,7 +19,7 @@ from pathlib import Path
 from harness import Deadline, Lab, folder_names, run_measured, seed_source
 from peers import Mailmirror
 
-from mailmirror.corpus import generated_message
+from mailmirror.lab.corpus import generated_message
 
 
 def main() -> int:

@@ -28,8 +28,8 @@ from typing import Any
 from imapclient import IMAPClient
 from imaputil import uid_fetch
 
-from mailmirror.corpus import DEFAULT_SIZE_MIX, LazyFolder, SizeBand, corpus, generated_message
-from mailmirror.lab import DovecotServer, LabCA, LabUser
+from mailmirror.lab.corpus import DEFAULT_SIZE_MIX, LazyFolder, SizeBand, corpus, generated_message
+from mailmirror.lab.dovecot import DovecotServer, LabCA, LabUser
 
 KIB = 1024
 MIB = 1024 * 1024
@@ -195,7 +195,7 @@ _worker_corpus: dict[str, LazyFolder] = {}
 
 def _init_worker(seed: int, count: int, folders: Sequence[str], mix: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and terminates the pool
-    # mailmirror.lab turns SIGTERM into SystemExit in the parent (to stop its servers); a worker
+    # mailmirror.lab.dovecot turns SIGTERM into SystemExit in the parent (to stop its servers); a worker
     # inherits that handler, and one blocked on the pool's queue lock was seen to survive
     # Pool.terminate() that way.  Workers have nothing to clean up: let SIGTERM end them.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)

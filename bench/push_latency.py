@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "daemon"))
 
-from mailmirror.lab import DovecotServer, LabCA  # noqa: E402
+from mailmirror.lab.dovecot import DovecotServer, LabCA  # noqa: E402
 
 
 def message(index: int) -> bytes:

@@ -22,8 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from mailmirror.corpus import generated_message
-from mailmirror.lab import DovecotServer, LabCA, LabUser, seed
+from mailmirror.lab.corpus import generated_message
+from mailmirror.lab.dovecot import DovecotServer, LabCA, LabUser, seed
 
 ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = ("INBOX", "Archive", "Sent")

@@ -7,13 +7,13 @@
 * ``make_server(**kwargs)``: extra servers with special settings (``drop_capabilities``, Cyrus layout
   ``separator=".", prefix="INBOX."``); one per distinct kwargs, started on first use.
 * ``lab_server(kind)``: the session's Cyrus ("cyrus-slash", "cyrus-dot"), Courier ("courier") or another
-  Dovecot ("dovecot") server, started on first use (mailmirror.lab_servers); tests using it are marked
+  Dovecot ("dovecot") server, started on first use (mailmirror.lab.servers); tests using it are marked
   ``lab``, and fail like the Dovecot ones when a kind is missing (``scripts/bootstrap --test``).
 * ``src_user`` / ``dst_user``: a fresh user per test; ``src_client`` / ``dst_client``: logged-in
   IMAPClients for them (``normalise_times = False``), logged out after the test.
 
 Every server is stopped at the end of the session, also after failures and Ctrl-C (and, as a last
-resort, by an atexit hook in :mod:`mailmirror.lab`).  Tests using these fixtures are marked ``dovecot``
+resort, by an atexit hook in :mod:`mailmirror.lab.dovecot`).  Tests using these fixtures are marked ``dovecot``
 automatically.  Without ``/usr/sbin/dovecot`` they FAIL, unless ``MAILMIRROR_ALLOW_SKIP=1`` is set, in
 which case they are skipped.  ``MAILMIRROR_KEEP_LAB=1`` keeps the lab directory (logs, Maildirs).
 """
@@ -31,8 +31,8 @@ from typing import Any
 import pytest
 from imapclient import IMAPClient
 
-from mailmirror.lab import DOVECOT_BINARY, DovecotServer, LabCA, LabUser, dovecot_available
-from mailmirror.lab_servers import LabServer, lab_kind_missing, make_lab_server
+from mailmirror.lab.dovecot import DOVECOT_BINARY, DovecotServer, LabCA, LabUser, dovecot_available
+from mailmirror.lab.servers import LabServer, lab_kind_missing, make_lab_server
 from tests.support import RunningDaemon
 
 SERVER_FIXTURES = frozenset(
@@ -212,7 +212,7 @@ LabServerOf = Callable[[str], LabServer]
 @pytest.fixture(scope="session")
 def lab_server(lab_dir: Path, lab_ca: LabCA) -> Iterator[LabServerOf]:
     """``lab_server(kind)`` -> the session's started server of that kind (``dovecot``, ``cyrus-slash``,
-    ``cyrus-dot``, ``courier``; see mailmirror.lab_servers.LAB_KINDS): started on first use, shared by
+    ``cyrus-dot``, ``courier``; see mailmirror.lab.servers.LAB_KINDS): started on first use, shared by
     every test (add a fresh user per test), stopped at the end of the session."""
     servers: dict[str, LabServer] = {}
 

@@ -12,7 +12,7 @@ import base64
 import zlib
 from datetime import UTC, datetime, timedelta
 
-from mailmirror.lab import SeedMessage
+from mailmirror.lab.dovecot import SeedMessage
 
 BASE_DATE = datetime(2024, 3, 1, 9, 30, tzinfo=UTC)
 

@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 from imapclient import IMAPClient
 
-from mailmirror.config import load_config
-from mailmirror.lab import DovecotServer, LabUser
-from mailmirror.state import StateStore
-from mailmirror.sync import PairPass, PairReport
-from mailmirror.verify import PairVerdict, verify_pair
+from mailmirror.config.model import load_config
+from mailmirror.engine.sync import PairPass, PairReport
+from mailmirror.engine.verify import PairVerdict, verify_pair
+from mailmirror.lab.dovecot import DovecotServer, LabUser
+from mailmirror.state.store import StateStore
 
 ROOT = Path(__file__).resolve().parent.parent
 

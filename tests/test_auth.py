@@ -19,11 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from mailmirror import oauth2
-from mailmirror.config import load_config
+from mailmirror.config.model import load_config
 from mailmirror.errors import AuthenticationFailure
-from mailmirror.imap import Session
-from mailmirror.lab import DovecotServer, LabCA, LabUser
+from mailmirror.imap.session import Session, oauth2
+from mailmirror.lab.dovecot import DovecotServer, LabCA, LabUser
 from tests.oauth_issuer import Issuer, SigningKeys, running_issuer
 from tests.support import ROOT, RunningDaemon, account_yaml, simple_message
 

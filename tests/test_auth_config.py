@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from mailmirror import auth, oauth2
-from mailmirror.config import load_config
+from mailmirror.config.model import load_config
 from mailmirror.errors import AuthenticationFailure, ConfigError
+from mailmirror.imap import auth, oauth2
 
 HEAD = "state: {path: state/state.db}\naccounts:\n"
 TAIL = (

@@ -27,11 +27,11 @@ from pathlib import Path
 import pytest
 from imapclient import IMAPClient
 
-from mailmirror.config import load_config
-from mailmirror.lab import DovecotServer, LabCA, LabUser, SeedMessage, free_port, seed
-from mailmirror.mapping import FolderMapping
-from mailmirror.state import StateStore
-from mailmirror.sync import LogProgress, PairPass
+from mailmirror.config.model import load_config
+from mailmirror.engine.mapping import FolderMapping
+from mailmirror.engine.sync import LogProgress, PairPass
+from mailmirror.lab.dovecot import DovecotServer, LabCA, LabUser, SeedMessage, free_port, seed
+from mailmirror.state.store import StateStore
 from tests.support import ROOT, RunningDaemon, make_setup, simple_message
 
 SECRET = "S3cr3t-catalogue-9f2c"  # the password of every account in config-only cases

@@ -7,7 +7,7 @@ import re
 import pytest
 from imapclient import IMAPClient
 
-from mailmirror.lab import DovecotServer, LabUser, SeedMessage, free_port, seed
+from mailmirror.lab.dovecot import DovecotServer, LabUser, SeedMessage, free_port, seed
 from tests.support import Setup, folder_contents, make_setup, simple_message
 
 pytestmark = pytest.mark.dovecot

@@ -15,7 +15,7 @@ from typing import Any, get_args
 import pytest
 from pydantic import BaseModel
 
-from mailmirror.config import (
+from mailmirror.config.model import (
     Account,
     Config,
     ConfigProblem,
@@ -27,8 +27,8 @@ from mailmirror.config import (
     format_config_error,
     load_config,
 )
+from mailmirror.config.units import format_duration, parse_duration, parse_size
 from mailmirror.errors import ConfigError, ExitCode, UsageError
-from mailmirror.units import format_duration, parse_duration, parse_size
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "config.example.yaml"

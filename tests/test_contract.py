@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 from imapclient import IMAPClient
 
-from mailmirror.lab import LabUser, SeedMessage, seed
-from mailmirror.lab_servers import LabServer
-from mailmirror.sync import PairReport
+from mailmirror.engine.sync import PairReport
+from mailmirror.lab.dovecot import LabUser, SeedMessage, seed
+from mailmirror.lab.servers import LabServer
 from tests.conftest import LabServerOf
 from tests.contract_corpus import (
     BASE_DATE,

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from imapclient import IMAPClient
 
-from mailmirror.lab import DovecotServer, LabUser, SeedMessage, seed
-from mailmirror.locks import PairLock
-from mailmirror.state import StateStore
+from mailmirror.lab.dovecot import DovecotServer, LabUser, SeedMessage, seed
+from mailmirror.state.locks import PairLock
+from mailmirror.state.store import StateStore
 from tests.support import (
     RunningDaemon,
     Setup,

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mailmirror.configdoc import render
+from mailmirror.config.doc import render
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_configuration_reference_is_up_to_date() -> None:
     written = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
-    assert written == render(), "regenerate with: .venv/bin/python -m mailmirror.configdoc > docs/configuration.md"
+    assert written == render(), "regenerate with: .venv/bin/mailmirror config reference > docs/configuration.md"
 
 
 def test_readme_opens_with_exactly_the_two_commands() -> None:

@@ -26,8 +26,8 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from mailmirror.engine.sync import PairReport
 from mailmirror.errors import Stopped
-from mailmirror.sync import PairReport
 from tests.model.harness import Harness, MessageKey, contents, folder_mapping, internaldate, model_message
 from tests.model.imap_model import OPTIONAL_CAPABILITIES, Fault, World
 

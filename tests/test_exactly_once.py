@@ -23,11 +23,11 @@ from pathlib import Path
 import pytest
 from imapclient import IMAPClient
 
-from mailmirror.config import load_config
-from mailmirror.lab import DovecotServer, LabUser, SeedMessage, seed
-from mailmirror.locks import DestinationLock
-from mailmirror.mailboxes import mailbox_identity
-from mailmirror.state import StateStore, SyncedMessage
+from mailmirror.config.mailboxes import mailbox_identity
+from mailmirror.config.model import load_config
+from mailmirror.lab.dovecot import DovecotServer, LabUser, SeedMessage, seed
+from mailmirror.state.locks import DestinationLock
+from mailmirror.state.store import StateStore, SyncedMessage
 from tests.proxy import Fault, FaultProxy
 from tests.support import ROOT, Setup, account_yaml, message_count, simple_message
 

@@ -37,8 +37,8 @@ from types import TracebackType
 import pytest
 from imapclient import IMAPClient
 
-from mailmirror.corpus import generated_message
-from mailmirror.lab import DovecotServer, LabCA, LabUser, SeedMessage, seed
+from mailmirror.lab.corpus import generated_message
+from mailmirror.lab.dovecot import DovecotServer, LabCA, LabUser, SeedMessage, seed
 from tests.proxy import Fault, FaultProxy, _Trigger
 from tests.support import ROOT, Setup, account_yaml, message_count, simple_message
 

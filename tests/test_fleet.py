@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from mailmirror.config import InvalidConfig, load_config
-from mailmirror.lab import DovecotServer, LabCA, LabUser
-from mailmirror.state import StateStore
+from mailmirror.config.model import InvalidConfig, load_config
+from mailmirror.lab.dovecot import DovecotServer, LabCA, LabUser
+from mailmirror.state.store import StateStore
 from tests.support import ROOT, RunningDaemon, fresh_count, simple_message
 
 SECRET_WORD = "hunter2-never-shown"
@@ -260,7 +260,7 @@ def test_a_list_with_passwords_must_be_private_and_its_passwords_are_never_shown
 
 
 def test_a_list_owned_by_another_user_is_refused(tmp_path: Path) -> None:
-    from mailmirror.pairsets import private_file_problem
+    from mailmirror.config.pairsets import private_file_problem
 
     path = write(tmp_path / "list.csv", "a\n")
     assert private_file_problem(path, "holds passwords") is None
@@ -323,7 +323,7 @@ def test_the_json_schema_accepts_a_config_of_pair_sets_only(tmp_path: Path) -> N
     import jsonschema
     import yaml
 
-    from mailmirror.config import config_json_schema
+    from mailmirror.config.model import config_json_schema
 
     schema = config_json_schema()
     only_sets = yaml.safe_load(STAFF)
@@ -362,7 +362,7 @@ def seeded_state(tmp_path: Path) -> Path:
         store.record_folder_counts(
             "staff-alice", [("INBOX", "Old/alice/INBOX", 6, 7), ("Sent", "Old/alice/Sent", 2, 2)]
         )
-        from mailmirror.state import SyncedMessage, VerifyRecord
+        from mailmirror.state.store import SyncedMessage, VerifyRecord
 
         store.mark_done(
             "staff-alice", "INBOX", [SyncedMessage(uid, uid, "done", f"f{uid}", 10, frozenset()) for uid in range(1, 6)]
@@ -441,7 +441,7 @@ def test_report_in_markdown_json_and_csv(tmp_path: Path) -> None:
 def test_an_older_state_database_is_migrated_forward(tmp_path: Path) -> None:
     import sqlite3
 
-    from mailmirror.state import MIGRATIONS, SCHEMA_VERSION
+    from mailmirror.state.store import MIGRATIONS, SCHEMA_VERSION
 
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as db:
@@ -614,7 +614,7 @@ def test_the_daemon_runs_a_pair_set_with_a_password_file_per_row(
 def test_a_long_status_is_printed_as_plain_aligned_columns() -> None:
     from rich.console import Console
 
-    from mailmirror.fleet import PLAIN_TABLE_ROWS, PairStatus, print_status
+    from mailmirror.service.fleet import PLAIN_TABLE_ROWS, PairStatus, print_status
 
     statuses = [PairStatus(f"staff-u{index}", "ok", src_messages=index, dst_messages=index) for index in range(300)]
     statuses.append(PairStatus("staff-broken", "failing", last_error="login refused"))

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 from imapclient import IMAPClient
 
-from mailmirror.lab import DovecotServer, LabUser, SeedMessage, seed
+from mailmirror.lab.dovecot import DovecotServer, LabUser, SeedMessage, seed
 from tests.support import make_setup, message_count, simple_message
 
 pytestmark = pytest.mark.dovecot

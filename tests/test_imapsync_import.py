@@ -13,9 +13,7 @@ import pytest
 import yaml
 from imapclient import IMAPClient
 
-from mailmirror.config import load_config
-from mailmirror.errors import UsageError
-from mailmirror.imapsync_import import (
+from mailmirror.config.imapsync import (
     OPTIONS,
     Conversion,
     convert_command_line,
@@ -23,7 +21,9 @@ from mailmirror.imapsync_import import (
     mapping_table,
     parse_substitution,
 )
-from mailmirror.lab import DovecotServer, LabUser
+from mailmirror.config.model import load_config
+from mailmirror.errors import UsageError
+from mailmirror.lab.dovecot import DovecotServer, LabUser
 from tests.support import ROOT, message_count, simple_message
 
 BASE = ["--host1", "old.example", "--user1", "alice", "--passfile1", "/etc/pw1"]
@@ -208,7 +208,7 @@ def test_missing_host_or_password_is_a_usage_error() -> None:
 
 
 def test_sync_loop_file_keeps_the_passwords_in_the_file(tmp_path: Path) -> None:
-    from mailmirror.secrets import Secret
+    from mailmirror.config.secrets import Secret
 
     loop = tmp_path / "sync_loop.txt"
     loop.write_text(

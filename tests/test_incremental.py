@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import pytest
 from imapclient import IMAPClient
 
-from mailmirror.lab import DovecotServer, LabUser, SeedMessage, seed
+from mailmirror.lab.dovecot import DovecotServer, LabUser, SeedMessage, seed
 from tests.support import Setup, make_setup, message_count, simple_message
 
 pytestmark = pytest.mark.dovecot

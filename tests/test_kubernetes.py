@@ -12,9 +12,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from mailmirror.config import DaemonConfig, load_config
-from mailmirror.secrets import Secret
-from mailmirror.shards import Shard, shard_from_environment
+from mailmirror.config.model import DaemonConfig, load_config
+from mailmirror.config.secrets import Secret
+from mailmirror.config.shards import Shard, shard_from_environment
 from tests.support import ROOT
 
 DEPLOY = ROOT / "deploy" / "kubernetes"

@@ -1,4 +1,4 @@
-"""The lab itself: private Dovecot servers (mailmirror.lab) and the sample corpus (mailmirror.corpus).
+"""The lab itself: private Dovecot servers (mailmirror.lab.dovecot) and the sample corpus (mailmirror.lab.corpus).
 
 Facts about Dovecot 2.3.19 pinned down here (the rest of the suite relies on them):
 
@@ -32,8 +32,7 @@ import pytest
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError, LoginError
 
-from mailmirror import corpus
-from mailmirror.lab import (
+from mailmirror.lab.dovecot import (
     DOVECOT_DEFAULT_CAPABILITIES,
     SPECIAL_USE_MAILBOXES,
     DovecotServer,
@@ -41,6 +40,7 @@ from mailmirror.lab import (
     LabError,
     LabUser,
     SeedMessage,
+    corpus,
     seed,
     seed_mailbox,
     server_folder_name,
@@ -153,7 +153,7 @@ def test_users_added_while_running_log_in_at_once(source_server: DovecotServer) 
 
 
 def test_default_capabilities_are_the_documented_list(src_client: IMAPClient) -> None:
-    # mailmirror.lab computes drop_capabilities from this list: if Dovecot changes, update the list.
+    # mailmirror.lab.dovecot computes drop_capabilities from this list: if Dovecot changes, update the list.
     assert caps(src_client) == {c.upper() for c in DOVECOT_DEFAULT_CAPABILITIES}
     assert not any(c.startswith("APPENDLIMIT") for c in caps(src_client))
 

@@ -1,4 +1,4 @@
-"""The lab's Cyrus IMAP and Courier-IMAP servers (mailmirror.lab_cyrus, mailmirror.lab_courier).
+"""The lab's Cyrus IMAP and Courier-IMAP servers (mailmirror.lab.cyrus, mailmirror.lab.courier).
 
 Server facts pinned down here (the contract suite and the engine meet them):
 
@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from imapclient.exceptions import LoginError
 
-from mailmirror.lab import LabCA, LabUser, SeedMessage, seed
-from mailmirror.lab_servers import LAB_KINDS, lab_kind_missing, make_lab_server
+from mailmirror.lab.dovecot import LabCA, LabUser, SeedMessage, seed
+from mailmirror.lab.servers import LAB_KINDS, lab_kind_missing, make_lab_server
 from tests.conftest import LabServerOf
 from tests.contract_corpus import header_8bit_message, message
 
@@ -115,7 +115,7 @@ def test_courier_keeps_old_trash_at_login(lab_server: LabServerOf) -> None:
 
 
 def test_missing_kind_is_named_with_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
-    import mailmirror.lab_servers as lab_servers
+    import mailmirror.lab.servers as lab_servers
 
     monkeypatch.setattr(lab_servers, "LAB_SERVERS_DIR", lab_servers.Path("/nonexistent/lab-servers"))
     reason = lab_kind_missing("courier")

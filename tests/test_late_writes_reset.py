@@ -12,9 +12,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from imapclient import IMAPClient
 
-from mailmirror.config import load_config
-from mailmirror.lab import DovecotServer, LabUser, SeedMessage, seed
-from mailmirror.state import StateStore
+from mailmirror.config.model import load_config
+from mailmirror.lab.dovecot import DovecotServer, LabUser, SeedMessage, seed
+from mailmirror.state.store import StateStore
 from tests.support import make_setup, message_count, simple_message
 
 pytestmark = pytest.mark.dovecot

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from mailmirror.locks import DestinationLock
-from mailmirror.mailboxes import mailbox_identity
+from mailmirror.config.mailboxes import mailbox_identity
+from mailmirror.state.locks import DestinationLock
 
 SETPRIV = shutil.which("setpriv")
 pytestmark = pytest.mark.skipif(
@@ -29,9 +29,9 @@ pytestmark = pytest.mark.skipif(
 CHILD = """
 import sys
 from pathlib import Path
-from mailmirror import locks
+from mailmirror.state import locks
 from mailmirror.errors import MailmirrorError
-from mailmirror.mailboxes import mailbox_identity
+from mailmirror.config.mailboxes import mailbox_identity
 locks._SYSTEM_LOCK_DIR = Path(sys.argv[1])
 directory = locks.default_lock_dir()
 print("dir", directory)

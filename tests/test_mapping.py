@@ -12,10 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailmirror.config import FolderRules, RenameRule
-from mailmirror.errors import ConfigError
-from mailmirror.imap import Folder, Session
-from mailmirror.mapping import (
+from mailmirror.config.model import FolderRules, RenameRule
+from mailmirror.engine.mapping import (
     NEUTRAL_SEPARATOR,
     WELL_KNOWN_NAMES,
     FolderMapping,
@@ -28,6 +26,8 @@ from mailmirror.mapping import (
     special_use_of,
     sync_order,
 )
+from mailmirror.errors import ConfigError
+from mailmirror.imap.session import Folder, Session
 
 DOVECOT = Namespace("/", "")
 CYRUS = Namespace(".", "INBOX.")

@@ -20,12 +20,12 @@ from imapclient import IMAPClient
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mailmirror.daemon import cron_longest_gap
+from mailmirror.engine.sync import PairReport
 from mailmirror.errors import AuthenticationFailure, MailmirrorError, Stopped
-from mailmirror.health import Check, HealthServer
-from mailmirror.lab import DovecotServer, LabUser, SeedMessage, seed
-from mailmirror.metrics import Metrics, failure_reason, skip_reason
-from mailmirror.sync import PairReport
+from mailmirror.lab.dovecot import DovecotServer, LabUser, SeedMessage, seed
+from mailmirror.service.daemon import cron_longest_gap
+from mailmirror.service.health import Check, HealthServer
+from mailmirror.service.metrics import Metrics, failure_reason, skip_reason
 from tests.promql import dashboard_expressions, metric_names, rule_expressions
 from tests.support import ROOT, RunningDaemon, make_setup, require_program, simple_message
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mailmirror.notify import Notifier, notify_address
+from mailmirror.service.notify import Notifier, notify_address
 
 
 class Receiver:
@@ -133,11 +133,11 @@ def test_a_send_error_is_logged_at_debug_and_never_raised(caplog: pytest.LogCapt
     with tempfile.TemporaryDirectory(prefix="mm-notify-") as directory:
         notifier = Notifier({"NOTIFY_SOCKET": str(Path(directory) / "nobody-listens")})
         assert notifier.enabled
-        with caplog.at_level(logging.DEBUG, logger="mailmirror.notify"):
+        with caplog.at_level(logging.DEBUG, logger="mailmirror.service.notify"):
             notifier.ready()
             notifier.status("still running")
             assert notifier.send("WATCHDOG=1") is False
-    messages = [record for record in caplog.records if record.name == "mailmirror.notify"]
+    messages = [record for record in caplog.records if record.name == "mailmirror.service.notify"]
     assert len(messages) == 3
     assert all(record.levelno == logging.DEBUG for record in messages)
     assert "READY=1" in messages[0].getMessage()
@@ -149,7 +149,7 @@ def test_a_receiver_that_went_away_is_not_an_error(caplog: pytest.LogCaptureFixt
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             sock.bind(path)
         notifier = Notifier({"NOTIFY_SOCKET": path})  # the file is there, nobody listens (ECONNREFUSED)
-        with caplog.at_level(logging.DEBUG, logger="mailmirror.notify"):
+        with caplog.at_level(logging.DEBUG, logger="mailmirror.service.notify"):
             notifier.stopping()
     assert any("STOPPING=1" in record.getMessage() for record in caplog.records)
 

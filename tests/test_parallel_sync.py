@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from mailmirror.config import load_config
-from mailmirror.lab import DovecotServer, LabUser, SeedMessage, seed
-from mailmirror.mapping import FolderMapping
-from mailmirror.parallel import ParallelPasses
-from mailmirror.report import RichProgress
-from mailmirror.sync import FolderReport, LogProgress
-from mailmirror.verify import verify_pair
+from mailmirror.cli.report import RichProgress
+from mailmirror.config.model import load_config
+from mailmirror.engine.mapping import FolderMapping
+from mailmirror.engine.parallel import ParallelPasses
+from mailmirror.engine.sync import FolderReport, LogProgress
+from mailmirror.engine.verify import verify_pair
+from mailmirror.lab.dovecot import DovecotServer, LabUser, SeedMessage, seed
 from tests.support import ROOT, Setup, account_yaml, folder_contents, fresh_count, simple_message
 
 DATE = datetime(2024, 3, 4, 5, 6, 7, tzinfo=UTC)
@@ -99,9 +99,9 @@ def test_progress_bars_follow_each_folder_when_folders_and_pairs_interleave() ->
 
 
 def test_a_pass_that_crashes_is_reported_and_sync_does_not_wait_for_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mailmirror.config import Config
+    from mailmirror.config.model import Config
+    from mailmirror.engine.limits import ConnectionLimits
     from mailmirror.errors import InternalError
-    from mailmirror.limits import ConnectionLimits
 
     secret = {"env": "UNUSED"}
     config = Config.model_validate(

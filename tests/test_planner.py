@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailmirror.planner import (
+from mailmirror.engine.planner import (
     DestinationMessage,
     Policy,
     SourceMessage,
@@ -16,7 +16,7 @@ from mailmirror.planner import (
     group_flag_changes,
     plan_folder,
 )
-from mailmirror.state import SyncedMessage
+from mailmirror.state.store import SyncedMessage
 
 WHEN = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from imapclient import IMAPClient
 
-from mailmirror.config import Config, InvalidConfig, load_config
-from mailmirror.lab import DovecotServer, LabUser, seed_mailbox
-from mailmirror.providerlab import PROVIDER_SPECIAL_USE, exchange_mailbox, gmail_mailbox
-from mailmirror.providers import PRESETS
+from mailmirror.config.model import Config, InvalidConfig, load_config
+from mailmirror.config.providers import PRESETS
+from mailmirror.lab.dovecot import DovecotServer, LabUser, seed_mailbox
+from mailmirror.lab.providers import PROVIDER_SPECIAL_USE, exchange_mailbox, gmail_mailbox
 from tests.conftest import MakeServer
 from tests.support import Setup, account_yaml
 

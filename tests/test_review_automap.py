@@ -8,9 +8,9 @@ from collections.abc import Callable
 import pytest
 from imapclient import IMAPClient
 
-from mailmirror.imap import Folder
-from mailmirror.lab import DovecotServer, LabUser, SeedMessage, seed
-from mailmirror.mapping import Namespace, map_folders
+from mailmirror.engine.mapping import Namespace, map_folders
+from mailmirror.imap.session import Folder
+from mailmirror.lab.dovecot import DovecotServer, LabUser, SeedMessage, seed
 from tests.support import make_setup, message_count, simple_message
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from imapclient import IMAPClient
 
-from mailmirror.config import load_config
-from mailmirror.lab import DovecotServer, LabUser, SeedMessage, seed
-from mailmirror.state import StateStore
+from mailmirror.config.model import load_config
+from mailmirror.lab.dovecot import DovecotServer, LabUser, SeedMessage, seed
+from mailmirror.state.store import StateStore
 from tests.support import make_setup, simple_message
 
 

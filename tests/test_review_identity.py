@@ -6,8 +6,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from mailmirror.locks import DestinationLock
-from mailmirror.mailboxes import mailbox_identity
+from mailmirror.config.mailboxes import mailbox_identity
+from mailmirror.state.locks import DestinationLock
 from tests.support import Setup
 
 CONFIG = """\

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mailmirror.locks import DestinationLock
-from mailmirror.mailboxes import mailbox_identity
+from mailmirror.config.mailboxes import mailbox_identity
+from mailmirror.state.locks import DestinationLock
 
 
 def test_a_holder_note_that_cannot_be_written_neither_fails_nor_wedges_the_lock(

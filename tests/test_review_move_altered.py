@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from imapclient import IMAPClient
 
-from mailmirror.lab import DovecotServer, LabUser
+from mailmirror.lab.dovecot import DovecotServer, LabUser
 from tests.rewrite_proxy import ServerMask
 from tests.support import message_count, simple_message
 from tests.test_server_defects import eight_bit_message, masked_setup

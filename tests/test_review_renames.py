@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from imapclient import IMAPClient
 
-from mailmirror.lab import DovecotServer, LabUser, SeedMessage, seed
+from mailmirror.lab.dovecot import DovecotServer, LabUser, SeedMessage, seed
 from tests.support import make_setup, message_count, simple_message
 
 pytestmark = pytest.mark.dovecot

@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from imapclient import IMAPClient
 
-import mailmirror.state
-import mailmirror.sync
-from mailmirror.lab import DovecotServer, LabUser, SeedMessage, seed
-from mailmirror.state import StateStore
+import mailmirror.engine.sync
+import mailmirror.state.store
+from mailmirror.lab.dovecot import DovecotServer, LabUser, SeedMessage, seed
+from mailmirror.state.store import StateStore
 from tests.support import make_setup, message_count, simple_message
 
 pytestmark = pytest.mark.dovecot
@@ -61,8 +61,8 @@ def test_min_age_defers_young_messages_until_they_are_old_enough(
         def now(cls, tz: object = None) -> Later:  # type: ignore[override]
             return cls.fromtimestamp(later.timestamp(), UTC)
 
-    monkeypatch.setattr(mailmirror.sync, "datetime", Later)
-    monkeypatch.setattr(mailmirror.state, "_now", lambda: later.isoformat(timespec="seconds"))
+    monkeypatch.setattr(mailmirror.engine.sync, "datetime", Later)
+    monkeypatch.setattr(mailmirror.state.store, "_now", lambda: later.isoformat(timespec="seconds"))
     assert setup.sync().copied == 1  # the folder did not change, but its deferred message is due
     assert message_count(dst_client) == 2
 

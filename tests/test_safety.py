@@ -10,13 +10,13 @@ from datetime import UTC, datetime
 import pytest
 from imapclient.exceptions import IMAPClientError
 
-import mailmirror.sync as sync
-from mailmirror.config import load_config
+import mailmirror.engine.sync as sync
+from mailmirror.config.model import load_config
+from mailmirror.engine.sync import LogProgress
 from mailmirror.errors import ServerRefused
-from mailmirror.imap import Session
-from mailmirror.lab import SeedMessage, seed
-from mailmirror.state import StateStore
-from mailmirror.sync import LogProgress
+from mailmirror.imap.session import Session
+from mailmirror.lab.dovecot import SeedMessage, seed
+from mailmirror.state.store import StateStore
 from tests.proxy import Fault, FaultProxy
 from tests.support import make_setup, message_count, simple_message
 

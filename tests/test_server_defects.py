@@ -22,13 +22,13 @@ from imapclient import IMAPClient
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mailmirror.config import load_config
-from mailmirror.identity import loose_identity
-from mailmirror.imap import MessageDigest, Session
-from mailmirror.lab import DovecotServer, LabUser
-from mailmirror.metrics import Metrics
-from mailmirror.sync import FolderReport, PairReport
-from mailmirror.verify import FolderVerdict, compare_folder
+from mailmirror.config.model import load_config
+from mailmirror.engine.identity import loose_identity
+from mailmirror.engine.sync import FolderReport, PairReport
+from mailmirror.engine.verify import FolderVerdict, compare_folder
+from mailmirror.imap.session import MessageDigest, Session
+from mailmirror.lab.dovecot import DovecotServer, LabUser
+from mailmirror.service.metrics import Metrics
 from tests.conftest import MakeServer
 from tests.rewrite_proxy import ServerMask, munge_header_8bit
 from tests.support import Setup, account_yaml, simple_message

@@ -14,11 +14,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import generate_latest
 
-from mailmirror.config import load_config
-from mailmirror.errors import UsageError
-from mailmirror.lab import DovecotServer, LabUser
-from mailmirror.metrics import Metrics
-from mailmirror.shards import (
+from mailmirror.config.model import load_config
+from mailmirror.config.shards import (
     Shard,
     apply_shard,
     assignment,
@@ -27,7 +24,10 @@ from mailmirror.shards import (
     shard_from_environment,
     shard_of,
 )
-from mailmirror.state import StateStore
+from mailmirror.errors import UsageError
+from mailmirror.lab.dovecot import DovecotServer, LabUser
+from mailmirror.service.metrics import Metrics
+from mailmirror.state.store import StateStore
 from tests.support import ROOT, RunningDaemon, account_yaml, fresh_count, require_program, simple_message
 
 NAMES = [f"user{index:05d}@example.org" for index in range(10_000)]
@@ -62,7 +62,7 @@ def test_the_assignment_is_the_same_in_every_process_and_order() -> None:
     """Not Python's hash(): PYTHONHASHSEED (random per process) must not change it."""
     names = NAMES[:300]
     program = (
-        "import json, sys; from mailmirror.shards import assignment; "
+        "import json, sys; from mailmirror.config.shards import assignment; "
         "print(json.dumps(assignment(json.load(sys.stdin), 5)))"
     )
     outputs = set()

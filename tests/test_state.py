@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mailmirror.errors import ConfigError
-from mailmirror.state import MIGRATIONS, SCHEMA_VERSION, StateStore
+from mailmirror.state.store import MIGRATIONS, SCHEMA_VERSION, StateStore
 
 
 def versions(path: Path) -> list[int]:

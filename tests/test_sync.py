@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from imapclient import IMAPClient
 
-from mailmirror.corpus import sample_mailbox
-from mailmirror.lab import DovecotServer, LabUser, SeedMessage, seed, seed_mailbox
-from mailmirror.state import StateStore, SyncedMessage
+from mailmirror.lab.corpus import sample_mailbox
+from mailmirror.lab.dovecot import DovecotServer, LabUser, SeedMessage, seed, seed_mailbox
+from mailmirror.state.store import StateStore, SyncedMessage
 from tests.support import folder_contents, make_setup, message_count, simple_message
 
 pytestmark = pytest.mark.dovecot

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from mailmirror.config import DaemonConfig
+from mailmirror.config.model import DaemonConfig
 from mailmirror.errors import ExitCode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,7 +157,7 @@ def test_the_template_differs_from_the_service_only_per_instance() -> None:
 
 
 def test_the_shard_template_is_the_service_with_the_shard_from_the_instance() -> None:
-    from mailmirror.shards import shard_from_environment
+    from mailmirror.config.shards import shard_from_environment
 
     single = service_settings(UNITS / "mailmirror.service")
     shard = service_settings(UNITS / "mailmirror-shard@.service")

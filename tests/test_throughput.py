@@ -15,15 +15,15 @@ from typing import Any
 import pytest
 from imapclient import IMAPClient
 
-from mailmirror import sync
-from mailmirror.config import load_config
+from mailmirror.config.model import load_config
+from mailmirror.engine import sync
+from mailmirror.engine.planner import Copy
+from mailmirror.engine.sync import PairPass
+from mailmirror.engine.transfer import TokenBucket, backoff_delay, split_evenly
 from mailmirror.errors import Stopped, Throttled
-from mailmirror.imap import MessageToAppend, Session
-from mailmirror.lab import DovecotServer, LabUser, SeedMessage, seed
-from mailmirror.planner import Copy
-from mailmirror.state import StateStore
-from mailmirror.sync import PairPass
-from mailmirror.transfer import TokenBucket, backoff_delay, split_evenly
+from mailmirror.imap.session import MessageToAppend, Session
+from mailmirror.lab.dovecot import DovecotServer, LabUser, SeedMessage, seed
+from mailmirror.state.store import StateStore
 from tests.proxy import Fault, FaultProxy
 from tests.support import Setup, folder_contents, make_setup, message_count, simple_message
 from tests.test_faults import fault_setup, journal, proxies
@@ -144,7 +144,7 @@ def test_a_big_folder_is_split_across_workers(
         dst_user,
         pair_options="transfer: {workers: 3, split_above: 100, batch_messages: 25}",
     )
-    with caplog.at_level(logging.DEBUG, logger="mailmirror.sync"):
+    with caplog.at_level(logging.DEBUG, logger="mailmirror.engine.sync"):
         first = run_pass(setup)
     assert first.report.complete and first.report.copied == total
     assert any("in 3 runs" in record.getMessage() for record in caplog.records), "INBOX was not split"
@@ -390,8 +390,8 @@ def test_a_stop_request_ends_a_rate_limited_pass_promptly_and_the_next_pass_comp
 
 
 def test_connection_limits_lend_extra_connections_only_when_free() -> None:
-    from mailmirror.config import Config
-    from mailmirror.limits import ConnectionLimits
+    from mailmirror.config.model import Config
+    from mailmirror.engine.limits import ConnectionLimits
 
     secret = {"env": "UNUSED"}
     config = Config.model_validate(
@@ -434,7 +434,7 @@ def test_a_refused_message_alone_in_its_batch_is_recorded_and_the_pass_goes_on(
 
 
 def test_byte_budget_lets_a_huge_batch_through_alone() -> None:
-    from mailmirror.transfer import ByteBudget
+    from mailmirror.engine.transfer import ByteBudget
 
     budget = ByteBudget(100)
     assert budget.acquire(60, lambda: False) and budget.acquire(40, lambda: False)

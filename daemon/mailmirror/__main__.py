@@ -1,3 +1,3 @@
-from mailmirror.cli import main
+from mailmirror.cli.main import main
 
 main()

@@ -10,10 +10,10 @@ from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 from unittest import mock
 
-import mailmirror.sync
-from mailmirror.config import Config, load_config
-from mailmirror.state import StateStore
-from mailmirror.sync import DELETED_FOLDER_RULE, PairPass, PairReport
+import mailmirror.engine.sync
+from mailmirror.config.model import Config, load_config
+from mailmirror.engine.sync import DELETED_FOLDER_RULE, PairPass, PairReport
+from mailmirror.state.store import StateStore
 from tests.model.imap_model import Mailbox, ModelProcess, ProcessCrash, World
 
 MessageKey = tuple[bytes, frozenset[str], tuple[datetime, timedelta | None]]
@@ -95,7 +95,7 @@ class Harness:
                 return cls.fromtimestamp(world.now().timestamp(), tz)
 
         try:
-            with mock.patch.object(mailmirror.sync, "datetime", ModelTime):
+            with mock.patch.object(mailmirror.engine.sync, "datetime", ModelTime):
                 return PairPass(
                     "test", config.effective_pairs()["test"], config, store, stop=stop, connect=process.connect
                 ).run()

@@ -15,7 +15,7 @@ HIGHESTMODSEQ, INTERNALDATE, subscriptions, SPECIAL-USE. What it can do to a cli
 * show a session only its own appends until it SELECTs again (``stale_views``, as Dovecot does until a
   sync point), and run a test's hook at the k-th command (mail arriving, a stop request in mid-pass).
 
-`ModelSession` implements `mailmirror.sessions.ImapSession` against it; `ModelProcess.connect` is the
+`ModelSession` implements `mailmirror.imap.interface.ImapSession` against it; `ModelProcess.connect` is the
 `connect` callable a `PairPass` takes. Everything goes under one lock: a pass's workers and its fetch
 thread may call at once.
 """
@@ -29,10 +29,10 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Literal
 
 from mailmirror.errors import ConnectionFailure, ServerRefused, Throttled
-from mailmirror.imap import AppendRefused, Folder, FolderMissing, MailboxStatus, MessageMeta, MessageToAppend
+from mailmirror.imap.session import AppendRefused, Folder, FolderMissing, MailboxStatus, MessageMeta, MessageToAppend
 
 if TYPE_CHECKING:
-    from mailmirror.config import Account
+    from mailmirror.config.model import Account
 
 ALL_CAPABILITIES = frozenset(
     {
@@ -271,7 +271,7 @@ class ModelProcess:
 
 
 class ModelSession:
-    """A logged-in session on a model server: `mailmirror.sessions.ImapSession`."""
+    """A logged-in session on a model server: `mailmirror.imap.interface.ImapSession`."""
 
     def __init__(self, process: ModelProcess, server: Server, account_name: str, username: str) -> None:
         self.process = process

@@ -1,0 +1,1 @@
+"""The sync engine: planning, copying, verifying one pair at a time."""

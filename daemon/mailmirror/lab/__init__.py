@@ -1,0 +1,1 @@
+"""Throwaway IMAP servers for tests, the demo and benchmarks (Dovecot, Cyrus, Courier), and sample mail."""

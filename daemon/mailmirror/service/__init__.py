@@ -1,0 +1,1 @@
+"""The long-running service: scheduling, limits, metrics, health, notifications, fleet status."""

@@ -21,7 +21,8 @@ import pytest
 
 from mailmirror.config.model import load_config
 from mailmirror.errors import AuthenticationFailure
-from mailmirror.imap.session import Session, oauth2
+from mailmirror.imap import oauth2
+from mailmirror.imap.session import Session
 from mailmirror.lab.dovecot import DovecotServer, LabCA, LabUser
 from tests.oauth_issuer import Issuer, SigningKeys, running_issuer
 from tests.support import ROOT, RunningDaemon, account_yaml, simple_message

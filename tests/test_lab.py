@@ -32,6 +32,7 @@ import pytest
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError, LoginError
 
+from mailmirror.lab import corpus
 from mailmirror.lab.dovecot import (
     DOVECOT_DEFAULT_CAPABILITIES,
     SPECIAL_USE_MAILBOXES,
@@ -40,7 +41,6 @@ from mailmirror.lab.dovecot import (
     LabError,
     LabUser,
     SeedMessage,
-    corpus,
     seed,
     seed_mailbox,
     server_folder_name,

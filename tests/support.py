@@ -16,13 +16,16 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 from imapclient import IMAPClient
 
 from mailmirror.config.model import load_config
-from mailmirror.engine.sync import PairPass, PairReport
+from mailmirror.engine.context import utc_now
+from mailmirror.engine.outcome import PairReport
+from mailmirror.engine.pair_pass import PairPass
 from mailmirror.engine.verify import PairVerdict, verify_pair
 from mailmirror.lab.dovecot import DovecotServer, LabUser
 from mailmirror.state.store import StateStore
@@ -61,12 +64,12 @@ class Setup:
             check=False,
         )
 
-    def sync(self, pair: str = "test", *, dry_run: bool = False) -> PairReport:
-        """One pass in this process (for the numbers of the report)."""
+    def sync(self, pair: str = "test", *, dry_run: bool = False, clock: Callable[[], datetime] = utc_now) -> PairReport:
+        """One pass in this process (for the numbers of the report); ``clock``: the engine's wall clock."""
         config = load_config(self.config_path)
         store = StateStore(config.state.path)
         try:
-            return PairPass(pair, config.effective_pairs()[pair], config, store, dry_run=dry_run).run()
+            return PairPass(pair, config.effective_pairs()[pair], config, store, dry_run=dry_run, clock=clock).run()
         finally:
             store.close()
 

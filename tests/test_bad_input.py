@@ -29,7 +29,8 @@ from imapclient import IMAPClient
 
 from mailmirror.config.model import load_config
 from mailmirror.engine.mapping import FolderMapping
-from mailmirror.engine.sync import LogProgress, PairPass
+from mailmirror.engine.outcome import LogProgress
+from mailmirror.engine.pair_pass import PairPass
 from mailmirror.lab.dovecot import DovecotServer, LabCA, LabUser, SeedMessage, free_port, seed
 from mailmirror.state.store import StateStore
 from tests.support import ROOT, RunningDaemon, make_setup, simple_message

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from imapclient import IMAPClient
 
-from mailmirror.engine.sync import PairReport
+from mailmirror.engine.outcome import PairReport
 from mailmirror.lab.dovecot import LabUser, SeedMessage, seed
 from mailmirror.lab.servers import LabServer
 from tests.conftest import LabServerOf

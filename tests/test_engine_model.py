@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from mailmirror.engine.sync import PairReport
+from mailmirror.engine.outcome import PairReport
 from mailmirror.errors import Stopped
 from tests.model.harness import Harness, MessageKey, contents, folder_mapping, internaldate, model_message
 from tests.model.imap_model import OPTIONAL_CAPABILITIES, Fault, World

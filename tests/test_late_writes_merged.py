@@ -13,7 +13,7 @@ import pytest
 from imapclient import IMAPClient
 
 from mailmirror.config.model import load_config
-from mailmirror.engine.sync import PairPass
+from mailmirror.engine.pair_pass import PairPass
 from mailmirror.lab.dovecot import DovecotServer, LabUser, SeedMessage, seed
 from mailmirror.state.store import StateStore
 from tests.support import make_setup, message_count, simple_message

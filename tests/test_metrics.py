@@ -20,7 +20,7 @@ from imapclient import IMAPClient
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mailmirror.engine.sync import PairReport
+from mailmirror.engine.outcome import PairReport
 from mailmirror.errors import AuthenticationFailure, MailmirrorError, Stopped
 from mailmirror.lab.dovecot import DovecotServer, LabUser, SeedMessage, seed
 from mailmirror.service.daemon import cron_longest_gap

@@ -21,8 +21,8 @@ from rich.console import Console
 from mailmirror.cli.report import RichProgress
 from mailmirror.config.model import load_config
 from mailmirror.engine.mapping import FolderMapping
+from mailmirror.engine.outcome import FolderReport, LogProgress
 from mailmirror.engine.parallel import ParallelPasses
-from mailmirror.engine.sync import FolderReport, LogProgress
 from mailmirror.engine.verify import verify_pair
 from mailmirror.lab.dovecot import DovecotServer, LabUser, SeedMessage, seed
 from tests.support import ROOT, Setup, account_yaml, folder_contents, fresh_count, simple_message

@@ -1,4 +1,4 @@
-"""A dry run changes nothing, the state database included (review of the failure clearing in _list_source).
+"""A dry run changes nothing, the state database included (review of the failure clearing in the source listing).
 
 A dry run takes no pair lock, so it may list a folder while a real pass of the pair runs: a failure row the
 real pass writes for a message that arrived after the dry run's SELECT is not in the dry run's listing, and

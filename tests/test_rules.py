@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from imapclient import IMAPClient
 
-import mailmirror.engine.sync
 import mailmirror.state.store
 from mailmirror.lab.dovecot import DovecotServer, LabUser, SeedMessage, seed
 from mailmirror.state.store import StateStore
@@ -55,15 +54,8 @@ def test_min_age_defers_young_messages_until_they_are_old_enough(
     assert setup.sync().copied == 1
     assert setup.sync().copied == 0
     later = NOW + timedelta(days=2)
-
-    class Later(datetime):
-        @classmethod
-        def now(cls, tz: object = None) -> Later:  # type: ignore[override]
-            return cls.fromtimestamp(later.timestamp(), UTC)
-
-    monkeypatch.setattr(mailmirror.engine.sync, "datetime", Later)
     monkeypatch.setattr(mailmirror.state.store, "_now", lambda: later.isoformat(timespec="seconds"))
-    assert setup.sync().copied == 1  # the folder did not change, but its deferred message is due
+    assert setup.sync(clock=lambda: later).copied == 1  # the folder did not change, but its deferred message is due
     assert message_count(dst_client) == 2
 
 

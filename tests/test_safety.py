@@ -10,9 +10,9 @@ from datetime import UTC, datetime
 import pytest
 from imapclient.exceptions import IMAPClientError
 
-import mailmirror.engine.sync as sync
 from mailmirror.config.model import load_config
-from mailmirror.engine.sync import LogProgress
+from mailmirror.engine.outcome import LogProgress
+from mailmirror.engine.pair_pass import PairPass
 from mailmirror.errors import ServerRefused
 from mailmirror.imap.session import Session
 from mailmirror.lab.dovecot import SeedMessage, seed
@@ -112,7 +112,7 @@ def test_move_loses_message_arriving_during_pass(
 
     config = load_config(setup.config_path)
     store = StateStore(config.state.path)
-    sync.PairPass("test", config.effective_pairs()["test"], config, store, _OnEachBatch(new_mail)).run()
+    PairPass("test", config.effective_pairs()["test"], config, store, _OnEachBatch(new_mail)).run()
     store.close()
     assert arrived, "no batch was copied: the test did not test what it says"
     for _ in range(3):
@@ -231,7 +231,7 @@ def test_push_pass_breaks_cross_folder_duplicates(
     seed_inbox(src_client, [msg])  # the same message under two labels
     config = load_config(setup.config_path)
     store = StateStore(config.state.path)
-    sync.PairPass("test", config.effective_pairs()["test"], config, store, only_folders={"INBOX"}).run()  # push
+    PairPass("test", config.effective_pairs()["test"], config, store, only_folders={"INBOX"}).run()  # push
     store.close()
     setup.sync()
     total = message_count(dst_client) + message_count(dst_client, "Work")
@@ -262,9 +262,7 @@ def test_graceful_stop_then_mirror_deletes_live_messages(make_server, dest_serve
     config = load_config(setup.config_path)
     store = StateStore(config.state.path)
     # SIGTERM arrives while the first batch is in flight: set once it is confirmed
-    report = sync.PairPass(
-        "test", config.effective_pairs()["test"], config, store, _OnEachBatch(stop.set), stop=stop
-    ).run()
+    report = PairPass("test", config.effective_pairs()["test"], config, store, _OnEachBatch(stop.set), stop=stop).run()
     store.close()
     print("stopped pass:", report.error, report.copied)
     assert report.copied == 100, "the pass was not stopped between its two batches"
@@ -286,9 +284,7 @@ def test_failure_of_a_message_deleted_before_the_first_pass_finished_is_not_retr
     stop = threading.Event()
     config = load_config(setup.config_path)
     store = StateStore(config.state.path)
-    report = sync.PairPass(
-        "test", config.effective_pairs()["test"], config, store, _OnEachBatch(stop.set), stop=stop
-    ).run()
+    report = PairPass("test", config.effective_pairs()["test"], config, store, _OnEachBatch(stop.set), stop=stop).run()
     store.close()
     assert report.failed == 1 and report.error is not None, "the first batch's refusal and the stop did not happen"
     src_client.select_folder("INBOX")
@@ -322,7 +318,7 @@ def test_crash_in_first_pass_then_source_uidvalidity_reset_copies_each_message_o
     config = load_config(setup.config_path)
     store = StateStore(config.state.path)
     with pytest.raises(KeyboardInterrupt):
-        sync.PairPass("test", config.effective_pairs()["test"], config, store, _OnEachBatch(crash)).run()
+        PairPass("test", config.effective_pairs()["test"], config, store, _OnEachBatch(crash)).run()
     store.close()
     assert message_count(dst_client, "Work") == 1
     src_client.delete_folder("Work")  # the folder recreated: a new UIDVALIDITY, the messages at UIDs 1 and 2

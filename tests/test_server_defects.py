@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mailmirror.config.model import load_config
 from mailmirror.engine.identity import loose_identity
-from mailmirror.engine.sync import FolderReport, PairReport
+from mailmirror.engine.outcome import FolderReport, PairReport
 from mailmirror.engine.verify import FolderVerdict, compare_folder
 from mailmirror.imap.session import MessageDigest, Session
 from mailmirror.lab.dovecot import DovecotServer, LabUser

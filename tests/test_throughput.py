@@ -16,10 +16,11 @@ import pytest
 from imapclient import IMAPClient
 
 from mailmirror.config.model import load_config
-from mailmirror.engine import sync
+from mailmirror.engine.folder_pass import FolderPass
+from mailmirror.engine.pair_pass import PairPass
 from mailmirror.engine.planner import Copy
-from mailmirror.engine.sync import PairPass
 from mailmirror.engine.transfer import TokenBucket, backoff_delay, split_evenly
+from mailmirror.engine.workers import FolderJob, Transfer
 from mailmirror.errors import Stopped, Throttled
 from mailmirror.imap.session import MessageToAppend, Session
 from mailmirror.lab.dovecot import DovecotServer, LabUser, SeedMessage, seed
@@ -144,7 +145,7 @@ def test_a_big_folder_is_split_across_workers(
         dst_user,
         pair_options="transfer: {workers: 3, split_above: 100, batch_messages: 25}",
     )
-    with caplog.at_level(logging.DEBUG, logger="mailmirror.engine.sync"):
+    with caplog.at_level(logging.DEBUG, logger="mailmirror.engine.workers"):
         first = run_pass(setup)
     assert first.report.complete and first.report.copied == total
     assert any("in 3 runs" in record.getMessage() for record in caplog.records), "INBOX was not split"
@@ -468,16 +469,16 @@ def test_appends_of_a_split_folder_are_resolved_through_a_fresh_view(
         dst_user,
         pair_options="transfer: {workers: 2, split_above: 100, batch_messages: 10, retries: 5, backoff: 0.05s}",
     )
-    copy_run, copy_done, append = sync.FolderPass.copy_run, sync.Transfer._copy_done, Session.append
+    copy_run, copy_done, append = FolderPass.copy_run, Transfer._copy_done, Session.append
     main_appends = 0
 
-    def late_second_half(self: sync.FolderPass, source: Session, destination: Session, copies: list[Copy]) -> Any:
+    def late_second_half(self: FolderPass, source: Session, destination: Session, copies: list[Copy]) -> Any:
         if threading.current_thread() is threading.main_thread() and copies[0].message.uid > 1:
             time.sleep(0.5)  # the main thread's run ends last ...
         return copy_run(self, source, destination, copies)
 
-    def slow_return(self: sync.Transfer, folder: sync.FolderPass) -> None:
-        copy_done(self, folder)
+    def slow_return(self: Transfer, job: FolderJob) -> None:
+        copy_done(self, job)
         time.sleep(0.5)  # ... and the idle worker, whose session has the folder open, takes the finish
 
     def stored_then_throttled(self: Session, folder: str, messages: Sequence[MessageToAppend]) -> Any:
@@ -489,8 +490,8 @@ def test_appends_of_a_split_folder_are_resolved_through_a_fresh_view(
                 raise Throttled("NO [UNAVAILABLE] Server Unavailable. 15 (after storing the batch)")
         return result
 
-    monkeypatch.setattr(sync.FolderPass, "copy_run", late_second_half)
-    monkeypatch.setattr(sync.Transfer, "_copy_done", slow_return)
+    monkeypatch.setattr(FolderPass, "copy_run", late_second_half)
+    monkeypatch.setattr(Transfer, "_copy_done", slow_return)
     monkeypatch.setattr(Session, "append", stored_then_throttled)
     pass_ = run_pass(setup)
     assert main_appends >= 20, "the throttled answer never came: the test did not test what it says"

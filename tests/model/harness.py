@@ -6,13 +6,12 @@ import shutil
 import tempfile
 import threading
 from collections import Counter
-from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from unittest import mock
 
-import mailmirror.engine.sync
 from mailmirror.config.model import Config, load_config
-from mailmirror.engine.sync import DELETED_FOLDER_RULE, PairPass, PairReport
+from mailmirror.engine.outcome import DELETED_FOLDER_RULE, PairReport
+from mailmirror.engine.pair_pass import PairPass
 from mailmirror.state.store import StateStore
 from tests.model.imap_model import Mailbox, ModelProcess, ProcessCrash, World
 
@@ -87,18 +86,16 @@ class Harness:
         config = self.config
         store = StateStore(config.state.path)
         process = ModelProcess(self.world)
-        world = self.world
-
-        class ModelTime(datetime):  # the engine's clock (late-write windows), moved on by window_passes()
-            @classmethod
-            def now(cls, tz: tzinfo | None = None) -> ModelTime:
-                return cls.fromtimestamp(world.now().timestamp(), tz)
-
-        try:
-            with mock.patch.object(mailmirror.engine.sync, "datetime", ModelTime):
-                return PairPass(
-                    "test", config.effective_pairs()["test"], config, store, stop=stop, connect=process.connect
-                ).run()
+        try:  # the engine's clock (late-write windows) is the world's, moved on by window_passes()
+            return PairPass(
+                "test",
+                config.effective_pairs()["test"],
+                config,
+                store,
+                stop=stop,
+                connect=process.connect,
+                clock=self.world.now,
+            ).run()
         finally:
             store.close()
 

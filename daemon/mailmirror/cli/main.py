@@ -34,8 +34,8 @@ if TYPE_CHECKING:
 
     from mailmirror.config.model import Config
     from mailmirror.config.shards import Shard
+    from mailmirror.engine.outcome import PairReport
     from mailmirror.engine.parallel import ParallelPasses
-    from mailmirror.engine.sync import PairReport
 
 DEFAULT_CONFIG = "/etc/mailmirror/config.yaml"
 log = logging.getLogger("mailmirror")
@@ -335,8 +335,8 @@ def sync(
     unreachable or refuses the login.
     """
     from mailmirror.cli.report import RichProgress
+    from mailmirror.engine.outcome import LogProgress
     from mailmirror.engine.parallel import ParallelPasses
-    from mailmirror.engine.sync import LogProgress
     from mailmirror.state.store import StateStore
 
     _apply_log_config(context)
@@ -474,12 +474,13 @@ def plan(context: Context, pairs: tuple[str, ...], as_json: bool) -> None:
     """
     from mailmirror.cli.report import plan_json, print_plan
     from mailmirror.config.providers import presets_json, print_presets
-    from mailmirror.engine.sync import PairPass
+    from mailmirror.engine.pair_pass import PairPass
     from mailmirror.state.store import StateStore
 
     _apply_log_config(context)
     if not context.verbose:
-        logging.getLogger("mailmirror.engine.sync").setLevel(logging.WARNING)  # the table says it all
+        for executor in ("outcome", "pair_pass", "folder_pass", "deletions", "workers"):  # the table says it all
+            logging.getLogger(f"mailmirror.engine.{executor}").setLevel(logging.WARNING)
     names = context.pair_names(pairs)
     config = context.config
     store = StateStore(config.state.path)

@@ -22,7 +22,7 @@ from rich.progress import (
 from rich.table import Table
 
 from mailmirror.engine.mapping import FolderMapping
-from mailmirror.engine.sync import FolderReport, PairReport, human_bytes
+from mailmirror.engine.outcome import FolderReport, PairReport, human_bytes
 from mailmirror.engine.verify import PairVerdict
 
 MAX_LISTED = 20
@@ -37,7 +37,7 @@ class _FolderBar:
 
 
 class RichProgress:
-    """Progress bars per folder on a terminal (implements mailmirror.engine.sync.Progress): one per folder under
+    """Progress bars per folder on a terminal (implements mailmirror.engine.outcome.Progress): one per folder under
     way, of any pair, since workers and pairs run in parallel."""
 
     def __init__(self, console: Console) -> None:

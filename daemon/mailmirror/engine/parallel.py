@@ -15,7 +15,8 @@ from collections.abc import Sequence
 
 from mailmirror.config.model import Config
 from mailmirror.engine.limits import ConnectionLimits
-from mailmirror.engine.sync import PairPass, PairReport, Progress
+from mailmirror.engine.outcome import PairReport, Progress
+from mailmirror.engine.pair_pass import PairPass
 from mailmirror.errors import ConfigError, InternalError, StateStorageError, Stopped
 from mailmirror.state.store import StateStore
 

@@ -11,17 +11,28 @@ For one folder it decides, for every source message, exactly one of:
 
 and, for messages synced earlier, which flags to add and remove on the destination (a diff against the
 flags last synced, so flags set by a user on the destination alone are left alone).
+
+Beside it the executor's other pure decisions: which messages the rules select (shared with verify),
+the batches of a copy run, which pending appends were found on the destination, and the folder order
+of skip_cross_folder_duplicates.
 """
 
 from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
+from mailmirror.engine.identity import without_size
+from mailmirror.engine.mapping import WELL_KNOWN_NAMES, pattern_matches
 from mailmirror.state.store import SyncedMessage
+
+if TYPE_CHECKING:
+    from mailmirror.engine.mapping import FolderMapping, Namespace
+    from mailmirror.imap.session import Folder
 
 RECENT = "\\Recent"
 SYSTEM_FLAGS = frozenset({"\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft"})
@@ -167,6 +178,13 @@ def _size_rule(message: SourceMessage, policy: Policy) -> Skip | Fail | None:
     return None
 
 
+def rule_skip(message: SourceMessage, policy: Policy) -> Skip | None:
+    """The message rule that leaves a source message out (messages.search, the ages, a copy kept from an
+    earlier folder, the sizes), or None: the selection sync plans with and verify compares with."""
+    verdict = _age_and_search_rules(message, policy) or _size_rule(message, policy)
+    return verdict if isinstance(verdict, Skip) else None
+
+
 def plan_folder(
     new_messages: Sequence[SourceMessage],
     current_flags: Mapping[int, frozenset[str]],
@@ -285,3 +303,89 @@ def plan_destination_deletions(
             ),
         )
     return Deletions(src_uids, dst_uids)
+
+
+def batches(copies: Sequence[Copy], max_bytes: int, max_count: int) -> Iterator[list[Copy]]:
+    """Copies in order, in batches of at most ``max_bytes`` (one larger message goes alone) and
+    ``max_count`` messages: what one fetch and one append carry."""
+    batch: list[Copy] = []
+    size = 0
+    for action in copies:
+        if batch and (size + action.message.size > max_bytes or len(batch) >= max_count):
+            yield batch
+            batch, size = [], 0
+        batch.append(action)
+        size += action.message.size
+    if batch:
+        yield batch
+
+
+def duplicate_priority_order(
+    mappings: Sequence[FolderMapping],
+    source_folders: Sequence[Folder],
+    priority: Sequence[str],
+    source_ns: Namespace,
+) -> list[FolderMapping]:
+    """skip_cross_folder_duplicates: the folders named in duplicate_priority first (in that order), then the
+    others in the usual order, and the All Mail folder (\\All, else by its well-known name) last: its copy of a
+    message loses."""
+    all_mail = {folder.name for folder in source_folders if folder.special_use == "\\All"}
+    if not all_mail:  # a server that does not announce \All (or a listing without SPECIAL-USE)
+        known = {name.casefold() for name in WELL_KNOWN_NAMES["\\All"]}
+        all_mail = {f.name for f in source_folders if source_ns.to_neutral(f.name).casefold() in known}
+
+    def rank(mapping: FolderMapping) -> tuple[int, int]:
+        if mapping.source in all_mail:
+            return (2, 0)
+        for index, pattern in enumerate(priority):
+            if pattern_matches(pattern, source_ns.to_neutral(mapping.source)):
+                return (0, index)
+        return (1, 0)
+
+    return sorted(mappings, key=rank)  # stable: ties keep INBOX-first, alphabetical order
+
+
+def match_pending(
+    pending: Sequence[SyncedMessage], candidates: Sequence[DestinationMessage], *, loose: bool = True
+) -> tuple[list[SyncedMessage], list[SyncedMessage]]:
+    """Pending appends found among destination messages: exact fingerprint first, then (loose) without the
+    size, for servers that change a message when storing it. Never loose in move mode: a wrong match there
+    would delete a source message that was not copied."""
+    exact: dict[str, list[int]] = {}
+    by_headers: dict[str, list[int]] = {}
+    for candidate in sorted(candidates, key=lambda m: m.uid):
+        exact.setdefault(candidate.fingerprint, []).append(candidate.uid)
+        by_headers.setdefault(without_size(candidate.fingerprint), []).append(candidate.uid)
+    taken: set[int] = set()
+
+    def take(pool: dict[str, list[int]], key: str) -> int | None:
+        uids = pool.get(key, [])
+        while uids:
+            uid = uids.pop(0)
+            if uid not in taken:
+                taken.add(uid)
+                return uid
+        return None
+
+    found: list[SyncedMessage] = []
+    remaining: list[SyncedMessage] = []
+    for entry in pending:
+        uid = take(exact, entry.fingerprint)
+        if uid is None:
+            remaining.append(entry)
+        else:
+            found.append(_done(entry, uid))
+    missing: list[SyncedMessage] = []
+    if not loose:
+        return found, remaining
+    for entry in remaining:
+        uid = take(by_headers, without_size(entry.fingerprint))
+        if uid is None:
+            missing.append(entry)
+        else:
+            found.append(_done(entry, uid))
+    return found, missing
+
+
+def _done(entry: SyncedMessage, dst_uid: int) -> SyncedMessage:
+    return SyncedMessage(entry.src_uid, dst_uid, "done", entry.fingerprint, entry.size, entry.flags)

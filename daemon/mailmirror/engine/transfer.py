@@ -1,6 +1,6 @@
 """Transfer helpers: per-account rate limits (token buckets), backoff delays, splitting large copies.
 
-Pure except for the clock: the executor (`sync.py`) decides what to copy, this module only paces it.
+Pure except for the clock: the executor (`pair_pass.py`, `copier.py`) decides what to copy, this module only paces it.
 """
 
 from __future__ import annotations

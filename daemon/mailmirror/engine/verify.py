@@ -32,10 +32,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mailmirror.engine.folders import list_and_map
 from mailmirror.engine.identity import loose_identity
 from mailmirror.engine.mapping import FolderMapping
-from mailmirror.engine.planner import FlagRules, destination_flags
-from mailmirror.engine.sync import list_and_map
+from mailmirror.engine.planner import FlagRules, Policy, SourceMessage, destination_flags, rule_skip
 from mailmirror.errors import MailmirrorError
 from mailmirror.imap.session import FolderMissing, MessageDigest, Session
 
@@ -183,24 +183,26 @@ class _Expectations:
         return loose_identity(raw, self.rules.identity_headers)
 
     def select(self, session: Session, digests: list[MessageDigest], sizes: dict[int, int]) -> list[MessageDigest]:
+        """The digests of the messages a pass copies: the planner's selection (planner.rule_skip), with the
+        SHA-256 of a message's bytes standing for its fingerprint among the folders verified before."""
         rules = self.rules
-        matches = frozenset(session.search(rules.search)) if rules.search is not None else None
-        chosen = []
-        for message in digests:
-            size = sizes.get(message.uid, 0)
-            if (
-                (rules.max_size is not None and size > rules.max_size)
-                or (rules.min_size is not None and size < rules.min_size)
-                or (rules.max_age is not None and message.internaldate < self.now - rules.max_age)
-                or (rules.min_age is not None and message.internaldate > self.now - rules.min_age)
-                or (matches is not None and message.uid not in matches)
-                or (rules.skip_cross_folder_duplicates and message.sha256 in self.kept)
-            ):
-                continue
-            chosen.append(message)
+        policy = Policy(
+            max_size=rules.max_size,
+            min_size=rules.min_size,
+            now=self.now,
+            max_age=rules.max_age,
+            min_age=rules.min_age,
+            search_matches=frozenset(session.search(rules.search)) if rules.search is not None else None,
+            kept_elsewhere=frozenset(self.kept),
+        )
+        chosen = [m for m in digests if rule_skip(_as_source(m, sizes.get(m.uid, 0)), policy) is None]
         if rules.skip_cross_folder_duplicates:
             self.kept |= {message.sha256 for message in chosen}
         return chosen
+
+
+def _as_source(message: MessageDigest, size: int) -> SourceMessage:
+    return SourceMessage(message.uid, size, message.flags, message.internaldate, message.sha256)
 
 
 def _source_digests(session: Session, folder: str, expectations: _Expectations) -> tuple[list[MessageDigest], int]:
@@ -230,7 +232,7 @@ def verify_pair(name: str, pair: Pair, config: Config) -> PairVerdict:
 
 
 def _mappings(pair: Pair, source: Session, destination: Session, known: dict[str, str]) -> list[FolderMapping]:
-    """The mapping a pass uses (the same listing, rules and known folders: sync.list_and_map), selectable
+    """The mapping a pass uses (the same listing, rules and known folders: folders.list_and_map), selectable
     folders only."""
     _source_view, _destination_view, mappings = list_and_map(pair, source, destination, known)
     return [mapping for mapping in mappings if mapping.selectable]

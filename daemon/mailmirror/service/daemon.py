@@ -46,7 +46,8 @@ from mailmirror.config.crontab import cron_trigger
 from mailmirror.config.model import Config, Pair, load_config
 from mailmirror.config.shards import Shard, apply_shard
 from mailmirror.engine.limits import ConnectionLimits
-from mailmirror.engine.sync import PairPass, PairReport
+from mailmirror.engine.outcome import PairReport
+from mailmirror.engine.pair_pass import PairPass
 from mailmirror.errors import (
     ConfigError,
     ConnectionFailure,

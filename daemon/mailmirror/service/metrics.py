@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from mailmirror import __version__
-from mailmirror.engine.sync import LogProgress, PairReport
+from mailmirror.engine.outcome import LogProgress, PairReport
 from mailmirror.errors import AuthenticationFailure, ConnectionFailure, LockedError, MailmirrorError, Stopped
 
 PASS_DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from mailmirror.config.model import InvalidConfig, load_config
+from mailmirror.config.config_file import load_config
+from mailmirror.config.problems import InvalidConfig
 from mailmirror.lab.dovecot import DovecotServer, LabCA, LabUser
 from mailmirror.state.store import StateStore
 from tests.support import ROOT, RunningDaemon, fresh_count, simple_message
@@ -323,7 +324,7 @@ def test_the_json_schema_accepts_a_config_of_pair_sets_only(tmp_path: Path) -> N
     import jsonschema
     import yaml
 
-    from mailmirror.config.model import config_json_schema
+    from mailmirror.config.config_file import config_json_schema
 
     schema = config_json_schema()
     only_sets = yaml.safe_load(STAFF)

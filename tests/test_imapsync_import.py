@@ -13,6 +13,7 @@ import pytest
 import yaml
 from imapclient import IMAPClient
 
+from mailmirror.config.config_file import load_config
 from mailmirror.config.imapsync import (
     OPTIONS,
     Conversion,
@@ -21,7 +22,6 @@ from mailmirror.config.imapsync import (
     mapping_table,
     parse_substitution,
 )
-from mailmirror.config.model import load_config
 from mailmirror.errors import UsageError
 from mailmirror.lab.dovecot import DovecotServer, LabUser
 from tests.support import ROOT, message_count, simple_message

@@ -261,7 +261,7 @@ def test_a_list_with_passwords_must_be_private_and_its_passwords_are_never_shown
 
 
 def test_a_list_owned_by_another_user_is_refused(tmp_path: Path) -> None:
-    from mailmirror.config.pairsets import private_file_problem
+    from mailmirror.config.pair_set_lists import private_file_problem
 
     path = write(tmp_path / "list.csv", "a\n")
     assert private_file_problem(path, "holds passwords") is None

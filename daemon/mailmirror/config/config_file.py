@@ -43,13 +43,8 @@ from mailmirror.config.cross_checks import (
     shared_destination_errors,
 )
 from mailmirror.config.pair import Pair, PairDefaults, PairSet, inherit_defaults
-from mailmirror.config.pairsets import (
-    PAIR_SET_ORIGINS,
-    ROW_OPTION_COLUMNS,
-    PairSetOrigins,
-    TemplateIssue,
-    expand_pair_sets,
-)
+from mailmirror.config.pair_set_lists import ROW_OPTION_COLUMNS
+from mailmirror.config.pairsets import PAIR_SET_ORIGINS, PairSetOrigins, TemplateIssue, expand_pair_sets
 from mailmirror.config.problems import InvalidConfig, file_and_line, list_problem
 from mailmirror.config.providers import AppliedPreset, apply_account_presets, pair_preset_layer
 from mailmirror.config.secrets import Secret

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mailmirror.config.pairsets import CsvProblem
+from mailmirror.config.pair_set_lists import CsvProblem
 from mailmirror.errors import ConfigError
 
 Location = tuple[Any, ...]

@@ -40,6 +40,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -61,6 +62,8 @@ MIB = 1024 * 1024
 
 #: A daemon log line that ends a pair's pass (text log format: "... LEVEL logger: <pair>: pass ok in ...").
 PASS_END = re.compile(rf"\b({SET_NAME}-[A-Za-z0-9._@-]+): pass (ok|done with failures|failed|stopped)\b")
+PUSH_END = re.compile(rf"\b({SET_NAME}-[A-Za-z0-9._@-]+): push pass (ok|done with failures|failed|stopped)\b")
+METRICS_URL = re.compile(r"metrics and health checks on (http://\S+/metrics)")
 WATCHING = re.compile(rf"\b({SET_NAME}-[A-Za-z0-9._@-]+): watching INBOX with IDLE\b")
 
 
@@ -485,6 +488,9 @@ class LogFollower:
         self.finished: dict[str, str] = {}  # pair -> first outcome
         self.watching: set[str] = set()
         self.errors: list[str] = []
+        self.push_passes = 0
+        self.metrics_url: str | None = None
+        self.last_pass_at = time.monotonic()  # when the last pass (scheduled or pushed) was logged
 
     def poll(self) -> None:
         with self.path.open("rb") as fh:
@@ -497,8 +503,14 @@ class LogFollower:
             line = raw.decode("utf-8", "replace")
             if match := PASS_END.search(line):
                 self.finished.setdefault(match.group(1), match.group(2))
+                self.last_pass_at = time.monotonic()
+            elif PUSH_END.search(line):
+                self.push_passes += 1
+                self.last_pass_at = time.monotonic()
             elif match := WATCHING.search(line):
                 self.watching.add(match.group(1))
+            elif match := METRICS_URL.search(line):
+                self.metrics_url = match.group(1)
             elif (" ERROR " in line or " WARNING " in line or "Traceback" in line) and len(self.errors) < 20:
                 self.errors.append(line)
 
@@ -512,18 +524,20 @@ def run_daemon(
     timeout: float,
     *,
     watchers: int = 0,
-    settle: float = 5.0,
+    settle: float = 10.0,
+    quiet: float = 3.0,
     then: Any = None,
 ) -> Phase:
     """`mailmirror run` until every pair's first pass is logged (and every IDLE watcher is up): wall and
-    CPU to that point, then after `settle` seconds RSS, peak RSS and threads; `then(phase)` runs while the
-    daemon still does (the push latency test), then SIGTERM."""
+    CPU to that point; then, once no pass has ended for `quiet` seconds (the watchers' first pushes),
+    `settle` seconds of nothing to do: RSS, peak RSS, threads and CPU per second while idle.
+    `then(phase)` runs while the daemon still does (the push latency test), then SIGTERM."""
     phase.load = os.getloadavg()[0]
     watcher.reset()
     log_path.touch()
     follower = LogFollower(log_path)
     follower.offset = log_path.stat().st_size
-    began = time.perf_counter()
+    began, began_monotonic = time.perf_counter(), time.monotonic()
     proc = children.start(phase.command, log_path, env)
     watcher.track(proc.pid)
     phase.rss_method = "/proc/PID/status"
@@ -553,12 +567,23 @@ def run_daemon(
         seen = watcher.snapshot()
         phase.max_src, phase.max_dst, phase.max_both = seen["max_src"], seen["max_dst"], seen["max_both"]
         if proc.poll() is None:
+            # IDLE watchers ask for a pass when they connect: wait until no pass has ended for `quiet` s.
+            quiet_began = time.monotonic()
+            while time.monotonic() - max(follower.last_pass_at, quiet_began) < quiet and proc.poll() is None:
+                time.sleep(0.2)
+                follower.poll()
+            phase.extra["push_passes_at_start"] = follower.push_passes
+            phase.extra["last_pass_end_s"] = round(follower.last_pass_at - began_monotonic, 1)
+            cpu_quiet = proc_cpu_seconds(proc.pid)
+            phase.extra["cpu_until_quiet_s"] = round(cpu_quiet, 1)
             time.sleep(settle)
             status = proc_status(proc.pid)
             phase.rss_kib, phase.peak_rss_kib, phase.threads = status["VmRSS"], status["VmHWM"], status["Threads"]
-            phase.extra["cpu_idle_per_s"] = round((proc_cpu_seconds(proc.pid) - phase.cpu) / settle, 3)
+            phase.extra["cpu_while_idle_per_s"] = round((proc_cpu_seconds(proc.pid) - cpu_quiet) / settle, 3)
             if then is not None:
                 then(phase)
+                if follower.metrics_url:
+                    phase.extra["daemon_push_latency"] = scraped_push_latency(follower.metrics_url)
     finally:
         watcher.track(None)
         follower.poll()
@@ -584,7 +609,8 @@ def push_latency(
     source: DovecotServer, destination: DovecotServer, fleet: Fleet, sample: Sequence[int], rate: float, wait: float
 ) -> dict[str, Any]:
     """For each sampled pair, at `rate` appends per second: APPEND a message to the source INBOX, then poll
-    the destination INBOX (STATUS MESSAGES every 20 ms) until it is there.  Connections are opened first."""
+    the destination INBOX (NOOP every 20 ms, INBOX selected) until it is there.  Connections are opened
+    first."""
     inbox = fleet.per_folder()["INBOX"]
 
     def connect(server: DovecotServer, user: str) -> IMAPClient:
@@ -595,6 +621,8 @@ def push_latency(
 
     sources = {i: connect(source, fleet.source_user(i)) for i in sample}
     destinations = {i: connect(destination, fleet.destination_user(i)) for i in sample}
+    for client in destinations.values():
+        client.select_folder("INBOX", readonly=True)
     latencies: dict[int, float] = {}
 
     def one(i: int) -> None:
@@ -602,7 +630,8 @@ def push_latency(
         sources[i].append("INBOX", raw)
         sent = time.monotonic()
         while time.monotonic() - sent < wait:
-            if int(destinations[i].folder_status("INBOX", [b"MESSAGES"])[b"MESSAGES"]) > inbox:
+            _text, responses = destinations[i].noop()
+            if any(len(r) == 2 and r[1] == b"EXISTS" and int(r[0]) > inbox for r in responses):
                 latencies[i] = time.monotonic() - sent
                 return
             time.sleep(0.02)
@@ -630,6 +659,22 @@ def push_latency(
             mean=round(statistics.mean(values), 3),
         )
     return result
+
+
+def scraped_push_latency(url: str) -> str:
+    """The daemon's own view: mailmirror_push_latency_seconds (IDLE news -> end of the push pass), mean."""
+    total = count = 0.0
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            for raw in response:
+                line = raw.decode()
+                if line.startswith("mailmirror_push_latency_seconds_sum{"):
+                    total += float(line.split()[-1])
+                elif line.startswith("mailmirror_push_latency_seconds_count{"):
+                    count += float(line.split()[-1])
+    except (OSError, ValueError) as error:
+        return f"not scraped ({error})"
+    return f"mean {total / count:.3f} s over {count:.0f} pushes" if count else "no push observed"
 
 
 def check_destinations(destination: DovecotServer, fleet: Fleet, sample: Sequence[int]) -> list[str]:
@@ -735,8 +780,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines.append("")
     lines.append(
         "wall/CPU/peak RSS: of the mailmirror process (GNU time for validate/first/nochange; /proc for the "
-        "daemons, wall and CPU up to the end of the first round, RSS and threads 5 s later). Connections: "
-        "established TCP connections on the servers' ports, sampled (a lower bound of the maximum); "
+        "daemons, wall and CPU up to the end of the first round, RSS and threads after 10 s with nothing to do). "
+        "Connections: established TCP connections on the servers' ports, sampled (a lower bound of the maximum); "
         "the idle phase's include its IDLE watchers and the latency probe's own connections."
     )
     return "\n".join(lines) + "\n"

@@ -41,7 +41,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -699,6 +699,57 @@ def check_destinations(destination: DovecotServer, fleet: Fleet, sample: Sequenc
     return problems
 
 
+INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")
+
+
+@contextlib.contextmanager
+def inotify_room(needed: int, allowed: bool) -> Iterator[list[str]]:
+    """Dovecot's IDLE needs an inotify instance per imap process, all under one uid; past
+    fs.inotify.max_user_instances (often 128) it falls back to polling every 30 s
+    (mailbox_idle_check_interval) and push latency says nothing.  Raise the limit for the phase when
+    allowed (root), else note it."""
+    notes: list[str] = []
+    try:
+        limit = int(INOTIFY_INSTANCES.read_text())
+    except (OSError, ValueError):
+        yield notes
+        return
+    if limit >= needed:
+        yield notes
+        return
+    if not allowed:
+        notes.append(
+            f"fs.inotify.max_user_instances is {limit}, below the {needed} IDLE sessions: Dovecot polls some "
+            "mailboxes every 30 s instead (rerun with --raise-inotify as root)"
+        )
+        log(f"warning: {notes[0]}")
+        yield notes
+        return
+    try:
+        INOTIFY_INSTANCES.write_text(f"{needed}\n")
+    except OSError as error:
+        notes.append(
+            f"fs.inotify.max_user_instances is {limit}, below the {needed} IDLE sessions, and not raised ({error})"
+        )
+        log(f"warning: {notes[0]}")
+        yield notes
+        return
+    log(f"fs.inotify.max_user_instances {limit} -> {needed} for the idle phase")
+    try:
+        yield notes
+    finally:
+        with contextlib.suppress(OSError):
+            INOTIFY_INSTANCES.write_text(f"{limit}\n")
+            log(f"fs.inotify.max_user_instances restored to {limit}")
+
+
+def dovecot_inotify_warnings(server: DovecotServer) -> int:
+    try:
+        return server.log_path.read_text(errors="replace").count("Inotify instance limit")
+    except OSError:
+        return 0
+
+
 def spread(count: int, among: int) -> list[int]:
     """`count` pair indexes (1-based) spread evenly over 1..among."""
     count = min(count, among)
@@ -821,6 +872,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--markdown", type=Path, help="write the Markdown table here")
     parser.add_argument("--keep", action="store_true", help="keep the lab directory (configs, logs, Maildirs)")
     parser.add_argument("--tmpdir", type=Path, help="where the lab directory is made (default $TMPDIR)")
+    parser.add_argument(
+        "--raise-inotify", action="store_true",
+        help="as root: raise fs.inotify.max_user_instances for the idle phase (restored at the end)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     args.phase_list = [p.strip() for p in args.phases.split(",") if p.strip()]
     unknown = set(args.phase_list) - set(PHASES)
@@ -970,9 +1025,17 @@ def run_phase(
 
     command = [str(MAILMIRROR), "-c", str(idle_config), "run"]
     phase = Phase(name, args.idle_pairs, command)
-    return run_daemon(
-        phase, children, watcher, work / "idle.log", env, args.timeout, watchers=args.idle_pairs, then=latency
-    )
+    # Every lab Dovecot of the machine runs as one uid: leave room for other servers' sessions too.
+    needed = 2 * (args.idle_pairs + len(sample) + 2 * args.max_connections) + 128
+    warnings_before = dovecot_inotify_warnings(source)
+    with inotify_room(needed, args.raise_inotify) as notes:
+        phase.notes.extend(notes)
+        run_daemon(
+            phase, children, watcher, work / "idle.log", env, args.timeout, watchers=args.idle_pairs, then=latency
+        )
+    if warnings := dovecot_inotify_warnings(source) - warnings_before:
+        phase.notes.append(f"Dovecot: inotify instance limit hit {warnings} times (those sessions poll every 30 s)")
+    return phase
 
 
 if __name__ == "__main__":

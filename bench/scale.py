@@ -226,9 +226,10 @@ def write_config(
 
     def account(server: DovecotServer, column: str) -> str:
         tls = f"tls: {args.tls}, tls_ca: {ca.cert_path}" if args.tls != "none" else "tls: none"
+        cap = f", max_connections: {args.account_max_connections}" if args.account_max_connections else ""
         return (
             f"{{host: 127.0.0.1, port: {server.port}, {tls}, username: '{{{column}}}', "
-            f"password: {{env: {PASSWORD_ENV}}}, max_connections: {args.account_max_connections}}}"
+            f"password: {{env: {PASSWORD_ENV}}}{cap}}}"
         )
 
     config = directory / f"{name}.yaml"
@@ -784,7 +785,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"**{result['pairs']:,} pairs** × {result['messages']} messages in {len(result['folders'])} folder(s), "
         f"`sync -j {result['parallel']}`, tls {result['tls']}; "
         f"caps: `daemon.max_connections` {result['max_connections']}, "
-        f"{result['account_max_connections']} per server and side (the templates' `max_connections`)",
+        f"{result['account_max_connections'] or 'default (4)'} per server and side "
+        "(the templates' `max_connections`)",
         "",
         f"Machine: {m['cores']} cores, {m['memory_mib']:,} MiB, load {m['load_at_start']} at start; "
         f"Python {m['python']}, "
@@ -826,6 +828,18 @@ def markdown(result: dict[str, Any]) -> str:
                     )
                     + f"{latency['arrived']} of {latency['sample']} arrived"
                 )
+    side_cap = result["account_max_connections"] or 4
+    over = [
+        p["name"]
+        for p in result["phases"]
+        if p["name"] != "idle"
+        and (max(p["max_src"], p["max_dst"]) > side_cap or p["max_both"] > result["max_connections"])
+    ]
+    lines += [
+        "",
+        f"Caps ({side_cap} per server and side, {result['max_connections']} in all; the idle phase's watchers and "
+        "probe are outside them): " + (f"EXCEEDED in {', '.join(over)}" if over else "never exceeded"),
+    ]
     if result.get("check"):
         lines += ["", f"Destination check: {result['check']}"]
     lines.append("")
@@ -862,7 +876,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tls", choices=("starttls", "none"), default="starttls", help="mailmirror's connections")
     parser.add_argument(
         "--account-max-connections", type=int, default=16,
-        help="max_connections in both templates: the cap per server and side, shared by all pairs (16)",
+        help="max_connections in both templates: the cap per server and side, shared by all pairs (16; 0: not set, "
+        "the account default of 4)",
     )  # fmt: skip
     parser.add_argument("--max-connections", type=int, default=64, help="daemon.max_connections (64, the default)")
     parser.add_argument("--workers", type=int, default=4, help="seeding processes (4)")
@@ -978,7 +993,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.markdown.write_text(text)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
-    failed = any(p["exit_code"] != 0 or (p["notes"] and p["name"] in ("daemon", "idle")) for p in result["phases"])
+    failed = "EXCEEDED" in text or any(
+        p["exit_code"] != 0 or (p["notes"] and p["name"] in ("daemon", "idle")) for p in result["phases"]
+    )
     return 1 if failed else 0
 
 
@@ -1025,8 +1042,9 @@ def run_phase(
 
     command = [str(MAILMIRROR), "-c", str(idle_config), "run"]
     phase = Phase(name, args.idle_pairs, command)
-    # Every lab Dovecot of the machine runs as one uid: leave room for other servers' sessions too.
-    needed = 2 * (args.idle_pairs + len(sample) + 2 * args.max_connections) + 128
+    # One inotify instance per IDLE session; every lab Dovecot of the machine runs as one uid: some room
+    # for other servers' sessions (the passes and the probe do not IDLE).
+    needed = args.idle_pairs + 64
     warnings_before = dovecot_inotify_warnings(source)
     with inotify_room(needed, args.raise_inotify) as notes:
         phase.notes.extend(notes)

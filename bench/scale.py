@@ -433,7 +433,7 @@ def run_to_end(
     proc = children.start(argv, log_path, env)
     target = None
     deadline = time.monotonic() + 5
-    while use_time and target is None and proc.poll() is None and time.monotonic() < deadline:
+    while use_time and target is None and not _ended(proc) and time.monotonic() < deadline:
         target = child_pid(proc.pid)
         time.sleep(0.005)
     watcher.track(target or proc.pid)
@@ -462,13 +462,20 @@ def run_to_end(
     return phase
 
 
+def _ended(proc: subprocess.Popen[bytes]) -> bool:
+    """Whether the process has ended, without reaping it (os.wait4 then gets its resource usage)."""
+    try:
+        return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
 def _wait(proc: subprocess.Popen[bytes], timeout: float) -> bool:
     """Wait until the process ends (True; not reaped) or the timeout (False: its group is killed)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
-                return True
+        if _ended(proc):
+            return True
         time.sleep(0.02)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)

@@ -58,7 +58,8 @@ GNU_TIME = Path("/usr/bin/time")
 PASSWORD_ENV = "MM_SCALE_PASSWORD"
 SET_NAME = "fleet"
 FOLDER_NAMES = ("INBOX", "Archive", "Sent", "Projects", "Receipts", "Lists", "Travel", "Notes")
-MIB = 1024 * 1024
+#: A daemon phase gives up when its log shows no new pass or watcher for this long.
+STALL_SECONDS = 300.0
 
 #: A daemon log line that ends a pair's pass (text log format: "... LEVEL logger: <pair>: pass ok in ...").
 PASS_END = re.compile(rf"\b({SET_NAME}-[A-Za-z0-9._@-]+): pass (ok|done with failures|failed|stopped)\b")
@@ -499,6 +500,7 @@ class LogFollower:
         self.push_passes = 0
         self.metrics_url: str | None = None
         self.last_pass_at = time.monotonic()  # when the last pass (scheduled or pushed) was logged
+        self.last_progress_at = 0.0  # when the last pass or watcher was logged
 
     def poll(self) -> None:
         with self.path.open("rb") as fh:
@@ -511,12 +513,13 @@ class LogFollower:
             line = raw.decode("utf-8", "replace")
             if match := PASS_END.search(line):
                 self.finished.setdefault(match.group(1), match.group(2))
-                self.last_pass_at = time.monotonic()
+                self.last_pass_at = self.last_progress_at = time.monotonic()
             elif PUSH_END.search(line):
                 self.push_passes += 1
                 self.last_pass_at = time.monotonic()
             elif match := WATCHING.search(line):
                 self.watching.add(match.group(1))
+                self.last_progress_at = time.monotonic()
             elif match := METRICS_URL.search(line):
                 self.metrics_url = match.group(1)
             elif (" ERROR " in line or " WARNING " in line or "Traceback" in line) and len(self.errors) < 20:
@@ -558,6 +561,12 @@ def run_daemon(
                 break
             if time.monotonic() > deadline:
                 phase.notes.append(f"first round not done after {timeout:.0f} s")
+                break
+            if time.monotonic() - max(follower.last_progress_at, began_monotonic) > STALL_SECONDS:
+                phase.notes.append(
+                    f"nothing new in the log for {STALL_SECONDS:.0f} s ({len(follower.finished)} passes, "
+                    f"{len(follower.watching)} watchers seen): stuck, or its lines changed (PASS_END, WATCHING)"
+                )
                 break
             time.sleep(0.2)
             follower.poll()

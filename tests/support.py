@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from imapclient import IMAPClient
 
-from mailmirror.config.model import load_config
+from mailmirror.config.config_file import load_config
 from mailmirror.engine.context import utc_now
 from mailmirror.engine.outcome import PairReport
 from mailmirror.engine.pair_pass import PairPass

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailmirror.config.model import FolderRules, RenameRule
+from mailmirror.config.pair_options import FolderRules, RenameRule
 from mailmirror.engine.mapping import (
     NEUTRAL_SEPARATOR,
     WELL_KNOWN_NAMES,

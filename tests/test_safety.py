@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 from imapclient.exceptions import IMAPClientError
 
-from mailmirror.config.model import load_config
+from mailmirror.config.config_file import load_config
 from mailmirror.engine.outcome import LogProgress
 from mailmirror.engine.pair_pass import PairPass
 from mailmirror.errors import ServerRefused

@@ -9,7 +9,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
-from mailmirror.config.model import Config, load_config
+from mailmirror.config.config_file import Config, load_config
 from mailmirror.engine.outcome import DELETED_FOLDER_RULE, PairReport
 from mailmirror.engine.pair_pass import PairPass
 from mailmirror.state.store import StateStore

@@ -20,7 +20,9 @@ from mailmirror.engine.transfer import ByteBudget
 from mailmirror.errors import Stopped
 
 if TYPE_CHECKING:
-    from mailmirror.config.model import Account, Config, Pair
+    from mailmirror.config.account import Account
+    from mailmirror.config.config_file import Config
+    from mailmirror.config.pair import Pair
     from mailmirror.engine.mapping import FolderMapping
     from mailmirror.engine.outcome import FolderReport, Progress
     from mailmirror.imap.interface import Connect

@@ -12,7 +12,7 @@ from mailmirror.engine.mapping import FolderMapping, Namespace, pair_mappings
 from mailmirror.engine.planner import duplicate_priority_order
 
 if TYPE_CHECKING:
-    from mailmirror.config.model import Pair
+    from mailmirror.config.pair import Pair
     from mailmirror.imap.interface import ImapSession
     from mailmirror.imap.session import Folder, MailboxStatus
 

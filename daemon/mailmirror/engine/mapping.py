@@ -80,7 +80,7 @@ from mailmirror.errors import ConfigError
 from mailmirror.imap.session import Folder
 
 if TYPE_CHECKING:
-    from mailmirror.config.model import FolderRules
+    from mailmirror.config.pair_options import FolderRules
     from mailmirror.imap.interface import ImapSession
 
 log = logging.getLogger(__name__)

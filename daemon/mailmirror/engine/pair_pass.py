@@ -50,7 +50,8 @@ from mailmirror.state.locks import DestinationLock, PairLock, default_lock_dir
 from mailmirror.state.store import StateStore, state_error
 
 if TYPE_CHECKING:
-    from mailmirror.config.model import Config, Pair
+    from mailmirror.config.config_file import Config
+    from mailmirror.config.pair import Pair
     from mailmirror.engine.mapping import FolderMapping
     from mailmirror.imap.interface import Connect, ImapSession
 

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-from mailmirror.config.model import Config
+from mailmirror.config.config_file import Config
 from mailmirror.engine.limits import ConnectionLimits
 from mailmirror.engine.outcome import PairReport, Progress
 from mailmirror.engine.pair_pass import PairPass

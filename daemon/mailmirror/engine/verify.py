@@ -40,7 +40,8 @@ from mailmirror.errors import MailmirrorError
 from mailmirror.imap.session import FolderMissing, MessageDigest, Session
 
 if TYPE_CHECKING:
-    from mailmirror.config.model import Config, Pair
+    from mailmirror.config.config_file import Config
+    from mailmirror.config.pair import Pair
 
 BATCH_BYTES = 8 * 1024 * 1024
 

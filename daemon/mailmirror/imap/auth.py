@@ -29,7 +29,7 @@ from mailmirror.errors import AuthenticationFailure, ConfigError, ConnectionFail
 from mailmirror.imap import oauth2
 
 if TYPE_CHECKING:
-    from mailmirror.config.model import Account
+    from mailmirror.config.account import Account
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from mailmirror.errors import AuthenticationFailure, ConfigError, ConnectionFail
 from mailmirror.imap import auth
 
 if TYPE_CHECKING:
-    from mailmirror.config.model import Account
+    from mailmirror.config.account import Account
 
 log = logging.getLogger(__name__)
 

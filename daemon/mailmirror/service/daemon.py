@@ -42,8 +42,9 @@ from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 
+from mailmirror.config.config_file import Config, load_config
 from mailmirror.config.crontab import cron_trigger
-from mailmirror.config.model import Config, Pair, load_config
+from mailmirror.config.pair import Pair
 from mailmirror.config.shards import Shard, apply_shard
 from mailmirror.engine.limits import ConnectionLimits
 from mailmirror.engine.outcome import PairReport

@@ -25,7 +25,7 @@ from imapclient import IMAPClient
 from mailmirror.config.config_file import load_config
 from mailmirror.engine.context import utc_now
 from mailmirror.engine.outcome import PairReport
-from mailmirror.engine.pair_pass import PairPass
+from mailmirror.engine.pair_pass import PairPass, PairPreview
 from mailmirror.engine.verify import PairVerdict, verify_pair
 from mailmirror.lab.dovecot import DovecotServer, LabUser
 from mailmirror.state.store import StateStore
@@ -69,7 +69,8 @@ class Setup:
         config = load_config(self.config_path)
         store = StateStore(config.state.path)
         try:
-            return PairPass(pair, config.effective_pairs()[pair], config, store, dry_run=dry_run, clock=clock).run()
+            pair_pass = PairPreview if dry_run else PairPass
+            return pair_pass(pair, config.effective_pairs()[pair], config, store, clock=clock).run()
         finally:
             store.close()
 

@@ -474,7 +474,7 @@ def plan(context: Context, pairs: tuple[str, ...], as_json: bool) -> None:
     """
     from mailmirror.cli.report import plan_json, print_plan
     from mailmirror.config.providers import presets_json, print_presets
-    from mailmirror.engine.pair_pass import PairPass
+    from mailmirror.engine.pair_pass import PairPreview
     from mailmirror.state.store import StateStore
 
     _apply_log_config(context)
@@ -489,7 +489,7 @@ def plan(context: Context, pairs: tuple[str, ...], as_json: bool) -> None:
     try:
         for name in names:
             pair = config.effective_pairs()[name]
-            report = PairPass(name, pair, config, store, dry_run=True, measure=True).run()
+            report = PairPreview(name, pair, config, store, measure=True).run()
             if report.error is not None:
                 errors.append(report.error)
             if as_json:

@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from mailmirror.engine.context import FolderOrder, PassContext, utc_now
-from mailmirror.engine.deletions import delete_folders, plan_missing_folders
+from mailmirror.engine.deletions import FolderDeletion, delete_folders, plan_missing_folders
 from mailmirror.engine.folder_pass import FolderPass, FolderPreview
 from mailmirror.engine.folders import FolderView, list_and_map
 from mailmirror.engine.outcome import (
@@ -61,6 +61,9 @@ log = logging.getLogger(__name__)
 class PairPass:
     """One pass of one pair: open both accounts, map folders, sync each folder, report."""
 
+    dry_run = False  # PairPreview: plan and report, write nothing
+    folder_pass: type[FolderPass] = FolderPass
+
     def __init__(
         self,
         name: str,
@@ -69,7 +72,6 @@ class PairPass:
         store: StateStore,
         progress: Progress | None = None,
         *,
-        dry_run: bool = False,
         full: bool = False,
         force_deletions: bool = False,
         measure: bool = False,
@@ -99,31 +101,26 @@ class PairPass:
         self.workers = 1
         self.measure = measure
         self.only_folders = set(only_folders) if only_folders is not None else None
-        self.dry_run = dry_run
-        self.report = PairReport(name, dry_run=dry_run)
+        self.report = PairReport(name, dry_run=self.dry_run)
         self.order = FolderOrder(store, name, pair.messages.skip_cross_folder_duplicates)
 
     def run(self) -> PairReport:
-        lock = None if self.dry_run else PairLock(self.config.state.path, self.name)
-        writer = None if self.dry_run else self._destination_lock()
+        lock = PairLock(self.config.state.path, self.name)
+        writer = self._destination_lock()
         try:
-            if lock is not None:
-                lock.acquire()
-            if writer is not None and not writer.acquire(self.ctx.interrupted):
+            lock.acquire()
+            if not writer.acquire(self.ctx.interrupted):
                 raise Stopped(f"pair '{self.name}': not started (stop requested)")
         except (LockedError, Stopped, ConfigError) as error:
-            if lock is not None:
-                lock.release()
+            lock.release()
             self.report.error = error
             self.report.finished = time.monotonic()
             return self.report
         try:
-            return self._run_locked()
+            return self._run_recorded()
         finally:
-            if writer is not None:
-                writer.release()
-            if lock is not None:
-                lock.release()
+            writer.release()
+            lock.release()
 
     def _destination_lock(self) -> DestinationLock:
         account = self.config.accounts[self.pair.destination]
@@ -134,7 +131,7 @@ class PairPass:
 
     def wanted_workers(self) -> int:
         """transfer.workers, at most each account's max_connections; 1 when folders must go in order."""
-        if self.dry_run or self.pair.messages.skip_cross_folder_duplicates:
+        if self.pair.messages.skip_cross_folder_duplicates:
             return 1
         return max(
             1,
@@ -145,13 +142,22 @@ class PairPass:
             ),
         )
 
-    def _run_locked(self) -> PairReport:
+    def _run_recorded(self) -> PairReport:
+        """The pass, recorded as a run in the state."""
         try:
-            run_id = None if self.dry_run else self.store.start_run(self.name)
+            run_id = self.store.start_run(self.name)
         except sqlite3.Error as error:  # e.g. a full disk: nothing done yet
             self.report.error = state_error(self.store.path, error, "write")
             self.report.finished = time.monotonic()
             return self.report
+        try:
+            self._connected()
+        finally:
+            self._finish_run(run_id)
+        return self.report
+
+    def _connected(self) -> None:
+        """Both accounts logged in for the pass; its error, if any, in the report."""
         try:
             with (
                 self.ctx.connect(self.pair.source, self.ctx.source_account) as source,
@@ -171,9 +177,6 @@ class PairPass:
             )
         finally:
             self.report.finished = time.monotonic()
-            if run_id is not None:
-                self._finish_run(run_id)
-        return self.report
 
     def _finish_run(self, run_id: int) -> None:
         try:
@@ -212,17 +215,23 @@ class PairPass:
             if self.pair.deletions.delete_missing_folders and self.only_folders is None:
                 writer = first.sessions()[1]
                 gone = plan_missing_folders(self.ctx, self.report.folders, source_view, writer, sides.existing)
-                if not self.dry_run:
-                    delete_folders(self.ctx, writer, gone)
+                self._delete_folders(writer, gone)
         finally:
             if first.source is not source or first.destination is not destination:
                 first.close()  # sessions it reopened after a cut connection (the first ones are closed by run())
-        if self.only_folders is None and not self.dry_run:
-            mapped = [f for f in self.report.folders if f.rule != DELETED_FOLDER_RULE]
-            self.report.sides = pair_sides(mapped)
-            self.store.prune_pending(self.name, self.order.folders)
-            counts = [(f.source, f.destination, f.source_messages, f.destination_messages) for f in mapped]
-            self.store.record_folder_counts(self.name, counts)
+        if self.only_folders is None:
+            self._record_counts()
+
+    def _delete_folders(self, destination: ImapSession, gone: list[FolderDeletion]) -> None:
+        delete_folders(self.ctx, destination, gone)
+
+    def _record_counts(self) -> None:
+        """After a full pass: both sides' counts in the report and the state; the lag of folders gone."""
+        mapped = [f for f in self.report.folders if f.rule != DELETED_FOLDER_RULE]
+        self.report.sides = pair_sides(mapped)
+        self.store.prune_pending(self.name, self.order.folders)
+        counts = [(f.source, f.destination, f.source_messages, f.destination_messages) for f in mapped]
+        self.store.record_folder_counts(self.name, counts)
 
     def _folders_to_pass(self, mappings: list[FolderMapping], sides: _Sides) -> list[FolderPass]:
         """The folders to open in this pass (created on the destination when missing); the others are
@@ -239,7 +248,6 @@ class PairPass:
             dry_run=self.dry_run,
         )
         needs_attention = self.store.folders_needing_attention(self.name)
-        folder_pass = FolderPreview if self.dry_run else FolderPass
         folders: list[FolderPass] = []
         for mapping in mappings:
             if not mapping.selectable:  # a \Noselect parent: its children imply it on the destination
@@ -256,7 +264,8 @@ class PairPass:
             try:
                 self._open_folder(mapping, report, sides)
                 if report.created or mapping.source in needs_attention or not self._unchanged(mapping, report, sides):
-                    folders.append(folder_pass(self.ctx, self.order, sides.source, sides.destination, mapping, report))
+                    folder = self.folder_pass(self.ctx, self.order, sides.source, sides.destination, mapping, report)
+                    folders.append(folder)
                     continue
             except (ServerRefused, FolderMissing) as error:
                 report.error = str(error)
@@ -269,22 +278,24 @@ class PairPass:
         source, destination = sides.source, sides.destination
         if mapping.destination not in sides.existing:
             report.created = True
-            if self.dry_run:
-                self.order.to_create.add(mapping.destination)
-            else:
-                destination.create_folder(mapping.destination)
+            self._create_folder(destination, mapping.destination)
             sides.existing.add(mapping.destination)
         if (
             self.pair.folders.subscribe
             and mapping.source in sides.source_view.subscribed(source)
             and mapping.destination not in sides.destination_view.subscribed(destination)
-            and not self.dry_run
         ):
-            destination.subscribe(mapping.destination)
+            self._subscribe(destination, mapping.destination)
         if self.measure:
             report.source_size = source.folder_size(mapping.source)
             if mapping.destination not in self.order.to_create:
                 report.destination_size = destination.folder_size(mapping.destination)
+
+    def _create_folder(self, destination: ImapSession, name: str) -> None:
+        destination.create_folder(name)
+
+    def _subscribe(self, destination: ImapSession, name: str) -> None:
+        destination.subscribe(name)
 
     def _unchanged(self, mapping: FolderMapping, report: FolderReport, sides: _Sides) -> bool:
         """The fast path: a folder whose status on both sides is what the last pass left is not even
@@ -312,6 +323,33 @@ class PairPass:
             report.source_messages = src.messages
             report.destination_messages = dst.messages
         return unchanged
+
+
+class PairPreview(PairPass):
+    """The dry run of a pass (sync --dry-run, plan): the same listing and planning, reported; no lock
+    taken, no run recorded, nothing created, subscribed, copied or deleted anywhere."""
+
+    dry_run = True
+    folder_pass = FolderPreview
+
+    def run(self) -> PairReport:
+        self._connected()
+        return self.report
+
+    def wanted_workers(self) -> int:
+        return 1  # folders in order: a dry run of skip_cross_folder_duplicates plans them one after the other
+
+    def _create_folder(self, destination: ImapSession, name: str) -> None:
+        self.order.to_create.add(name)
+
+    def _subscribe(self, destination: ImapSession, name: str) -> None:
+        pass
+
+    def _delete_folders(self, destination: ImapSession, gone: list[FolderDeletion]) -> None:
+        pass  # reported as they would be deleted
+
+    def _record_counts(self) -> None:
+        pass
 
 
 class _Sides:

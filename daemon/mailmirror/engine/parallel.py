@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from mailmirror.config.config_file import Config
 from mailmirror.engine.limits import ConnectionLimits
 from mailmirror.engine.outcome import PairReport, Progress
-from mailmirror.engine.pair_pass import PairPass
+from mailmirror.engine.pair_pass import PairPass, PairPreview
 from mailmirror.errors import ConfigError, InternalError, StateStorageError, Stopped
 from mailmirror.state.store import StateStore
 
@@ -82,7 +82,8 @@ class ParallelPasses:
             except (ConfigError, StateStorageError) as error:
                 return _ended(PairReport(name, error=error))
             try:
-                return PairPass(
+                pair_pass = PairPreview if self.dry_run else PairPass
+                return pair_pass(
                     name,
                     pair,
                     self.config,
@@ -90,7 +91,6 @@ class ParallelPasses:
                     self.progress,
                     stop=self.stop,
                     slots=self.limits.extra(self.config, pair),
-                    dry_run=self.dry_run,
                     full=self.full,
                     force_deletions=self.force_deletions,
                 ).run()

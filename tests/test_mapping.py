@@ -27,7 +27,8 @@ from mailmirror.engine.mapping import (
     sync_order,
 )
 from mailmirror.errors import ConfigError
-from mailmirror.imap.session import Folder, Session
+from mailmirror.imap.session import Session
+from mailmirror.imap.types import Folder
 
 DOVECOT = Namespace("/", "")
 CYRUS = Namespace(".", "INBOX.")

@@ -77,7 +77,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
 from mailmirror.errors import ConfigError
-from mailmirror.imap.session import Folder
+from mailmirror.imap.types import Folder
 
 if TYPE_CHECKING:
     from mailmirror.config.model import FolderRules

@@ -49,17 +49,10 @@ from mailmirror.errors import (
     StateStorageError,
     Stopped,
 )
+from mailmirror.imap.channel import uid_set
 from mailmirror.imap.interface import Connect, ImapSession
-from mailmirror.imap.session import (
-    AppendRefused,
-    Folder,
-    FolderMissing,
-    FolderVanished,
-    MailboxStatus,
-    MessageToAppend,
-    Session,
-    uid_set,
-)
+from mailmirror.imap.session import Session
+from mailmirror.imap.types import AppendRefused, Folder, FolderMissing, FolderVanished, MailboxStatus, MessageToAppend
 from mailmirror.state.locks import DestinationLock, PairLock, default_lock_dir
 from mailmirror.state.store import FolderState, LateWriteWatch, StateStore, SyncedMessage, state_error
 

@@ -56,7 +56,8 @@ from mailmirror.errors import (
     StateStorageError,
     Stopped,
 )
-from mailmirror.imap.session import FolderMissing, Session
+from mailmirror.imap.session import Session
+from mailmirror.imap.types import FolderMissing
 from mailmirror.service.health import Check, HealthServer
 from mailmirror.service.metrics import Metrics
 from mailmirror.service.notify import Notifier

@@ -8,8 +8,8 @@ Names are handled in three forms:
   "Archive/2024". INBOX is "INBOX" whatever case the server lists it in. Every rule in the config
   (include, exclude, map, rename, under, from_under) is written in neutral names.
 
-Everything here is pure (no I/O) except :func:`pair_mappings`, which only lists folders (and, for
-``subscribed_only``, subscriptions) on the two open sessions.
+Everything here is pure (no I/O): the caller lists both sides' folders (and, for ``subscribed_only``,
+the source's subscriptions) and gives them with each side's namespace.
 
 Order of decisions for each source folder
 -----------------------------------------
@@ -81,7 +81,6 @@ from mailmirror.imap.types import Folder
 
 if TYPE_CHECKING:
     from mailmirror.config.model import FolderRules
-    from mailmirror.imap.interface import ImapSession
 
 log = logging.getLogger(__name__)
 
@@ -635,25 +634,28 @@ def _merge_case_variants(mappings: list[FolderMapping], destination: _Destinatio
     return merged
 
 
-def map_folders_with_rules(
+def pair_mappings(
+    rules: FolderRules,
     source_folders: Sequence[Folder],
     destination_folders: Sequence[Folder],
     source_ns: Namespace,
     destination_ns: Namespace,
-    rules: FolderRules,
     *,
     subscribed: Iterable[str] | None = None,
     known: Mapping[str, str] | None = None,
 ) -> list[FolderMapping]:
-    """:func:`map_folders` with a pair's FolderRules. ``subscribed`` (source server names) is needed, and
-    only used, when ``rules.subscribed_only`` is set; ``known`` as in :func:`map_folders`."""
+    """The folder mapping of a pair: :func:`map_folders` with the pair's FolderRules, from both sides'
+    folder listings and namespaces (as their servers answer NAMESPACE: the rules' ``separator`` and
+    ``prefix`` override the destination's here). ``subscribed`` (source server names) is needed, and only
+    used, when ``rules.subscribed_only`` is set; ``known`` as in :func:`map_folders`."""
     if rules.subscribed_only and subscribed is None:
         raise ValueError("subscribed_only needs the source's subscribed folders")
+    prefix = destination_ns.prefix if rules.prefix is None else rules.prefix
     return map_folders(
         source_folders,
         destination_folders,
         source_ns,
-        destination_ns,
+        Namespace(rules.separator or destination_ns.separator, prefix),
         include=rules.include,
         exclude=rules.exclude,
         explicit=rules.map,
@@ -662,41 +664,5 @@ def map_folders_with_rules(
         under=rules.under,
         from_under=rules.from_under,
         rename=rules.rename,
-        known=known,
-    )
-
-
-def destination_namespace(rules: FolderRules, destination: ImapSession) -> Namespace:
-    """The destination's namespace: NAMESPACE's answer unless the rules override separator or prefix."""
-    return Namespace(
-        rules.separator or destination.separator,
-        destination.prefix if rules.prefix is None else rules.prefix,
-    )
-
-
-def pair_mappings(
-    rules: FolderRules,
-    source: ImapSession,
-    destination: ImapSession,
-    source_folders: Sequence[Folder] | None = None,
-    destination_folders: Sequence[Folder] | None = None,
-    *,
-    subscribed: Iterable[str] | None = None,
-    known: Mapping[str, str] | None = None,
-) -> list[FolderMapping]:
-    """The folder mapping of a pair between two open sessions (namespaces from NAMESPACE or overrides).
-
-    Folder lists not given are listed; with ``subscribed_only``, the source's subscriptions too when
-    ``subscribed`` is not given.
-    """
-    if rules.subscribed_only and subscribed is None:
-        subscribed = source.subscribed_folders()
-    return map_folders_with_rules(
-        source.list_folders() if source_folders is None else source_folders,
-        destination.list_folders() if destination_folders is None else destination_folders,
-        Namespace(source.separator, source.prefix),
-        destination_namespace(rules, destination),
-        rules,
-        subscribed=subscribed,
         known=known,
     )

@@ -890,10 +890,10 @@ def list_and_map(
     destination_view = FolderView(*destination.list_folders_with_status())
     mappings = pair_mappings(
         rules,
-        source,
-        destination,
         source_view.folders,
         destination_view.folders,
+        Namespace(source.separator, source.prefix),
+        Namespace(destination.separator, destination.prefix),
         subscribed=source_view.subscribed(source) if rules.subscribed_only else None,
         known=known,
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from imapclient import IMAPClient
@@ -34,6 +34,10 @@ _THROTTLED = re.compile(
 def is_throttling(text: str) -> bool:
     """Whether a server's NO/BAD text asks to slow down (retry later) rather than refusing for good."""
     return _THROTTLED.search(text) is not None
+
+
+#: What a command makes of the server's NO or BAD: the exception to raise, or None to let the refusal pass.
+Refusal = Callable[[IMAPClientError], Exception | None]
 
 
 #: BYE texts of servers closing a session whose selected mailbox was deleted (Dovecot: "Mailbox was deleted
@@ -112,7 +116,9 @@ class Channel:
     # -- error translation -------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def talking(self, doing: str) -> Iterator[None]:
+    def talking(self, doing: str, refusal: Refusal | None = None) -> Iterator[None]:
+        """Translate the errors of the commands in the block. A NO or BAD becomes ``refusal(error)`` when the
+        command says what it means (a missing folder, a refusal to tolerate), else Throttled or ServerRefused."""
         try:
             yield
         except (IMAPClientAbortError, OSError, EOFError) as error:
@@ -127,7 +133,12 @@ class Channel:
                 f"account '{self.account_name}' ({self.server}): connection lost while {doing}: {error}",
                 account=self.account_name,
             ) from None
-        except IMAPClientError as error:  # a NO or BAD the caller did not handle itself
+        except IMAPClientError as error:
+            if refusal is not None:
+                translated = refusal(error)
+                if translated is None:
+                    return
+                raise translated from None
             if is_throttling(server_text(error)):
                 raise self.throttled(doing, server_text(error)) from None
             raise self.refused(doing, error) from None
@@ -145,6 +156,10 @@ class Channel:
             f"account '{self.account_name}' ({self.server}): the server asked to slow down while {doing}: "
             f"{reason.strip()}"
         )
+
+    def refusing(self, doing: str) -> Refusal:
+        """A NO or BAD as the ServerRefused "the server refused {doing}", even when it asks to slow down."""
+        return lambda error: self.refused(doing, error)
 
     def refused(self, doing: str, error: Exception) -> ServerRefused:
         return ServerRefused(

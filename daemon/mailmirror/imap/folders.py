@@ -9,11 +9,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
+from imapclient.exceptions import IMAPClientError
 from imapclient.imap_utf7 import decode as decode_utf7
 from imapclient.response_parser import parse_response
 
-from mailmirror.imap.channel import Channel, server_flags, server_text
+from mailmirror.imap.channel import Channel, Refusal, server_flags, server_text
 from mailmirror.imap.types import Folder, FolderMissing, MailboxStatus
 
 log = logging.getLogger(__name__)
@@ -105,56 +105,37 @@ class FolderCommands(Channel):
         return {server_text(name) for _flags_, _delimiter, name in rows}
 
     def create_folder(self, name: str) -> None:
-        with self.talking(f"creating folder '{name}'"):
-            try:
-                self.client.create_folder(name)
-            except IMAPClientAbortError:
-                raise
-            except IMAPClientError as error:
-                if b"ALREADYEXISTS" in str(error).encode().upper() or "already exists" in str(error).lower():
-                    return
-                raise self.refused(f"to create folder '{name}'", error) from None
+        def refusal(error: IMAPClientError) -> Exception | None:
+            if b"ALREADYEXISTS" in str(error).encode().upper() or "already exists" in str(error).lower():
+                return None
+            return self.refused(f"to create folder '{name}'", error)
+
+        with self.talking(f"creating folder '{name}'", refusal):
+            self.client.create_folder(name)
 
     def delete_folder(self, name: str) -> None:
         if self.selected == name:
             with self.talking(f"closing '{name}'"):
                 self.client.unselect_folder() if self.has("UNSELECT") else self.client.close_folder()
             self.selected = None
-        with self.talking(f"deleting folder '{name}'"):
-            try:
-                self.client.delete_folder(name)
-            except IMAPClientAbortError:
-                raise
-            except IMAPClientError as error:
-                raise self.refused(f"to delete folder '{name}'", error) from None
+        with self.talking(f"deleting folder '{name}'", self.refusing(f"to delete folder '{name}'")):
+            self.client.delete_folder(name)
 
     def rename_folder(self, old: str, new: str) -> None:
-        with self.talking(f"renaming folder '{old}'"):
-            try:
-                self.client.rename_folder(old, new)
-            except IMAPClientAbortError:
-                raise
-            except IMAPClientError as error:
-                raise self.refused(f"to rename folder '{old}' to '{new}'", error) from None
+        with self.talking(f"renaming folder '{old}'", self.refusing(f"to rename folder '{old}' to '{new}'")):
+            self.client.rename_folder(old, new)
 
     def subscribe(self, name: str) -> None:
-        with self.talking(f"subscribing folder '{name}'"):
-            try:
-                self.client.subscribe_folder(name)
-            except IMAPClientAbortError:
-                raise
-            except IMAPClientError as error:
-                log.warning("account '%s': could not subscribe '%s': %s", self.account_name, name, error)
+        def refusal(error: IMAPClientError) -> None:
+            log.warning("account '%s': could not subscribe '%s': %s", self.account_name, name, error)
+
+        with self.talking(f"subscribing folder '{name}'", refusal):
+            self.client.subscribe_folder(name)
 
     def status(self, name: str) -> MailboxStatus:
         items = self.status_items()
-        with self.talking(f"asking the status of '{name}'"):
-            try:
-                result = self.client.folder_status(name, items)
-            except IMAPClientAbortError:
-                raise
-            except IMAPClientError as error:
-                raise FolderMissing(f"{name}: {error}") from None
+        with self.talking(f"asking the status of '{name}'", missing(name)):
+            result = self.client.folder_status(name, items)
         return _status_from({server_text(k).upper(): int(v) for k, v in result.items()})
 
     def select(self, name: str, *, readonly: bool) -> MailboxStatus:
@@ -190,13 +171,8 @@ class FolderCommands(Channel):
         )
 
     def _select(self, name: str, readonly: bool) -> dict[bytes, Any]:
-        with self.talking(f"opening '{name}'"):
-            try:
-                response: dict[bytes, Any] = self.client.select_folder(name, readonly=readonly)
-            except IMAPClientAbortError:
-                raise
-            except IMAPClientError as error:
-                raise FolderMissing(f"{name}: {error}") from None
+        with self.talking(f"opening '{name}'", missing(name)):
+            response: dict[bytes, Any] = self.client.select_folder(name, readonly=readonly)
         self.selected, self.selected_readonly = name, readonly
         return response
 
@@ -205,14 +181,13 @@ class FolderCommands(Channel):
         + 1 is used from then on, which is never above the true UIDNEXT)."""
         if self.uidnext_in_status is False:
             return None
-        with self.talking(f"asking the status of '{name}'"):
-            try:
-                result = self.client.folder_status(name, ["UIDNEXT"])
-            except IMAPClientAbortError:
-                raise
-            except IMAPClientError as error:  # the SELECT says whether the folder exists
-                log.debug("account '%s': STATUS UIDNEXT of '%s' refused: %s", self.account_name, name, error)
-                result = {}
+
+        def refusal(error: IMAPClientError) -> None:  # the SELECT says whether the folder exists
+            log.debug("account '%s': STATUS UIDNEXT of '%s' refused: %s", self.account_name, name, error)
+
+        result: dict[bytes, Any] = {}
+        with self.talking(f"asking the status of '{name}'", refusal):
+            result = self.client.folder_status(name, ["UIDNEXT"])
         value = result.get(b"UIDNEXT")
         if value is None or int(value) < 1:
             self.uidnext_in_status = False
@@ -232,18 +207,22 @@ class FolderCommands(Channel):
         """ENABLE CONDSTORE (RFC 7162), so that SELECT answers HIGHESTMODSEQ as on the pass's first
         connection (where the LIST-STATUS asking for it enabled CONDSTORE implicitly)."""
         if self.has("CONDSTORE") and self.has("ENABLE"):
-            with self.talking("enabling CONDSTORE"):
-                try:
-                    self.client.enable("CONDSTORE")
-                except IMAPClientAbortError:
-                    raise
-                except IMAPClientError as error:
-                    log.debug("account '%s': ENABLE CONDSTORE refused: %s", self.account_name, error)
+
+            def refusal(error: IMAPClientError) -> None:
+                log.debug("account '%s': ENABLE CONDSTORE refused: %s", self.account_name, error)
+
+            with self.talking("enabling CONDSTORE", refusal):
+                self.client.enable("CONDSTORE")
 
     def ensure_selected(self, name: str, *, readonly: bool) -> None:
         """Open a folder unless it is the one already open in that mode (workers take turns on folders)."""
         if self.selected != name or self.selected_readonly != readonly:
             self.select(name, readonly=readonly)
+
+
+def missing(name: str) -> Refusal:
+    """A NO to STATUS or SELECT: the folder is not there (or cannot be opened)."""
+    return lambda error: FolderMissing(f"{name}: {error}")
 
 
 def _status_from(values: dict[str, int]) -> MailboxStatus:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
-from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
+from imapclient.exceptions import IMAPClientError
 
 from mailmirror.imap.channel import Channel, chunks, server_flags, uid_set
 from mailmirror.imap.types import MessageDigest, MessageMeta
@@ -27,13 +28,9 @@ class MessageCommands(Channel):
 
     def search(self, criteria: str) -> list[int]:
         """UIDs matching raw IMAP SEARCH criteria (e.g. ``NOT DELETED SINCE 1-Jan-2024``)."""
-        with self.talking(f"searching '{self.selected}'"):
-            try:
-                found = self.client.search(criteria)
-            except IMAPClientAbortError:
-                raise
-            except IMAPClientError as error:
-                raise self.refused(f"the search criteria {criteria!r} (messages.search)", error) from None
+        refusal = self.refusing(f"the search criteria {criteria!r} (messages.search)")
+        with self.talking(f"searching '{self.selected}'", refusal):
+            found = self.client.search(criteria)
         return sorted(int(uid) for uid in found)
 
     def uids_between(self, first_uid: int, last_uid: int) -> list[int]:
@@ -68,23 +65,19 @@ class MessageCommands(Channel):
         """
         if not uids:
             return True
-        with self.talking(f"deleting messages in '{self.selected}'"):
-            try:
+        refusal = self.refusing(f"to delete messages in '{self.selected}'")
+        with self.talking(f"deleting messages in '{self.selected}'", refusal):
+            for chunk in chunks(sorted(uids), 500):
+                self.client.add_flags(chunk, ["\\Deleted"], silent=True)
+            if self.has("UIDPLUS"):
                 for chunk in chunks(sorted(uids), 500):
-                    self.client.add_flags(chunk, ["\\Deleted"], silent=True)
-                if self.has("UIDPLUS"):
-                    for chunk in chunks(sorted(uids), 500):
-                        self.client.uid_expunge(chunk)
-                    return True
-                marked = {int(uid) for uid in self.client.search(["DELETED"])}
-                if marked - set(uids):
-                    return False
-                self.client.expunge()
+                    self.client.uid_expunge(chunk)
                 return True
-            except IMAPClientAbortError:
-                raise
-            except IMAPClientError as error:
-                raise self.refused(f"to delete messages in '{self.selected}'", error) from None
+            marked = {int(uid) for uid in self.client.search(["DELETED"])}
+            if marked - set(uids):
+                return False
+            self.client.expunge()
+            return True
 
     def uids_from(self, first_uid: int) -> list[int]:
         """UIDs >= first_uid (``UID SEARCH UID n:*`` answers the highest UID even when below n)."""
@@ -107,14 +100,13 @@ class MessageCommands(Channel):
         if not sizes_of:
             return {}
         items = ["RFC822.SIZE", "BODY.PEEK[HEADER]"] if headers_of else ["RFC822.SIZE"]
-        with self.talking(f"checking appended messages in '{self.selected}'"):
-            try:
-                response = self.uid_fetch(uid_set(sizes_of), items)
-            except IMAPClientAbortError:
-                raise
-            except IMAPClientError as error:  # a check only: the copies are confirmed, the folder goes on
-                log.debug("account '%s': no check of appended messages: %s", self.account_name, error)
-                return {}
+
+        def refusal(error: IMAPClientError) -> None:  # a check only: the copies are confirmed, the folder goes on
+            log.debug("account '%s': no check of appended messages: %s", self.account_name, error)
+
+        response: dict[int, dict[bytes, Any]] = {}
+        with self.talking(f"checking appended messages in '{self.selected}'", refusal):
+            response = self.uid_fetch(uid_set(sizes_of), items)
         wanted = set(headers_of)
         return {
             int(uid): (int(data[b"RFC822.SIZE"]), bytes(data[b"BODY[HEADER]"]) if int(uid) in wanted else None)
@@ -189,14 +181,9 @@ class MessageCommands(Channel):
 
     def store_flags(self, uids: Sequence[int], add: Iterable[str], remove: Iterable[str]) -> None:
         add_list, remove_list = sorted(add), sorted(remove)
-        with self.talking(f"storing flags in '{self.selected}'"):
+        with self.talking(f"storing flags in '{self.selected}'", self.refusing(f"to store flags in '{self.selected}'")):
             for chunk in chunks(list(uids), 500):
-                try:
-                    if add_list:
-                        self.client.add_flags(chunk, add_list, silent=True)
-                    if remove_list:
-                        self.client.remove_flags(chunk, remove_list, silent=True)
-                except IMAPClientAbortError:
-                    raise
-                except IMAPClientError as error:
-                    raise self.refused(f"to store flags in '{self.selected}'", error) from None
+                if add_list:
+                    self.client.add_flags(chunk, add_list, silent=True)
+                if remove_list:
+                    self.client.remove_flags(chunk, remove_list, silent=True)

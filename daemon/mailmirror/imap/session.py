@@ -16,15 +16,14 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from imapclient import IMAPClient
-from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
+from imapclient.exceptions import IMAPClientAbortError
 
 from mailmirror.errors import AuthenticationFailure, ConnectionFailure
 from mailmirror.imap import auth
 from mailmirror.imap.append import AppendCommands
 from mailmirror.imap.connect import connect_client
-from mailmirror.imap.folders import FolderCommands
+from mailmirror.imap.folders import FolderCommands, missing
 from mailmirror.imap.messages import MessageCommands
-from mailmirror.imap.types import FolderMissing
 
 if TYPE_CHECKING:
     from mailmirror.config.model import Account
@@ -98,13 +97,8 @@ class Session(FolderCommands, MessageCommands, AppendCommands):
     def folder_size(self, name: str) -> tuple[int, int]:
         """(messages, bytes) of a folder: STATUS SIZE (RFC 8438) when offered, else the sum of RFC822.SIZE."""
         if self.has("STATUS=SIZE"):
-            with self.talking(f"asking the size of '{name}'"):
-                try:
-                    result = self.client.folder_status(name, ["MESSAGES", "SIZE"])
-                except IMAPClientAbortError:
-                    raise
-                except IMAPClientError as error:
-                    raise FolderMissing(f"{name}: {error}") from None
+            with self.talking(f"asking the size of '{name}'", missing(name)):
+                result = self.client.folder_status(name, ["MESSAGES", "SIZE"])
             return int(result[b"MESSAGES"]), int(result[b"SIZE"])
         status = self.select(name, readonly=True)
         sizes = self.fetch_sizes() if status.messages else {}

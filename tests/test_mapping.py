@@ -12,18 +12,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mailmirror.config.model import FolderRules, RenameRule
+from mailmirror.engine.folder_patterns import NEUTRAL_SEPARATOR, is_selected, pattern_matches
 from mailmirror.engine.mapping import (
-    NEUTRAL_SEPARATOR,
-    WELL_KNOWN_NAMES,
     FolderMapping,
     Namespace,
-    is_selected,
     map_folders,
     pair_mappings,
-    pattern_matches,
-    special_use_of,
     sync_order,
 )
+from mailmirror.engine.special_use import WELL_KNOWN_NAMES, special_use_of
 from mailmirror.errors import ConfigError
 from mailmirror.imap.types import Folder
 

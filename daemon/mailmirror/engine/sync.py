@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal, Protocol
 
+from mailmirror.engine.folder_patterns import pattern_matches
 from mailmirror.engine.identity import fingerprint, header_fields_to_fetch, without_size
-from mailmirror.engine.mapping import WELL_KNOWN_NAMES, FolderMapping, Namespace, pair_mappings, pattern_matches
+from mailmirror.engine.mapping import FolderMapping, Namespace, pair_mappings
 from mailmirror.engine.planner import (
     Copy,
     Deletions,
@@ -38,6 +39,7 @@ from mailmirror.engine.planner import (
     plan_folder,
 )
 from mailmirror.engine.renames import follow_renames
+from mailmirror.engine.special_use import WELL_KNOWN_NAMES
 from mailmirror.engine.transfer import ByteBudget, RateLimit, backoff_delay, bound_heap, rate_limit, split_evenly
 from mailmirror.errors import (
     ConfigError,

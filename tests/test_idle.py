@@ -8,7 +8,7 @@ import threading
 import pytest
 from imapclient import IMAPClient
 
-from mailmirror.config.model import load_config
+from mailmirror.config.config_file import load_config
 from mailmirror.errors import ConnectionFailure
 from mailmirror.imap.session import Session
 from mailmirror.lab.dovecot import DovecotServer, LabUser, SeedMessage, seed

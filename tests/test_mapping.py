@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailmirror.config.model import FolderRules, RenameRule
+from mailmirror.config.pair_options import FolderRules, RenameRule
 from mailmirror.engine.folder_patterns import NEUTRAL_SEPARATOR, is_selected, pattern_matches
 from mailmirror.engine.mapping import (
     FolderMapping,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from imapclient import IMAPClient
 
-from mailmirror.config.model import load_config
+from mailmirror.config.config_file import load_config
 from mailmirror.lab.dovecot import DovecotServer, LabUser, SeedMessage, seed
 from mailmirror.state.store import StateStore
 from tests.support import make_setup, simple_message

@@ -22,7 +22,7 @@ from imapclient import IMAPClient
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mailmirror.config.model import load_config
+from mailmirror.config.config_file import load_config
 from mailmirror.engine.identity import loose_identity
 from mailmirror.engine.sync import FolderReport, PairReport
 from mailmirror.engine.verify import FolderVerdict, compare_folder

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from imapclient import IMAPClient
 
-from mailmirror.config.model import load_config
+from mailmirror.config.config_file import load_config
 from mailmirror.engine import sync
 from mailmirror.engine.planner import Copy
 from mailmirror.engine.sync import PairPass
@@ -391,7 +391,7 @@ def test_a_stop_request_ends_a_rate_limited_pass_promptly_and_the_next_pass_comp
 
 
 def test_connection_limits_lend_extra_connections_only_when_free() -> None:
-    from mailmirror.config.model import Config
+    from mailmirror.config.config_file import Config
     from mailmirror.engine.limits import ConnectionLimits
 
     secret = {"env": "UNUSED"}

@@ -32,7 +32,7 @@ from mailmirror.errors import ConnectionFailure, ServerRefused, Throttled
 from mailmirror.imap.types import AppendRefused, Folder, FolderMissing, MailboxStatus, MessageMeta, MessageToAppend
 
 if TYPE_CHECKING:
-    from mailmirror.config.model import Account
+    from mailmirror.config.account import Account
 
 ALL_CAPABILITIES = frozenset(
     {

@@ -81,7 +81,7 @@ from mailmirror.errors import ConfigError
 from mailmirror.imap.types import Folder
 
 if TYPE_CHECKING:
-    from mailmirror.config.model import FolderRules
+    from mailmirror.config.pair_options import FolderRules
 
 log = logging.getLogger(__name__)
 

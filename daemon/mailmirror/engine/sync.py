@@ -59,7 +59,8 @@ from mailmirror.state.locks import DestinationLock, PairLock, default_lock_dir
 from mailmirror.state.store import FolderState, LateWriteWatch, StateStore, SyncedMessage, state_error
 
 if TYPE_CHECKING:
-    from mailmirror.config.model import Config, Pair
+    from mailmirror.config.config_file import Config
+    from mailmirror.config.pair import Pair
 
 log = logging.getLogger(__name__)
 

@@ -41,7 +41,8 @@ from mailmirror.imap.session import Session
 from mailmirror.imap.types import FolderMissing, MessageDigest
 
 if TYPE_CHECKING:
-    from mailmirror.config.model import Config, Pair
+    from mailmirror.config.config_file import Config
+    from mailmirror.config.pair import Pair
 
 BATCH_BYTES = 8 * 1024 * 1024
 

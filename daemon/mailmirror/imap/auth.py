@@ -29,7 +29,7 @@ from mailmirror.imap import oauth2
 from mailmirror.imap.channel import server_text
 
 if TYPE_CHECKING:
-    from mailmirror.config.model import Account
+    from mailmirror.config.account import Account
 
 log = logging.getLogger(__name__)
 

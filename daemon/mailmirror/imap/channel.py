@@ -22,7 +22,7 @@ from mailmirror.errors import ConnectionFailure, ServerRefused, Throttled
 from mailmirror.imap.types import FolderVanished
 
 if TYPE_CHECKING:
-    from mailmirror.config.model import Account
+    from mailmirror.config.account import Account
 
 #: Answers of servers asking a client to slow down (Office 365: "Server Unavailable. 15", "Request is
 #: throttled"; Gmail: "[THROTTLED]", "Account exceeded command or bandwidth limits"; RFC 5530 [UNAVAILABLE]).

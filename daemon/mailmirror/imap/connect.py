@@ -20,7 +20,7 @@ from mailmirror.errors import ConfigError, ConnectionFailure
 from mailmirror.imap.channel import server_text
 
 if TYPE_CHECKING:
-    from mailmirror.config.model import Account
+    from mailmirror.config.account import Account
 
 #: A server sends its greeting at once; when none came within this long (or the account's timeout, if
 #: shorter), mailmirror looks whether the port speaks TLS from the first byte (a tls: starttls/none account

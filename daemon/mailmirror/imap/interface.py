@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 from mailmirror.imap.types import AppendRefused, Folder, MailboxStatus, MessageMeta, MessageToAppend
 
 if TYPE_CHECKING:
-    from mailmirror.config.model import Account
+    from mailmirror.config.account import Account
 
 
 class ImapSession(Protocol):

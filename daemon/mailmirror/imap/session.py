@@ -26,7 +26,7 @@ from mailmirror.imap.folders import FolderCommands, missing
 from mailmirror.imap.messages import MessageCommands
 
 if TYPE_CHECKING:
-    from mailmirror.config.model import Account
+    from mailmirror.config.account import Account
 
 log = logging.getLogger(__name__)
 

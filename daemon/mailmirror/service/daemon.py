@@ -35,7 +35,7 @@ from typing import Any
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.triggers.date import DateTrigger
 
-from mailmirror.config.model import Config, load_config
+from mailmirror.config.config_file import Config, load_config
 from mailmirror.config.shards import Shard, apply_shard
 from mailmirror.engine.limits import ConnectionLimits
 from mailmirror.engine.sync import PairPass, PairReport

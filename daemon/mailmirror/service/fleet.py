@@ -26,7 +26,8 @@ from mailmirror.errors import MailmirrorError
 from mailmirror.state.store import StateStore, VerifyRecord, state_error
 
 if TYPE_CHECKING:
-    from mailmirror.config.model import Config, Pair
+    from mailmirror.config.config_file import Config
+    from mailmirror.config.pair import Pair
     from mailmirror.engine.verify import PairVerdict
 
 log = logging.getLogger(__name__)

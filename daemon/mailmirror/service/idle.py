@@ -12,7 +12,8 @@ import logging
 import threading
 from collections.abc import Callable
 
-from mailmirror.config.model import Config, Pair
+from mailmirror.config.config_file import Config
+from mailmirror.config.pair import Pair
 from mailmirror.errors import MailmirrorError
 from mailmirror.imap.session import Session
 from mailmirror.imap.types import FolderMissing

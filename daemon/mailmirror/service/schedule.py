@@ -15,7 +15,7 @@ from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from mailmirror.config.crontab import cron_trigger
-from mailmirror.config.model import Pair
+from mailmirror.config.pair import Pair
 
 
 def pair_trigger(pair: Pair) -> BaseTrigger:

@@ -9,7 +9,7 @@ import pytest
 from imapclient import IMAPClient
 
 from mailmirror.engine.mapping import Namespace, map_folders
-from mailmirror.imap.session import Folder
+from mailmirror.imap.types import Folder
 from mailmirror.lab.dovecot import DovecotServer, LabUser, SeedMessage, seed
 from tests.support import make_setup, message_count, simple_message
 

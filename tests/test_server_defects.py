@@ -26,7 +26,8 @@ from mailmirror.config.config_file import load_config
 from mailmirror.engine.identity import loose_identity
 from mailmirror.engine.outcome import FolderReport, PairReport
 from mailmirror.engine.verify import FolderVerdict, compare_folder
-from mailmirror.imap.session import MessageDigest, Session
+from mailmirror.imap.session import Session
+from mailmirror.imap.types import MessageDigest
 from mailmirror.lab.dovecot import DovecotServer, LabUser
 from mailmirror.service.metrics import Metrics
 from tests.conftest import MakeServer

@@ -22,7 +22,8 @@ from mailmirror.engine.planner import Copy
 from mailmirror.engine.transfer import TokenBucket, backoff_delay, split_evenly
 from mailmirror.engine.workers import FolderJob, Transfer
 from mailmirror.errors import Stopped, Throttled
-from mailmirror.imap.session import MessageToAppend, Session
+from mailmirror.imap.session import Session
+from mailmirror.imap.types import MessageToAppend
 from mailmirror.lab.dovecot import DovecotServer, LabUser, SeedMessage, seed
 from mailmirror.state.store import StateStore
 from tests.proxy import Fault, FaultProxy

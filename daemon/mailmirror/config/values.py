@@ -7,6 +7,7 @@ loader adds file, line and field); durations, sizes and paths are in :mod:`mailm
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import zoneinfo
@@ -100,10 +101,20 @@ def _check_ca_file(path: Path) -> Path:
 
 def ca_file_problem(path: Path) -> str | None:
     """Why ``path`` cannot serve as tls_ca (a PEM file of CA certificates), or None when it can."""
+    try:
+        status = path.stat()
+    except OSError as error:
+        return f"cannot read {path}: {error.strerror or error}"
+    # a fleet's thousands of accounts name one CA file: load it once per version of the file
+    return _ca_file_problem(str(path), status.st_mtime_ns, status.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _ca_file_problem(path: str, _mtime_ns: int, _size: int) -> str | None:
     import ssl  # only for configs that name a CA file: `config validate` starts faster without it
 
     try:
-        ssl.create_default_context(cafile=str(path))
+        ssl.create_default_context(cafile=path)
     except ssl.SSLError as error:
         return (
             f"{path} holds no usable CA certificate ({error.reason or error}): give a PEM file with "

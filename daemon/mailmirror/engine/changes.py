@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from mailmirror.engine.context import PassContext
     from mailmirror.engine.mapping import FolderMapping
     from mailmirror.imap.interface import ImapSession
-    from mailmirror.imap.session import MailboxStatus
+    from mailmirror.imap.types import MailboxStatus
     from mailmirror.state.store import FolderState, SyncedMessage
 
 

@@ -17,7 +17,7 @@ from mailmirror.engine.context import FolderScope
 from mailmirror.engine.planner import Copy, batches
 from mailmirror.engine.transfer import rate_limit
 from mailmirror.errors import Stopped
-from mailmirror.imap.session import AppendRefused, MessageToAppend
+from mailmirror.imap.types import AppendRefused, MessageToAppend
 from mailmirror.state.store import SyncedMessage
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from mailmirror.engine.outcome import DELETED_FOLDER_RULE, FolderReport
 from mailmirror.engine.planner import Deletions, plan_destination_deletions
-from mailmirror.imap.session import MailboxStatus
+from mailmirror.imap.types import MailboxStatus
 
 if TYPE_CHECKING:
     from mailmirror.engine.changes import SourceListing

@@ -15,7 +15,7 @@ from mailmirror.engine.copier import Copier
 from mailmirror.engine.deletions import apply_deletions, delete_copied_from_source, plan_deletions
 from mailmirror.engine.journal import UnconfirmedAppends
 from mailmirror.engine.planner import Copy, Deletions, FolderPlan, Policy, group_flag_changes, plan_folder
-from mailmirror.imap.session import MailboxStatus
+from mailmirror.imap.types import MailboxStatus
 from mailmirror.state.store import FolderState, SyncedMessage
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ from mailmirror.engine.planner import duplicate_priority_order
 if TYPE_CHECKING:
     from mailmirror.config.pair import Pair
     from mailmirror.imap.interface import ImapSession
-    from mailmirror.imap.session import Folder, MailboxStatus
+    from mailmirror.imap.types import Folder, MailboxStatus
 
 
 @dataclass
@@ -49,10 +49,10 @@ def list_and_map(
     destination_view = FolderView(*destination.list_folders_with_status())
     mappings = pair_mappings(
         rules,
-        source,
-        destination,
         source_view.folders,
         destination_view.folders,
+        Namespace(source.separator, source.prefix),
+        Namespace(destination.separator, destination.prefix),
         subscribed=source_view.subscribed(source) if rules.subscribed_only else None,
         known=known,
     )

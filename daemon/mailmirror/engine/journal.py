@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from mailmirror.engine.context import FolderScope
 from mailmirror.engine.identity import without_size
 from mailmirror.engine.planner import DestinationMessage, match_pending
-from mailmirror.imap.session import uid_set
+from mailmirror.imap.channel import uid_set
 from mailmirror.state.store import LateWriteWatch, SyncedMessage
 
 if TYPE_CHECKING:

@@ -45,7 +45,8 @@ from mailmirror.errors import (
     StateStorageError,
     Stopped,
 )
-from mailmirror.imap.session import FolderMissing, Session
+from mailmirror.imap.session import Session
+from mailmirror.imap.types import FolderMissing
 from mailmirror.state.locks import DestinationLock, PairLock, default_lock_dir
 from mailmirror.state.store import StateStore, state_error
 

@@ -26,13 +26,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+from mailmirror.engine.folder_patterns import pattern_matches
 from mailmirror.engine.identity import without_size
-from mailmirror.engine.mapping import WELL_KNOWN_NAMES, pattern_matches
+from mailmirror.engine.special_use import WELL_KNOWN_NAMES
 from mailmirror.state.store import SyncedMessage
 
 if TYPE_CHECKING:
     from mailmirror.engine.mapping import FolderMapping, Namespace
-    from mailmirror.imap.session import Folder
+    from mailmirror.imap.types import Folder
 
 RECENT = "\\Recent"
 SYSTEM_FLAGS = frozenset({"\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft"})

@@ -37,7 +37,8 @@ from mailmirror.engine.identity import loose_identity
 from mailmirror.engine.mapping import FolderMapping
 from mailmirror.engine.planner import FlagRules, Policy, SourceMessage, destination_flags, rule_skip
 from mailmirror.errors import MailmirrorError
-from mailmirror.imap.session import FolderMissing, MessageDigest, Session
+from mailmirror.imap.session import Session
+from mailmirror.imap.types import FolderMissing, MessageDigest
 
 if TYPE_CHECKING:
     from mailmirror.config.config_file import Config

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 from mailmirror.engine.transfer import backoff_delay, bound_heap, split_evenly
 from mailmirror.errors import ConnectionFailure, ServerRefused, Stopped
-from mailmirror.imap.session import FolderMissing, FolderVanished
+from mailmirror.imap.types import FolderMissing, FolderVanished
 
 if TYPE_CHECKING:
     from mailmirror.engine.context import PassContext

@@ -109,7 +109,7 @@ def fleet_status(
     config: Config, store: StateStore, names: Sequence[str], *, now: datetime | None = None
 ) -> list[PairStatus]:
     """Every named pair's status, from the state database only (no server is contacted)."""
-    from mailmirror.service.daemon import expected_interval
+    from mailmirror.service.schedule import expected_interval
 
     now = now or datetime.now(UTC)
     rows = store.fleet_rows()

@@ -1,6 +1,6 @@
 """What the engine needs of an IMAP session, as a Protocol.
 
-The executor (`sync.py`), the rename follower (`renames.py`) and the folder mapping (`mapping.py`) are
+The executor (`pair_pass.py`, …), the rename follower (`renames.py`) and the folder mapping (`mapping.py`) are
 typed against `ImapSession`, not against the IMAP client behind it. `mailmirror.imap.session.Session` is the
 real one; the property tests drive the engine against an in-memory server model (tests/model) through
 the same interface. `PairPass` opens its sessions through one `Connect` callable, `Session.open` unless

@@ -13,9 +13,9 @@ from imapclient.exceptions import IMAPClientError
 import mailmirror.engine.sync as sync
 from mailmirror.config.model import load_config
 from mailmirror.engine.sync import LogProgress
-from mailmirror.errors import ServerRefused
+from mailmirror.errors import AuthenticationFailure, ServerRefused
 from mailmirror.imap.session import Session
-from mailmirror.lab.dovecot import SeedMessage, seed
+from mailmirror.lab.dovecot import LabUser, SeedMessage, seed
 from mailmirror.state.store import StateStore
 from tests.proxy import Fault, FaultProxy
 from tests.support import make_setup, message_count, simple_message
@@ -238,15 +238,22 @@ def test_push_pass_breaks_cross_folder_duplicates(
     assert total == 2, f"{total} copies on the destination (a full pass alone makes 2)"
 
 
-def test_non_ascii_password_reaches_error_text(source_server, dest_server, dst_user):
+def test_non_ascii_password_logs_in_and_never_reaches_error_text(source_server, dest_server, dst_user):
     user = source_server.add_user(password="Sécret-pässwörd")
     setup = make_setup(source_server, user, dest_server, dst_user)
-    config = load_config(setup.config_path)
-    try:
-        Session.open("src", config.accounts["src"]).close()
-    except Exception as error:
-        print("\nEXC:", type(error).__name__, repr(error), "object=", getattr(error, "object", None))
-        raise
+    Session.open("src", load_config(setup.config_path).accounts["src"]).close()  # SASL PLAIN carries UTF-8
+
+    wrong_password = "Fälschung-ünd-Straße"
+    wrong = make_setup(source_server, LabUser(user.username, wrong_password), dest_server, dst_user)
+    with pytest.raises(AuthenticationFailure) as refused:
+        Session.open("src", load_config(wrong.config_path).accounts["src"]).close()
+    assert user.username in str(refused.value)
+    result = wrong.run("sync")
+    assert result.returncode == 77, result.stdout + result.stderr
+    assert "login as" in result.stderr + result.stdout
+    for text in (str(refused.value), repr(refused.value), result.stdout, result.stderr):
+        for secret in (wrong_password, "Fälschung", "Straße", "Sécret-pässwörd"):
+            assert secret not in text
 
 
 # 2b. Same as 2 with the daemon's own graceful stop (SIGTERM / reload) between batches; real batch size.
@@ -274,7 +281,7 @@ def test_graceful_stop_then_mirror_deletes_live_messages(make_server, dest_serve
     assert message_count(dst_client) == 1150, f"destination {message_count(dst_client)} of 1150"
 
 
-# 9. (found by the model, tests/test_engine_model.py) A message refused by the destination, then deleted on
+# 9. (found by the model, tests/unit/test_engine_model.py) A message refused by the destination, then deleted on
 #    the source, while the folder's first pass never finished (stopped, killed): its failure was retried,
 #    and reported, on every pass for ever ("the source did not return the message's size and headers").
 def test_failure_of_a_message_deleted_before_the_first_pass_finished_is_not_retried_for_ever(

@@ -28,7 +28,7 @@ import pytest
 from mailmirror.config.model import DaemonConfig
 from mailmirror.errors import ExitCode
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "systemd"
 SHIPPED_BINARY = "/usr/bin/mailmirror"
 MAX_EXPOSURE = 2.0

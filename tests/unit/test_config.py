@@ -30,7 +30,7 @@ from mailmirror.config.model import (
 from mailmirror.config.units import format_duration, parse_duration, parse_size
 from mailmirror.errors import ConfigError, ExitCode, UsageError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "config.example.yaml"
 PACKAGED_EXAMPLE = REPO / "daemon" / "mailmirror" / "data" / "config.example.yaml"
 

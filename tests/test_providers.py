@@ -18,7 +18,7 @@ from mailmirror.config.providers import PRESETS
 from mailmirror.lab.dovecot import DovecotServer, LabUser, seed_mailbox
 from mailmirror.lab.providers import PROVIDER_SPECIAL_USE, exchange_mailbox, gmail_mailbox
 from tests.conftest import MakeServer
-from tests.support import Setup, account_yaml
+from tests.support import Setup, account_yaml, write_pair_setup
 
 # -- config: presets as defaults ------------------------------------------------------------------------
 
@@ -187,22 +187,11 @@ def provider_setup(
     pair_options: str = "",
 ) -> Setup:
     directory = Path(tempfile.mkdtemp(prefix="mailmirror-test-"))
-    accounts = ""
-    for name, (server, user, provider) in (("src", source), ("dst", destination)):
-        accounts += account_yaml(name, server, user, directory)
-        if provider:
-            accounts += f"    provider: {provider}\n"
-    text = (
-        f"state: {{path: {directory / 'state.db'}}}\n"
-        'metrics: {listen: "127.0.0.1:0"}\n'
-        "accounts:\n"
-        + accounts
-        + "pairs:\n  test:\n    source: src\n    destination: dst\n"
-        + "".join(f"    {line}\n" for line in textwrap.dedent(pair_options).splitlines() if line.strip())
+    source_account, destination_account = (
+        account_yaml(name, server, user, directory) + (f"    provider: {provider}\n" if provider else "")
+        for name, (server, user, provider) in (("src", source), ("dst", destination))
     )
-    config_path = directory / "mailmirror.yaml"
-    config_path.write_text(text, encoding="utf-8")
-    return Setup(directory, config_path)
+    return write_pair_setup(directory, source_account, destination_account, pair_options)
 
 
 def where_is_each_message(client: IMAPClient) -> dict[str, list[str]]:

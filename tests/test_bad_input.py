@@ -696,13 +696,17 @@ def network_outcomes(
 
 
 @pytest.mark.parametrize("case", CONFIG_CASES, ids=[case.id for case in CONFIG_CASES])
-def test_config_case(case: Case, config_outcomes: Outcomes) -> None:
+def test_bad_config_gets_its_exit_code_and_a_clear_message_without_secrets(
+    case: Case, config_outcomes: Outcomes
+) -> None:
     result, secrets = config_outcomes[case.id]
     assert_clean_outcome(case, result, secrets)
 
 
 @pytest.mark.parametrize("case", NETWORK_CASES, ids=[case.id for case in NETWORK_CASES])
-def test_network_case(case: Case, network_outcomes: Outcomes) -> None:
+def test_network_failure_gets_its_exit_code_and_a_clear_message_without_secrets(
+    case: Case, network_outcomes: Outcomes
+) -> None:
     result, secrets = network_outcomes[case.id]
     assert_clean_outcome(case, result, secrets)
 

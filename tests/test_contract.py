@@ -220,7 +220,9 @@ def test_first_copy_changes_and_verify(lab_server: LabServerOf, source_kind: str
 
 
 @pytest.mark.parametrize(("source_kind", "destination_kind"), pair_params())
-def test_renamed_folder(lab_server: LabServerOf, source_kind: str, destination_kind: str) -> None:
+def test_a_folder_renamed_on_the_source_is_renamed_not_copied_again(
+    lab_server: LabServerOf, source_kind: str, destination_kind: str
+) -> None:
     """A folder renamed on the source is renamed on the destination, not copied again."""
     source, destination = lab_server(source_kind), lab_server(destination_kind)
     su, du = source.add_user(), destination.add_user()
@@ -301,7 +303,9 @@ def test_special_use_automap(lab_server: LabServerOf, source_kind: str, destinat
     ("source_kind", "destination_kind"),
     pair_params(),
 )
-def test_8bit_header_bytes(lab_server: LabServerOf, source_kind: str, destination_kind: str) -> None:
+def test_8bit_header_bytes_are_kept_or_reported_as_altered(
+    lab_server: LabServerOf, source_kind: str, destination_kind: str
+) -> None:
     """Raw UTF-8 in headers: kept byte for byte, or -- where the destination rewrites it (Cyrus'
     munge8bit) -- reported as altered by the destination server in the pass and by verify."""
     source, destination = lab_server(source_kind), lab_server(destination_kind)

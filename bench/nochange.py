@@ -22,7 +22,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "daemon"))
 
-from mailmirror.config.model import load_config  # noqa: E402
+from mailmirror.config.config_file import load_config  # noqa: E402
 from mailmirror.engine.sync import PairPass, PairReport  # noqa: E402
 from mailmirror.lab.dovecot import DovecotServer, LabCA  # noqa: E402
 from mailmirror.state.store import StateStore  # noqa: E402

@@ -23,7 +23,7 @@ from typing import NoReturn
 import pytest
 from imapclient import IMAPClient
 
-from mailmirror.config.model import load_config
+from mailmirror.config.config_file import load_config
 from mailmirror.engine.sync import PairPass, PairReport
 from mailmirror.engine.verify import PairVerdict, verify_pair
 from mailmirror.lab.dovecot import DovecotServer, LabUser

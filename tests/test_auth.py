@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from mailmirror.config.model import load_config
+from mailmirror.config.config_file import load_config
 from mailmirror.errors import AuthenticationFailure
 from mailmirror.imap import oauth2
 from mailmirror.imap.session import Session

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from mailmirror.engine.mapping import Namespace, map_folders
-from mailmirror.imap.session import Folder
+from mailmirror.imap.types import Folder
 from mailmirror.lab.dovecot import SeedMessage, seed
 from tests.conftest import MakeMirror, MakeServer
 from tests.support import Mirror, message_count, simple_message

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from mailmirror.config.model import load_config
+from mailmirror.config.config_file import load_config
 from mailmirror.engine.mapping import FolderMapping
 from mailmirror.engine.sync import LogProgress, PairPass
 from mailmirror.lab.dovecot import DovecotServer, LabCA, LabUser, SeedMessage, free_port, seed

@@ -8,7 +8,7 @@ never copied by an incremental pass.
 
 from __future__ import annotations
 
-from mailmirror.config.model import load_config
+from mailmirror.config.config_file import load_config
 from mailmirror.lab.dovecot import SeedMessage, seed
 from mailmirror.state.store import StateStore
 from tests.support import Mirror, simple_message

@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 from imapclient import IMAPClient
 
+from mailmirror.config.config_file import load_config
 from mailmirror.config.mailboxes import mailbox_identity
-from mailmirror.config.model import load_config
 from mailmirror.lab.dovecot import DovecotServer, LabUser, SeedMessage, seed
 from mailmirror.state.locks import DestinationLock
 from mailmirror.state.store import StateStore, SyncedMessage

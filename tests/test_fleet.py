@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from mailmirror.config.model import InvalidConfig, load_config
+from mailmirror.config.config_file import load_config
+from mailmirror.config.problems import InvalidConfig
 from mailmirror.lab.dovecot import DovecotServer, LabCA, LabUser
 from mailmirror.state.store import StateStore
 from tests.support import ROOT, RunningDaemon, fresh_count, simple_message
@@ -260,7 +261,7 @@ def test_a_list_with_passwords_must_be_private_and_its_passwords_are_never_shown
 
 
 def test_a_list_owned_by_another_user_is_refused(tmp_path: Path) -> None:
-    from mailmirror.config.pairsets import private_file_problem
+    from mailmirror.config.pair_set_lists import private_file_problem
 
     path = write(tmp_path / "list.csv", "a\n")
     assert private_file_problem(path, "holds passwords") is None
@@ -323,7 +324,7 @@ def test_the_json_schema_accepts_a_config_of_pair_sets_only(tmp_path: Path) -> N
     import jsonschema
     import yaml
 
-    from mailmirror.config.model import config_json_schema
+    from mailmirror.config.config_file import config_json_schema
 
     schema = config_json_schema()
     only_sets = yaml.safe_load(STAFF)

@@ -12,15 +12,11 @@ from typing import Any
 import pytest
 import yaml
 
-from mailmirror.config.imapsync import (
-    OPTIONS,
-    Conversion,
-    convert_command_line,
-    convert_sync_loop,
-    mapping_table,
-    parse_substitution,
-)
-from mailmirror.config.model import load_config
+from mailmirror.config.config_file import load_config
+from mailmirror.config.imapsync import convert_command_line, convert_sync_loop
+from mailmirror.config.imapsync_conversion import Conversion
+from mailmirror.config.imapsync_handlers import parse_substitution
+from mailmirror.config.imapsync_options import OPTIONS, mapping_table
 from mailmirror.errors import UsageError
 from tests.support import ROOT, Mirror, message_count, simple_message
 

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from mailmirror.config.model import load_config
+from mailmirror.config.config_file import load_config
 from mailmirror.engine.sync import PairPass
 from mailmirror.lab.dovecot import SeedMessage, seed
 from mailmirror.state.store import StateStore

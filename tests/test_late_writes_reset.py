@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from imapclient import IMAPClient
 
-from mailmirror.config.model import load_config
+from mailmirror.config.config_file import load_config
 from mailmirror.lab.dovecot import SeedMessage, seed
 from mailmirror.state.store import StateStore
 from tests.support import Mirror, message_count, simple_message

@@ -22,9 +22,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from mailmirror.engine.sync import PairReport
 from mailmirror.errors import AuthenticationFailure, MailmirrorError, Stopped
 from mailmirror.lab.dovecot import SeedMessage, seed
-from mailmirror.service.daemon import cron_longest_gap
 from mailmirror.service.health import Check, HealthServer
 from mailmirror.service.metrics import Metrics, failure_reason, skip_reason
+from mailmirror.service.schedule import cron_longest_gap
 from tests.promql import dashboard_expressions, metric_names, rule_expressions
 from tests.support import ROOT, Mirror, RunningDaemon, make_setup, require_program, simple_message
 

@@ -19,7 +19,7 @@ import pytest
 from rich.console import Console
 
 from mailmirror.cli.report import RichProgress
-from mailmirror.config.model import load_config
+from mailmirror.config.config_file import load_config
 from mailmirror.engine.mapping import FolderMapping
 from mailmirror.engine.parallel import ParallelPasses
 from mailmirror.engine.sync import FolderReport, LogProgress
@@ -99,7 +99,7 @@ def test_progress_bars_follow_each_folder_when_folders_and_pairs_interleave() ->
 
 
 def test_a_pass_that_crashes_is_reported_and_sync_does_not_wait_for_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mailmirror.config.model import Config
+    from mailmirror.config.config_file import Config
     from mailmirror.engine.limits import ConnectionLimits
     from mailmirror.errors import InternalError
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from imapclient import IMAPClient
 
-from mailmirror.config.model import Config, InvalidConfig, load_config
+from mailmirror.config.config_file import Config, load_config
+from mailmirror.config.problems import InvalidConfig
 from mailmirror.config.providers import PRESETS
 from mailmirror.lab.dovecot import DovecotServer, seed_mailbox
 from mailmirror.lab.providers import PROVIDER_SPECIAL_USE, exchange_mailbox, gmail_mailbox

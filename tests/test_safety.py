@@ -11,7 +11,7 @@ import pytest
 from imapclient.exceptions import IMAPClientError
 
 import mailmirror.engine.sync as sync
-from mailmirror.config.model import load_config
+from mailmirror.config.config_file import load_config
 from mailmirror.engine.sync import LogProgress
 from mailmirror.errors import AuthenticationFailure, ServerRefused
 from mailmirror.imap.session import Session

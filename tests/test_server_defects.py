@@ -21,11 +21,12 @@ from imapclient import IMAPClient
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mailmirror.config.model import load_config
+from mailmirror.config.config_file import load_config
 from mailmirror.engine.identity import loose_identity
 from mailmirror.engine.sync import FolderReport, PairReport
 from mailmirror.engine.verify import FolderVerdict, compare_folder
-from mailmirror.imap.session import MessageDigest, Session
+from mailmirror.imap.session import Session
+from mailmirror.imap.types import MessageDigest
 from mailmirror.lab.dovecot import DovecotServer, LabUser
 from mailmirror.service.metrics import Metrics
 from tests.conftest import MakeServer

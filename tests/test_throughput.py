@@ -15,13 +15,14 @@ from typing import Any
 import pytest
 from imapclient import IMAPClient
 
-from mailmirror.config.model import load_config
+from mailmirror.config.config_file import load_config
 from mailmirror.engine import sync
 from mailmirror.engine.planner import Copy
 from mailmirror.engine.sync import PairPass
 from mailmirror.engine.transfer import TokenBucket, backoff_delay, split_evenly
 from mailmirror.errors import Stopped, Throttled
-from mailmirror.imap.session import MessageToAppend, Session
+from mailmirror.imap.session import Session
+from mailmirror.imap.types import MessageToAppend
 from mailmirror.lab.dovecot import DovecotServer, LabUser, SeedMessage, seed
 from mailmirror.state.store import StateStore
 from tests.proxy import Fault, FaultProxy
@@ -390,7 +391,7 @@ def test_a_stop_request_ends_a_rate_limited_pass_promptly_and_the_next_pass_comp
 
 
 def test_connection_limits_lend_extra_connections_only_when_free() -> None:
-    from mailmirror.config.model import Config
+    from mailmirror.config.config_file import Config
     from mailmirror.engine.limits import ConnectionLimits
 
     secret = {"env": "UNUSED"}

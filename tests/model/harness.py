@@ -11,7 +11,7 @@ from pathlib import Path
 from unittest import mock
 
 import mailmirror.engine.sync
-from mailmirror.config.model import Config, load_config
+from mailmirror.config.config_file import Config, load_config
 from mailmirror.engine.sync import DELETED_FOLDER_RULE, PairPass, PairReport
 from mailmirror.state.store import StateStore
 from tests.model.imap_model import Mailbox, ModelProcess, ProcessCrash, World

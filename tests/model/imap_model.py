@@ -29,10 +29,10 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Literal
 
 from mailmirror.errors import ConnectionFailure, ServerRefused, Throttled
-from mailmirror.imap.session import AppendRefused, Folder, FolderMissing, MailboxStatus, MessageMeta, MessageToAppend
+from mailmirror.imap.types import AppendRefused, Folder, FolderMissing, MailboxStatus, MessageMeta, MessageToAppend
 
 if TYPE_CHECKING:
-    from mailmirror.config.model import Account
+    from mailmirror.config.account import Account
 
 ALL_CAPABILITIES = frozenset(
     {

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mailmirror.config.model import load_config
+from mailmirror.config.config_file import load_config
 from mailmirror.errors import AuthenticationFailure, ConfigError
 from mailmirror.imap import auth, oauth2
 

@@ -15,18 +15,12 @@ from typing import Any, get_args
 import pytest
 from pydantic import BaseModel
 
-from mailmirror.config.model import (
-    Account,
-    Config,
-    ConfigProblem,
-    InvalidConfig,
-    PairDefaults,
-    Schedule,
-    Secret,
-    config_json_schema,
-    format_config_error,
-    load_config,
-)
+from mailmirror.config.account import Account
+from mailmirror.config.config_file import Config, config_json_schema, load_config
+from mailmirror.config.pair import PairDefaults
+from mailmirror.config.pair_options import Schedule
+from mailmirror.config.problems import ConfigProblem, InvalidConfig, format_config_error
+from mailmirror.config.secrets import Secret
 from mailmirror.config.units import format_duration, parse_duration, parse_size
 from mailmirror.errors import ConfigError, ExitCode, UsageError
 

@@ -12,8 +12,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from mailmirror.config.model import DaemonConfig, load_config
+from mailmirror.config.config_file import load_config
 from mailmirror.config.secrets import Secret
+from mailmirror.config.service_settings import DaemonConfig
 from mailmirror.config.shards import Shard, shard_from_environment
 from tests.support import ROOT
 

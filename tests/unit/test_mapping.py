@@ -5,29 +5,24 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailmirror.config.model import FolderRules, RenameRule
+from mailmirror.config.pair_options import FolderRules, RenameRule
+from mailmirror.engine.folder_patterns import NEUTRAL_SEPARATOR, is_selected, pattern_matches
 from mailmirror.engine.mapping import (
-    NEUTRAL_SEPARATOR,
-    WELL_KNOWN_NAMES,
     FolderMapping,
     Namespace,
-    is_selected,
     map_folders,
-    map_folders_with_rules,
     pair_mappings,
-    pattern_matches,
-    special_use_of,
     sync_order,
 )
+from mailmirror.engine.special_use import WELL_KNOWN_NAMES, special_use_of
 from mailmirror.errors import ConfigError
-from mailmirror.imap.session import Folder, Session
+from mailmirror.imap.types import Folder
 
 DOVECOT = Namespace("/", "")
 CYRUS = Namespace(".", "INBOX.")
@@ -555,12 +550,12 @@ CASES = [
 
 
 def _mappings(case: Case) -> list[FolderMapping]:
-    return map_folders_with_rules(
+    return pair_mappings(
+        FolderRules.model_validate(case.rules),
         folders(case.source, case.source_ns),
         folders(case.destination, case.destination_ns),
         case.source_ns,
         case.destination_ns,
-        FolderRules.model_validate(case.rules),
         subscribed=case.subscribed,
     )
 
@@ -712,26 +707,16 @@ def test_a_rename_leaving_no_name_is_a_config_error() -> None:
 
 def test_subscribed_only_needs_the_subscriptions() -> None:
     with pytest.raises(ValueError, match="subscribed"):
-        map_folders_with_rules([], [], DOVECOT, DOVECOT, FolderRules(subscribed_only=True))
+        pair_mappings(FolderRules(subscribed_only=True), [], [], DOVECOT, DOVECOT)
 
 
-class FakeSession(SimpleNamespace):
-    def list_folders(self) -> list[Folder]:
-        return cast(list[Folder], self.folders)
-
-    def subscribed_folders(self) -> set[str]:
-        return cast(set[str], self.subscriptions)
-
-
-def test_pair_mappings_lists_folders_and_subscriptions_and_honours_namespace_overrides() -> None:
-    source = FakeSession(separator=".", prefix="INBOX.", folders=folders(["INBOX", "INBOX.A", "INBOX.B"], CYRUS))
-    source.subscriptions = {"INBOX.B"}
-    destination = FakeSession(separator="/", prefix="", folders=[])
+def test_pair_mappings_takes_the_subscriptions_and_honours_namespace_overrides() -> None:
+    source = folders(["INBOX", "INBOX.A", "INBOX.B"], CYRUS)
     rules = FolderRules(subscribed_only=True, separator="|", prefix="Mail|")
-    mappings = pair_mappings(rules, cast(Session, source), cast(Session, destination))
+    mappings = pair_mappings(rules, source, [], CYRUS, DOVECOT, subscribed={"INBOX.B"})
     assert [(m.source, m.destination) for m in mappings] == [("INBOX", "INBOX"), ("INBOX.B", "Mail|B")]
-    mappings = pair_mappings(rules, cast(Session, source), cast(Session, destination), subscribed={"INBOX.A"})
-    assert [(m.source, m.destination) for m in mappings] == [("INBOX", "INBOX"), ("INBOX.A", "Mail|A")]
+    mappings = pair_mappings(FolderRules(subscribed_only=True), source, [], CYRUS, DOVECOT, subscribed={"INBOX.A"})
+    assert [(m.source, m.destination) for m in mappings] == [("INBOX", "INBOX"), ("INBOX.A", "A")]
 
 
 # -- properties ------------------------------------------------------------------------------------------
@@ -755,7 +740,7 @@ def test_default_rules_round_trip_and_merge_only_case_variants(
     neutral_names: list[str], source_ns: Namespace, destination_ns: Namespace
 ) -> None:
     source = _source(neutral_names, source_ns)
-    mappings = map_folders_with_rules(source, [], source_ns, destination_ns, FolderRules())
+    mappings = pair_mappings(FolderRules(), source, [], source_ns, destination_ns)
     assert [m.source for m in mappings] == sync_order(f.name for f in source)  # every folder, once, in order
     by_source = {m.source: m for m in mappings}
     for mapping in mappings:
@@ -781,7 +766,7 @@ def test_destinations_differ_case_insensitively_and_input_order_does_not_matter(
     source = _source(neutral_names, source_ns)
     destination = _source(existing, destination_ns)
     rules = FolderRules(rename=[RenameRule(pattern="a", replacement="A")])
-    mappings = map_folders_with_rules(source, destination, source_ns, destination_ns, rules)
+    mappings = pair_mappings(rules, source, destination, source_ns, destination_ns)
     first_by_key: dict[str, str] = {}
     for mapping in mappings:  # one destination name per case-insensitive key
         assert first_by_key.setdefault(mapping.destination.casefold(), mapping.destination) == mapping.destination
@@ -791,7 +776,7 @@ def test_destinations_differ_case_insensitively_and_input_order_does_not_matter(
         assert not variants or mapping.destination in variants
     shuffler.shuffle(source)
     shuffler.shuffle(destination)
-    assert map_folders_with_rules(source, destination, source_ns, destination_ns, rules) == mappings
+    assert pair_mappings(rules, source, destination, source_ns, destination_ns) == mappings
 
 
 @given(st.text(st.characters(exclude_characters="*?[]/"), min_size=1), NEUTRAL_NAMES)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from mailmirror.config.model import DaemonConfig
+from mailmirror.config.service_settings import DaemonConfig
 from mailmirror.errors import ExitCode
 from tests.support import require_program
 

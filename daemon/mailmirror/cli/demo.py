@@ -84,7 +84,7 @@ def run_demo(console: Console, *, workdir: Path | None, messages: int, keep: boo
 
 def _demo(console: Console, root: Path, messages: int, keep: bool) -> int:
     from mailmirror.cli.report import RichProgress, print_pass, print_verdict
-    from mailmirror.config.model import load_config
+    from mailmirror.config.config_file import load_config
     from mailmirror.engine.sync import LogProgress, PairPass
     from mailmirror.engine.verify import verify_pair
     from mailmirror.lab.corpus import describe, sample_mailbox

@@ -32,7 +32,7 @@ from mailmirror.errors import (
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from mailmirror.config.model import Config
+    from mailmirror.config.config_file import Config
     from mailmirror.config.shards import Shard
     from mailmirror.engine.parallel import ParallelPasses
     from mailmirror.engine.sync import PairReport
@@ -83,7 +83,7 @@ class Context:
     @property
     def config(self) -> Config:
         if self._config is None:
-            from mailmirror.config.model import load_config
+            from mailmirror.config.config_file import load_config
             from mailmirror.config.shards import apply_shard
 
             self._config = apply_shard(load_config(self.config_path), self.shard)
@@ -754,7 +754,7 @@ def config_validate(context: Context) -> None:
 @global_options
 def config_schema() -> None:
     """Print the JSON Schema of the config (for editors: yaml-language-server, VS Code, …)."""
-    from mailmirror.config.model import config_json_schema
+    from mailmirror.config.config_file import config_json_schema
 
     click.echo(json.dumps(config_json_schema(), indent=2, ensure_ascii=False))
 
@@ -930,7 +930,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         error.show()
         sys.exit(ExitCode.USAGE)
     except ConfigError as error:
-        from mailmirror.config.model import format_config_error
+        from mailmirror.config.problems import format_config_error
 
         click.echo(format_config_error(error), err=True)  # file:line: field: message, one per line
         sys.exit(error.exit_code)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from mailmirror.config.model import config_json_schema
+from mailmirror.config.config_file import config_json_schema
 
 SECTIONS = [
     ("Top level", None),
@@ -24,7 +24,7 @@ SECTIONS = [
     ("pairs.NAME.folders", "FolderRules"),
     ("pairs.NAME.folders.rename[]", "RenameRule"),
     ("pairs.NAME.messages", "MessageRules"),
-    ("pairs.NAME.flags", "FlagRules"),
+    ("pairs.NAME.flags", "FlagConfig"),
     ("pairs.NAME.deletions", "DeletionRules"),
 ]
 

@@ -12,6 +12,7 @@ are two identities. docs/architecture.md ("Why exactly once") states that limit.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ class MailboxIdentity:
         return f"{readable[:80]}-{digest}"
 
 
+@functools.lru_cache(maxsize=4096)  # a fleet names one host thousands of times
 def normal_host(host: str) -> str:
     """Lower case, no trailing dot, no IPv6 brackets; every loopback spelling is one."""
     text = host.strip().strip("[]").rstrip(".").lower()

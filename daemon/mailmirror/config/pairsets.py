@@ -11,18 +11,15 @@ Templates: every string of ``source``, ``destination`` and the pair options may 
 the file itself, which is then accepted only when it is private to the user running mailmirror (owned by
 it, no access for group or others), as ssh does with keys. Such a value is never shown anywhere.
 
-A few columns set options per row (an empty cell: the template's value): ``ROW_OPTION_COLUMNS``.
+A few columns set options per row (an empty cell: the template's value): ``ROW_OPTION_COLUMNS``. The lists
+are read by :mod:`mailmirror.config.pair_set_lists`; this module turns their rows into accounts and pairs.
 
 Problems are reported as ``staff.csv:12: column dest_user: ...`` (file as written in the config, line).
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import os
 import re
-import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,38 +27,26 @@ from typing import Any
 
 from pydantic import PrivateAttr
 
+from mailmirror.config.pair_set_lists import (
+    ROW_OPTION_COLUMNS,
+    AccountList,
+    CsvProblem,
+    ListRow,
+    join_names,
+    private_file_problem,
+    read_list,
+)
 from mailmirror.config.secrets import Secret
 
 PAIR_SET_ORIGINS = "pair_set_origins"
 """Key of the validation context holding a :class:`PairSetOrigins` the expansion fills."""
 
-SYNC_LOOP_COLUMNS = ("host1", "user1", "password1", "host2", "user2", "password2", "extra")
-COLUMN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
 _NAME_CHARACTER = re.compile(r"[^A-Za-z0-9._@-]")
 
-#: Columns that set one option per row (an empty cell keeps the template's value); lists are separated by '|'.
-ROW_OPTION_COLUMNS: dict[str, tuple[tuple[str, ...], bool]] = {
-    "folders.under": (("folders", "under"), False),
-    "folders.from_under": (("folders", "from_under"), False),
-    "folders.include": (("folders", "include"), True),
-    "folders.exclude": (("folders", "exclude"), True),
-    "schedule.every": (("schedule", "every"), False),
-    "schedule.cron": (("schedule", "cron"), False),
-}
 PAIR_OPTIONS = ("schedule", "folders", "messages", "flags", "deletions", "transfer")
 ROLES = ("source", "destination")
 SECRET_FIELDS = ("password", "oauth2_token")
-
-
-@dataclass(frozen=True)
-class CsvProblem:
-    """A problem in a pair set's list: ``file:line: column NAME: message`` (line None: the whole file)."""
-
-    file: str
-    line: int | None
-    column: str | None
-    message: str
 
 
 @dataclass
@@ -129,136 +114,6 @@ def row_secret(value: str, where: str) -> RowSecret:
     secret._value = value
     secret._where = where
     return secret
-
-
-# -- reading the lists --------------------------------------------------------------------------------
-
-
-@dataclass
-class _Row:
-    line: int
-    values: dict[str, str]
-
-
-@dataclass
-class _List:
-    shown: str
-    columns: list[str]
-    key_column: str
-    rows: list[_Row]
-
-
-MAX_LIST_BYTES = 256 * 1024 * 1024
-
-
-def _read_list(path: Path, shown: str, kind: str, problems: list[CsvProblem]) -> _List | None:
-    try:
-        info = path.stat()
-        if not stat.S_ISREG(info.st_mode):  # a FIFO would block the load, a device never end
-            problems.append(CsvProblem(shown, None, None, "not a regular file"))
-            return None
-        if info.st_size > MAX_LIST_BYTES:
-            problems.append(CsvProblem(shown, None, None, f"larger than {MAX_LIST_BYTES // 2**20} MiB"))
-            return None
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        problems.append(CsvProblem(shown, None, None, "no such file"))
-        return None
-    except UnicodeDecodeError:
-        problems.append(CsvProblem(shown, None, None, "not UTF-8 text"))
-        return None
-    except OSError as error:
-        problems.append(CsvProblem(shown, None, None, f"cannot be read: {error.strerror or error}"))
-        return None
-    if kind == "sync_loop":
-        return _read_sync_loop(text, shown, problems)
-    return _read_csv(text, shown, problems)
-
-
-def _read_csv(text: str, shown: str, problems: list[CsvProblem]) -> _List | None:
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    header: list[str] | None = None
-    rows: list[_Row] = []
-    try:
-        for record in reader:
-            line = reader.line_num
-            if not any(cell.strip() for cell in record) or record[0].lstrip().startswith("#"):
-                continue
-            cells = [cell.strip() for cell in record]
-            if header is None:
-                header = cells
-                if not _header_ok(header, shown, line, problems):
-                    return None
-                continue
-            if len(cells) != len(header):
-                problems.append(
-                    CsvProblem(
-                        shown, line, None, f"{len(cells)} fields, the header has {len(header)} ({_join(header)})"
-                    )
-                )
-                continue
-            rows.append(_Row(line, dict(zip(header, cells, strict=True))))
-    except csv.Error as error:
-        problems.append(CsvProblem(shown, reader.line_num, None, f"not valid CSV: {error}"))
-        return None
-    if header is None:
-        problems.append(CsvProblem(shown, None, None, "empty: a header row (e.g. user,dest_user) and one row per pair"))
-        return None
-    return _List(shown, header, header[0], rows)
-
-
-def _header_ok(header: list[str], shown: str, line: int, problems: list[CsvProblem]) -> bool:
-    good = True
-    for name in header:
-        if not (COLUMN_NAME.fullmatch(name) or name in ROW_OPTION_COLUMNS):
-            message = (
-                f"header: {name!r} is not a column name (letters, digits and _, not starting with a digit; or one "
-                f"of the option columns {_join(ROW_OPTION_COLUMNS)})"
-            )
-            problems.append(CsvProblem(shown, line, None, message))
-            good = False
-    duplicates = sorted({name for name in header if header.count(name) > 1})
-    if duplicates:
-        problems.append(CsvProblem(shown, line, None, f"header: column {_join(duplicates)} more than once"))
-        good = False
-    if good and header[0] in ROW_OPTION_COLUMNS:
-        problems.append(CsvProblem(shown, line, None, "header: the first column names the pairs, not an option"))
-        good = False
-    return good
-
-
-def _read_sync_loop(text: str, shown: str, problems: list[CsvProblem]) -> _List:
-    rows: list[_Row] = []
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        fields = line.split(";")
-        if len(fields) < 6:
-            message = f"{len(fields)} fields: a sync_loop line is {';'.join(SYNC_LOOP_COLUMNS[:6])};[extra]"
-            problems.append(CsvProblem(shown, number, None, message))
-            continue
-        values = [value.strip() for value in fields[:6]] + [";".join(fields[6:]).strip()]
-        rows.append(_Row(number, dict(zip(SYNC_LOOP_COLUMNS, values, strict=True))))
-    return _List(shown, list(SYNC_LOOP_COLUMNS), "user1", rows)
-
-
-def _join(names: Any) -> str:
-    return ", ".join(str(name) for name in names)
-
-
-def private_file_problem(path: Path, why: str) -> str | None:
-    """Why ``path`` is not private to this user (owned by it, nothing for group and others), or None."""
-    try:
-        info = path.stat()
-    except OSError as error:
-        return f"cannot be checked: {error.strerror or error}"
-    if info.st_uid != os.geteuid():
-        return f"{why}, but it is owned by uid {info.st_uid}, not by the user running mailmirror (uid {os.geteuid()})"
-    if info.st_mode & 0o077:
-        mode = stat.S_IMODE(info.st_mode)
-        return f"{why}, but group or others may read it (mode {mode:04o}): chmod 600 it"
-    return None
 
 
 # -- templates ----------------------------------------------------------------------------------------
@@ -373,7 +228,7 @@ def _expand_one(
     kind = spec.get("format", "csv")
     if kind not in ("csv", "sync_loop"):
         return  # the model reports it
-    table = _read_list(path, written, str(kind), origins.problems)
+    table = read_list(path, written, str(kind), origins.problems)
     if table is None:
         return
     template = _template(set_name, spec, kind, table, issues)
@@ -391,7 +246,7 @@ def _expand_one(
 
 
 def _template(
-    set_name: str, spec: dict[str, Any], kind: str, table: _List, issues: list[TemplateIssue]
+    set_name: str, spec: dict[str, Any], kind: str, table: AccountList, issues: list[TemplateIssue]
 ) -> _Template | None:
     roles: dict[str, dict[str, Any]] = {}
     secret_columns: dict[tuple[str, str], str] = {}
@@ -415,7 +270,7 @@ def _template(
             if column not in table.columns:
                 loc = ("pair_sets", set_name, role, secret_field, "column")
                 issues.append(
-                    TemplateIssue(loc, f"{column!r} is not a column of {table.shown} ({_join(table.columns)})")
+                    TemplateIssue(loc, f"{column!r} is not a column of {table.shown} ({join_names(table.columns)})")
                 )
                 good = False
             secret_columns[(role, secret_field)] = column
@@ -425,14 +280,13 @@ def _template(
     for root, value in (*((role, roles[role]) for role in ROLES), *options.items()):
         for loc, name in _placeholders(value, ("pair_sets", set_name, root)):
             if name not in table.columns:
-                issues.append(
-                    TemplateIssue(loc, f"{{{name}}} is not a column of {table.shown} (columns: {_join(table.columns)})")
-                )
+                message = f"{{{name}}} is not a column of {table.shown} (columns: {join_names(table.columns)})"
+                issues.append(TemplateIssue(loc, message))
                 good = False
     return _Template(set_name, roles, options, secret_columns) if good else None
 
 
-def _private_enough(path: Path, shown: str, table: _List, template: _Template, origins: PairSetOrigins) -> bool:
+def _private_enough(path: Path, shown: str, table: AccountList, template: _Template, origins: PairSetOrigins) -> bool:
     """A list that holds passwords must be private to this user (or it is refused, like an ssh key)."""
     password_columns = sorted(set(template.secret_columns.values()))
     sync_loop_passwords = any(row.values.get(name) for row in table.rows for name in ("password1", "password2"))
@@ -440,7 +294,7 @@ def _private_enough(path: Path, shown: str, table: _List, template: _Template, o
         password_columns = sorted({*password_columns, "password1", "password2"})
     if not password_columns:
         return True
-    problem = private_file_problem(path, f"holds passwords (column {_join(password_columns)})")
+    problem = private_file_problem(path, f"holds passwords (column {join_names(password_columns)})")
     if problem is None:
         return True
     origins.problems.append(CsvProblem(shown, None, None, problem))
@@ -472,71 +326,97 @@ def _secret_path_problems(template: _Template, values: Mapping[str, str]) -> Ite
 
 def _expand_row(
     template: _Template,
-    table: _List,
-    row: _Row,
+    table: AccountList,
+    row: ListRow,
     seen: dict[str, int],
     accounts: dict[str, Any],
     pairs: dict[str, Any],
     origins: PairSetOrigins,
 ) -> None:
+    """The row's pair and its two accounts added to ``pairs`` and ``accounts``, or its problem reported."""
+    problem = _row_problem(template, table, row, seen) or _clash_problem(template, table, row, accounts, pairs)
+    if problem is not None:
+        origins.problems.append(problem)
+        return
+    pair_name = _pair_name(template, table, row)
+    origin = RowOrigin(template.set_name, table.shown, row.line)
+    pair: dict[str, Any] = {}
+    for role in ROLES:
+        account_name = f"{pair_name}.{role}"
+        accounts[account_name] = _row_account(template, table, row, role, origin)
+        origins.accounts[account_name] = (pair_name, role)
+        pair[role] = account_name
+    options = _fill_tree(template.options, row.values, (), origin.columns)
+    _apply_option_columns(options, row.values, origin)
+    pairs[pair_name] = {**pair, **options}
+    origins.rows[pair_name] = origin
+    origins.counts[template.set_name] += 1
+
+
+def _pair_name(template: _Template, table: AccountList, row: ListRow) -> str:
+    return f"{template.set_name}-{_key_of(row.values.get(table.key_column, ''))}"
+
+
+def _row_problem(template: _Template, table: AccountList, row: ListRow, seen: dict[str, int]) -> CsvProblem | None:
+    """What makes the row unusable by itself (a control character, no key, imapsync options, a key twice)."""
     shown, key_column = table.shown, table.key_column
     for name, value in row.values.items():
         if any(ord(character) < 32 for character in value) and name not in ("password1", "password2"):
-            origins.problems.append(CsvProblem(shown, row.line, name, "contains a control character (a line break?)"))
-            return
+            return CsvProblem(shown, row.line, name, "contains a control character (a line break?)")
     key = row.values.get(key_column, "")
     if not key:
-        origins.problems.append(CsvProblem(shown, row.line, key_column, "empty: it names the pair"))
-        return
-    if table.key_column == "user1" and row.values.get("extra"):
+        return CsvProblem(shown, row.line, key_column, "empty: it names the pair")
+    if key_column == "user1" and row.values.get("extra"):
         message = (
             "imapsync options per line are not applied in a pair set: give the options in the pair set "
             "(mailmirror import imapsync converts an imapsync command line) or as an option column"
         )
-        origins.problems.append(CsvProblem(shown, row.line, "extra", message))
-        return
-    pair_name = f"{template.set_name}-{_key_of(key)}"
+        return CsvProblem(shown, row.line, "extra", message)
+    pair_name = _pair_name(template, table, row)
     if pair_name in seen:
         message = f"{key!r} again (line {seen[pair_name]} has it): pair '{pair_name}' would be defined twice"
-        origins.problems.append(CsvProblem(shown, row.line, key_column, message))
-        return
+        return CsvProblem(shown, row.line, key_column, message)
     seen[pair_name] = row.line
+    return None
+
+
+def _clash_problem(
+    template: _Template, table: AccountList, row: ListRow, accounts: dict[str, Any], pairs: dict[str, Any]
+) -> CsvProblem | None:
+    """A pair or account name the config already uses, or a column leading a secret reference astray."""
+    shown, key_column, pair_name = table.shown, table.key_column, _pair_name(template, table, row)
     if pair_name in pairs:
         message = f"pair '{pair_name}' is defined in the config's pairs too (or by another pair set)"
-        origins.problems.append(CsvProblem(shown, row.line, key_column, message))
-        return
+        return CsvProblem(shown, row.line, key_column, message)
     taken = [f"{pair_name}.{role}" for role in ROLES if f"{pair_name}.{role}" in accounts]
     if taken:  # replacing it would silently point the config's pairs that use it at this row's mailbox
         message = f"account '{taken[0]}' is defined in the config's accounts too: rename that account"
-        origins.problems.append(CsvProblem(shown, row.line, key_column, message))
-        return
-    for column, problem in _secret_path_problems(template, row.values):
-        origins.problems.append(CsvProblem(shown, row.line, column, problem))
-        return
-    origin = RowOrigin(template.set_name, shown, row.line)
-    pair: dict[str, Any] = {}
-    for role in ROLES:
-        account_name = f"{pair_name}.{role}"
-        account = _fill_tree(template.roles[role], row.values, (role,), origin.columns)
-        for (secret_role, secret_field), column in template.secret_columns.items():
-            if secret_role == role:
-                where = f"column {column} of {shown} line {row.line}"
-                account[secret_field] = row_secret(row.values.get(column, ""), where)
-                origin.columns[(role, secret_field)] = [column]
-        accounts[account_name] = account
-        origins.accounts[account_name] = (pair_name, role)
-        pair[role] = account_name
-    options = _fill_tree(template.options, row.values, (), origin.columns)
+        return CsvProblem(shown, row.line, key_column, message)
+    astray = next(_secret_path_problems(template, row.values), None)
+    return None if astray is None else CsvProblem(shown, row.line, *astray)
+
+
+def _row_account(template: _Template, table: AccountList, row: ListRow, role: str, origin: RowOrigin) -> Any:
+    """The account of ``role`` for the row: the template filled in, secrets from the list's columns."""
+    account = _fill_tree(template.roles[role], row.values, (role,), origin.columns)
+    for (secret_role, secret_field), column in template.secret_columns.items():
+        if secret_role == role:
+            where = f"column {column} of {table.shown} line {row.line}"
+            account[secret_field] = row_secret(row.values.get(column, ""), where)
+            origin.columns[(role, secret_field)] = [column]
+    return account
+
+
+def _apply_option_columns(options: dict[str, Any], values: Mapping[str, str], origin: RowOrigin) -> None:
+    """The row's option columns (ROW_OPTION_COLUMNS) over the template's options; an empty cell keeps them."""
     for column, (option_path, is_list) in ROW_OPTION_COLUMNS.items():
-        cell = row.values.get(column, "")
-        if cell:
-            section = options.get(option_path[0])
-            if not isinstance(section, dict):  # a template that is not a mapping is reported by the model
-                section = options[option_path[0]] = {}
-            section[option_path[1]] = [item.strip() for item in cell.split("|") if item.strip()] if is_list else cell
-            if option_path[0] == "schedule" and option_path[1] in ("every", "cron"):
-                section.pop("cron" if option_path[1] == "every" else "every", None)
-            origin.columns[option_path] = [column]
-    pairs[pair_name] = {**pair, **options}
-    origins.rows[pair_name] = origin
-    origins.counts[template.set_name] += 1
+        cell = values.get(column, "")
+        if not cell:
+            continue
+        section = options.get(option_path[0])
+        if not isinstance(section, dict):  # a template that is not a mapping is reported by the model
+            section = options[option_path[0]] = {}
+        section[option_path[1]] = [item.strip() for item in cell.split("|") if item.strip()] if is_list else cell
+        if option_path[0] == "schedule" and option_path[1] in ("every", "cron"):
+            section.pop("cron" if option_path[1] == "every" else "every", None)
+        origin.columns[option_path] = [column]

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from mailmirror.config.model import Config
+from mailmirror.config.config_file import Config
 from mailmirror.errors import UsageError
 
 SHARD_VARIABLE = "MAILMIRROR_SHARD"

@@ -7,7 +7,8 @@ import contextlib
 import threading
 from collections.abc import Iterator
 
-from mailmirror.config.model import Config, Pair
+from mailmirror.config.config_file import Config
+from mailmirror.config.pair import Pair
 
 
 class ConnectionLimits:

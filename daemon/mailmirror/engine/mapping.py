@@ -8,8 +8,8 @@ Names are handled in three forms:
   "Archive/2024". INBOX is "INBOX" whatever case the server lists it in. Every rule in the config
   (include, exclude, map, rename, under, from_under) is written in neutral names.
 
-Everything here is pure (no I/O) except :func:`pair_mappings`, which only lists folders (and, for
-``subscribed_only``, subscriptions) on the two open sessions.
+Everything here is pure (no I/O): the caller lists both sides' folders (and, for ``subscribed_only``,
+the source's subscriptions) and gives them with each side's namespace.
 
 Order of decisions for each source folder
 -----------------------------------------
@@ -36,7 +36,7 @@ Order of decisions for each source folder
      destination's neutral name, final: neither rename nor under is applied to it.
    - ``automap`` (rule "automap"), only when ``under`` is not set (a backup tree stays inside its
      folder): the folder's special use, from its RFC 6154 attribute (\\Sent, \\Trash, \\Junk, \\Drafts,
-     \\Archive, \\All), else from a well-known name in several languages (:data:`WELL_KNOWN_NAMES`,
+     \\Archive, \\All), else from a well-known name in several languages (:data:`special_use.WELL_KNOWN_NAMES`,
      compared case-insensitively with the whole relative name), goes to the destination folder with the
      same attribute, else to an existing destination folder with a well-known name for that use (the
      same name as the source's preferred, then the list order; a folder known only by its name prefers a
@@ -69,25 +69,23 @@ Order of decisions for each source folder
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
+from mailmirror.engine.folder_patterns import NEUTRAL_SEPARATOR, compiled, is_selected
+from mailmirror.engine.special_use import WELL_KNOWN_NAMES, attribute_use, special_use_of, use_by_name
 from mailmirror.errors import ConfigError
-from mailmirror.imap.session import Folder
+from mailmirror.imap.types import Folder
 
 if TYPE_CHECKING:
-    from mailmirror.config.model import FolderRules
-    from mailmirror.imap.interface import ImapSession
+    from mailmirror.config.pair_options import FolderRules
 
 log = logging.getLogger(__name__)
 
-NEUTRAL_SEPARATOR = "/"
 INBOX = "INBOX"
-REGEX_PREFIX = "re:"
 
 # Rule names (FolderMapping.rule).
 RULE_MAP = "map"
@@ -96,98 +94,6 @@ RULE_RENAME = "rename"
 RULE_UNDER = "under"
 RULE_RENAME_UNDER = "rename+under"
 RULE_DEFAULT = "default"
-
-# The RFC 6154 special uses automap follows (not \Flagged: a virtual view, not a place for messages).
-AUTOMAP_USES = ("\\Sent", "\\Trash", "\\Junk", "\\Drafts", "\\Archive", "\\All")
-
-WELL_KNOWN_NAMES: dict[str, tuple[str, ...]] = {
-    "\\Sent": (
-        "Sent",
-        "Sent Messages",
-        "Sent Items",
-        "Sent Mail",
-        "[Gmail]/Sent Mail",
-        "[Google Mail]/Sent Mail",
-        "Gesendete Objekte",
-        "Gesendete Elemente",
-        "Gesendet",
-        "[Google Mail]/Gesendet",
-        "Éléments envoyés",
-        "Envoyés",
-        "Messages envoyés",
-        "Enviados",
-        "Elementos enviados",
-        "Itens enviados",
-        "Posta inviata",
-        "Inviata",
-        "Verzonden items",
-        "Verzonden",
-        "Отправленные",
-    ),
-    "\\Trash": (
-        "Trash",
-        "Deleted Items",
-        "Deleted Messages",
-        "Bin",
-        "[Gmail]/Trash",
-        "[Gmail]/Bin",
-        "[Google Mail]/Trash",
-        "[Google Mail]/Bin",
-        "[Google Mail]/Papierkorb",
-        "Gelöschte Objekte",
-        "Gelöschte Elemente",
-        "Papierkorb",
-        "Éléments supprimés",
-        "Corbeille",
-        "Papelera",
-        "Elementos eliminados",
-        "Itens excluídos",
-        "Lixeira",
-        "Lixo",
-        "Cestino",
-        "Posta eliminata",
-        "Verwijderde items",
-        "Prullenbak",
-        "Удаленные",
-        "Удалённые",
-        "Корзина",
-    ),
-    "\\Junk": (
-        "Junk",
-        "Junk E-mail",
-        "Junk Email",
-        "Junk Mail",
-        "Spam",
-        "[Gmail]/Spam",
-        "[Google Mail]/Spam",
-        "Junk-E-Mail",
-        "Spam-Verdacht",
-        "Courrier indésirable",
-        "Pourriel",
-        "Correo no deseado",
-        "Lixo eletrônico",
-        "Posta indesiderata",
-        "Ongewenste e-mail",
-        "Спам",
-    ),
-    "\\Drafts": (
-        "Drafts",
-        "[Gmail]/Drafts",
-        "[Google Mail]/Drafts",
-        "[Google Mail]/Entwürfe",
-        "Entwürfe",
-        "Brouillons",
-        "Borradores",
-        "Rascunhos",
-        "Bozze",
-        "Concepten",
-        "Черновики",
-    ),
-    "\\Archive": ("Archive", "Archives", "Archiv", "Archivio", "Archivo", "Arquivo", "Archief", "Архив"),
-    "\\All": ("[Gmail]/All Mail", "[Google Mail]/All Mail", "[Google Mail]/Alle Nachrichten", "All Mail"),
-}
-
-_USE_BY_NAME: dict[str, str] = {name.casefold(): use for use, names in WELL_KNOWN_NAMES.items() for name in names}
 
 
 def is_inbox(name: str) -> bool:
@@ -240,116 +146,6 @@ class RenameLike(Protocol):
     def replacement(self) -> str: ...
 
 
-# -- selection -----------------------------------------------------------------------------------------
-
-
-def pattern_matches(pattern: str, neutral_name: str) -> bool:
-    """Globs match the whole neutral name (``*``, ``?`` and ``[...]`` within one level, ``**`` across
-    levels, a trailing ``/**`` also matching the folder itself); ``re:`` patterns are regular expressions
-    searched in it."""
-    if pattern.startswith(REGEX_PREFIX):
-        return _compiled(pattern[len(REGEX_PREFIX) :]).search(neutral_name) is not None
-    return _glob(pattern).fullmatch(neutral_name) is not None
-
-
-def is_selected(neutral_name: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
-    if include and not any(pattern_matches(p, neutral_name) for p in include):
-        return False
-    return not any(pattern_matches(p, neutral_name) for p in exclude)
-
-
-@functools.lru_cache(maxsize=512)
-def _compiled(regex: str) -> re.Pattern[str]:
-    return re.compile(regex)
-
-
-@functools.lru_cache(maxsize=512)
-def _glob(pattern: str) -> re.Pattern[str]:
-    """The glob as a regex for fullmatch. With brackets, the pattern read with "[" and "]" as literal
-    characters matches too: Gmail's "[Gmail]/All Mail" and "[Gmail]/**" work as written."""
-    regex = _glob_regex(pattern, classes=True)
-    if "[" in pattern:
-        regex = f"(?:{regex})|(?:{_glob_regex(pattern, classes=False)})"
-    return re.compile(regex, re.DOTALL)
-
-
-def _glob_regex(pattern: str, *, classes: bool) -> str:
-    levels = pattern.split(NEUTRAL_SEPARATOR)
-    collapsed: list[str] = []
-    for level in levels:  # "a/**/**/b" is "a/**/b"
-        if not (level == "**" and collapsed and collapsed[-1] == "**"):
-            collapsed.append(level)
-    out: list[str] = []
-    separator_due = False  # whether the next level must be preceded by "/"
-    last = len(collapsed) - 1
-    for index, level in enumerate(collapsed):
-        if level == "**":
-            if index == last:
-                out.append("(?:/.*)?" if separator_due else ".*")  # the folder itself and all below
-            else:
-                out.append("/(?:.*/)?" if separator_due else "(?:.*/)?")
-                separator_due = False
-            continue
-        if separator_due:
-            out.append("/")
-        out.append(_glob_level(level, classes=classes))
-        separator_due = True
-    return "".join(out)
-
-
-def _glob_level(level: str, *, classes: bool) -> str:
-    out: list[str] = []
-    i, n = 0, len(level)
-    while i < n:
-        char = level[i]
-        i += 1
-        if char == "*":
-            if i < n and level[i] == "*":
-                while i < n and level[i] == "*":
-                    i += 1
-                out.append(".*")
-            else:
-                out.append("[^/]*")
-        elif char == "?":
-            out.append("[^/]")
-        elif char == "[" and classes:
-            end = i
-            if end < n and level[end] == "!":
-                end += 1
-            if end < n and level[end] == "]":
-                end += 1
-            while end < n and level[end] != "]":
-                end += 1
-            if end >= n:
-                out.append(re.escape(char))  # no closing bracket: a literal "["
-                continue
-            out.append(_char_class(level[i:end]))
-            i = end + 1
-        else:
-            out.append(re.escape(char))
-    return "".join(out)
-
-
-def _char_class(content: str) -> str:
-    negated = content.startswith("!")
-    if negated:
-        content = content[1:]
-    items: list[str] = []
-    i = 0
-    while i < len(content):
-        if i + 2 < len(content) and content[i + 1] == "-":
-            low, high = content[i], content[i + 2]
-            if low <= high:  # a reversed range matches nothing, as in fnmatch
-                items.append(f"{re.escape(low)}-{re.escape(high)}")
-            i += 3
-        else:
-            items.append(re.escape(content[i]))
-            i += 1
-    if negated:
-        return f"[^/{''.join(items)}]"
-    return f"[{''.join(items)}]" if items else "(?!)"
-
-
 # -- order ---------------------------------------------------------------------------------------------
 
 
@@ -364,15 +160,6 @@ def _case_key(name: str) -> str:
 
 
 # -- mapping -------------------------------------------------------------------------------------------
-
-
-def special_use_of(folder: Folder, name: str) -> str | None:
-    """The special use automap follows: the folder's RFC 6154 attribute, else its well-known name."""
-    lowered = {flag.lower() for flag in folder.flags}
-    for use in AUTOMAP_USES:
-        if use.lower() in lowered:
-            return use
-    return _USE_BY_NAME.get(name.casefold())
 
 
 @dataclass(frozen=True)
@@ -395,12 +182,11 @@ class _Destination:
             by_case.setdefault(_case_key(name), name)
             if not folder.selectable:
                 continue
-            lowered = {flag.lower() for flag in folder.flags}
-            attribute = next((use for use in AUTOMAP_USES if use.lower() in lowered), None)
+            attribute = attribute_use(folder)
             if attribute is not None:
                 by_use.setdefault(attribute, []).append(folder)
             neutral = ns.to_neutral(name)
-            use = _USE_BY_NAME.get(neutral.casefold())
+            use = use_by_name(neutral)
             if use is not None and attribute in (None, use):
                 by_well_known_use.setdefault(use, []).append((neutral, folder))
         return cls(by_use, by_well_known_use, frozenset(by_name), by_case)
@@ -477,7 +263,7 @@ def map_folders(
         subscribed=None if subscribed is None else frozenset(subscribed),
         under=None if under is None else _neutral_rule_name(under),
         from_under=None if from_under is None else _neutral_rule_name(from_under),
-        rename=[(_compiled(rule.pattern), rule.replacement) for rule in rename],
+        rename=[(compiled(rule.pattern), rule.replacement) for rule in rename],
     )
     destination = _Destination.of(destination_folders, destination_ns)
     by_name = {folder.name: folder for folder in source_folders}
@@ -522,12 +308,7 @@ def _select_one(folder: Folder, rules: _Rules, source_ns: Namespace, destination
         return _Chosen(folder, relative, destination_ns.to_server(rules.explicit[neutral]), RULE_MAP, None, False)
     name, rule = _destination_name(relative, rules, destination_ns)
     use = special_use_of(folder, relative) if rules.automap and rules.under is None and relative != INBOX else None
-    return _Chosen(folder, relative, name, rule, use, use is not None and _attribute_use(folder) == use)
-
-
-def _attribute_use(folder: Folder) -> str | None:
-    lowered = {flag.lower() for flag in folder.flags}
-    return next((use for use in AUTOMAP_USES if use.lower() in lowered), None)
+    return _Chosen(folder, relative, name, rule, use, use is not None and attribute_use(folder) == use)
 
 
 def _automap(
@@ -635,25 +416,28 @@ def _merge_case_variants(mappings: list[FolderMapping], destination: _Destinatio
     return merged
 
 
-def map_folders_with_rules(
+def pair_mappings(
+    rules: FolderRules,
     source_folders: Sequence[Folder],
     destination_folders: Sequence[Folder],
     source_ns: Namespace,
     destination_ns: Namespace,
-    rules: FolderRules,
     *,
     subscribed: Iterable[str] | None = None,
     known: Mapping[str, str] | None = None,
 ) -> list[FolderMapping]:
-    """:func:`map_folders` with a pair's FolderRules. ``subscribed`` (source server names) is needed, and
-    only used, when ``rules.subscribed_only`` is set; ``known`` as in :func:`map_folders`."""
+    """The folder mapping of a pair: :func:`map_folders` with the pair's FolderRules, from both sides'
+    folder listings and namespaces (as their servers answer NAMESPACE: the rules' ``separator`` and
+    ``prefix`` override the destination's here). ``subscribed`` (source server names) is needed, and only
+    used, when ``rules.subscribed_only`` is set; ``known`` as in :func:`map_folders`."""
     if rules.subscribed_only and subscribed is None:
         raise ValueError("subscribed_only needs the source's subscribed folders")
+    prefix = destination_ns.prefix if rules.prefix is None else rules.prefix
     return map_folders(
         source_folders,
         destination_folders,
         source_ns,
-        destination_ns,
+        Namespace(rules.separator or destination_ns.separator, prefix),
         include=rules.include,
         exclude=rules.exclude,
         explicit=rules.map,
@@ -662,41 +446,5 @@ def map_folders_with_rules(
         under=rules.under,
         from_under=rules.from_under,
         rename=rules.rename,
-        known=known,
-    )
-
-
-def destination_namespace(rules: FolderRules, destination: ImapSession) -> Namespace:
-    """The destination's namespace: NAMESPACE's answer unless the rules override separator or prefix."""
-    return Namespace(
-        rules.separator or destination.separator,
-        destination.prefix if rules.prefix is None else rules.prefix,
-    )
-
-
-def pair_mappings(
-    rules: FolderRules,
-    source: ImapSession,
-    destination: ImapSession,
-    source_folders: Sequence[Folder] | None = None,
-    destination_folders: Sequence[Folder] | None = None,
-    *,
-    subscribed: Iterable[str] | None = None,
-    known: Mapping[str, str] | None = None,
-) -> list[FolderMapping]:
-    """The folder mapping of a pair between two open sessions (namespaces from NAMESPACE or overrides).
-
-    Folder lists not given are listed; with ``subscribed_only``, the source's subscriptions too when
-    ``subscribed`` is not given.
-    """
-    if rules.subscribed_only and subscribed is None:
-        subscribed = source.subscribed_folders()
-    return map_folders_with_rules(
-        source.list_folders() if source_folders is None else source_folders,
-        destination.list_folders() if destination_folders is None else destination_folders,
-        Namespace(source.separator, source.prefix),
-        destination_namespace(rules, destination),
-        rules,
-        subscribed=subscribed,
         known=known,
     )

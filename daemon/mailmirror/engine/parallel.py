@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-from mailmirror.config.model import Config
+from mailmirror.config.config_file import Config
 from mailmirror.engine.limits import ConnectionLimits
 from mailmirror.engine.sync import PairPass, PairReport, Progress
 from mailmirror.errors import ConfigError, InternalError, StateStorageError, Stopped

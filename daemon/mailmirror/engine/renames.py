@@ -25,7 +25,7 @@ from typing import Protocol
 from mailmirror.engine.identity import fingerprint, header_fields_to_fetch
 from mailmirror.engine.mapping import FolderMapping
 from mailmirror.imap.interface import ImapSession
-from mailmirror.imap.session import Folder, MailboxStatus
+from mailmirror.imap.types import Folder, MailboxStatus
 from mailmirror.state.store import FolderState, StateStore
 
 log = logging.getLogger(__name__)

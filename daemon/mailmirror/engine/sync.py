@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal, Protocol
 
+from mailmirror.engine.folder_patterns import pattern_matches
 from mailmirror.engine.identity import fingerprint, header_fields_to_fetch, without_size
-from mailmirror.engine.mapping import WELL_KNOWN_NAMES, FolderMapping, Namespace, pair_mappings, pattern_matches
+from mailmirror.engine.mapping import FolderMapping, Namespace, pair_mappings
 from mailmirror.engine.planner import (
     Copy,
     Deletions,
@@ -38,6 +39,7 @@ from mailmirror.engine.planner import (
     plan_folder,
 )
 from mailmirror.engine.renames import follow_renames
+from mailmirror.engine.special_use import WELL_KNOWN_NAMES
 from mailmirror.engine.transfer import ByteBudget, RateLimit, backoff_delay, bound_heap, rate_limit, split_evenly
 from mailmirror.errors import (
     ConfigError,
@@ -49,22 +51,16 @@ from mailmirror.errors import (
     StateStorageError,
     Stopped,
 )
+from mailmirror.imap.channel import uid_set
 from mailmirror.imap.interface import Connect, ImapSession
-from mailmirror.imap.session import (
-    AppendRefused,
-    Folder,
-    FolderMissing,
-    FolderVanished,
-    MailboxStatus,
-    MessageToAppend,
-    Session,
-    uid_set,
-)
+from mailmirror.imap.session import Session
+from mailmirror.imap.types import AppendRefused, Folder, FolderMissing, FolderVanished, MailboxStatus, MessageToAppend
 from mailmirror.state.locks import DestinationLock, PairLock, default_lock_dir
 from mailmirror.state.store import FolderState, LateWriteWatch, StateStore, SyncedMessage, state_error
 
 if TYPE_CHECKING:
-    from mailmirror.config.model import Config, Pair
+    from mailmirror.config.config_file import Config
+    from mailmirror.config.pair import Pair
 
 log = logging.getLogger(__name__)
 
@@ -897,10 +893,10 @@ def list_and_map(
     destination_view = FolderView(*destination.list_folders_with_status())
     mappings = pair_mappings(
         rules,
-        source,
-        destination,
         source_view.folders,
         destination_view.folders,
+        Namespace(source.separator, source.prefix),
+        Namespace(destination.separator, destination.prefix),
         subscribed=source_view.subscribed(source) if rules.subscribed_only else None,
         known=known,
     )

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
-    from mailmirror.config.model import Account
+    from mailmirror.config.account import Account
 
 #: The longest wait between two retries of a throttled or disconnected transfer.
 BACKOFF_CAP = 300.0

@@ -37,10 +37,12 @@ from mailmirror.engine.mapping import FolderMapping
 from mailmirror.engine.planner import FlagRules, destination_flags
 from mailmirror.engine.sync import list_and_map
 from mailmirror.errors import MailmirrorError
-from mailmirror.imap.session import FolderMissing, MessageDigest, Session
+from mailmirror.imap.session import Session
+from mailmirror.imap.types import FolderMissing, MessageDigest
 
 if TYPE_CHECKING:
-    from mailmirror.config.model import Config, Pair
+    from mailmirror.config.config_file import Config
+    from mailmirror.config.pair import Pair
 
 BATCH_BYTES = 8 * 1024 * 1024
 

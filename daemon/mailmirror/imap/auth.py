@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import scramp
@@ -27,9 +26,10 @@ from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginEr
 
 from mailmirror.errors import AuthenticationFailure, ConfigError, ConnectionFailure
 from mailmirror.imap import oauth2
+from mailmirror.imap.channel import server_text
 
 if TYPE_CHECKING:
-    from mailmirror.config.model import Account
+    from mailmirror.config.account import Account
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,6 @@ MECHANISMS = {
 }
 PASSWORD_PREFERENCE = ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN")
 OAUTH2_MECHANISMS = frozenset({"XOAUTH2", "OAUTHBEARER"})
-
-LoginCommand = Callable[[IMAPClient, "Account", str], None]
 
 
 class ServerProofFailed(AuthenticationFailure):
@@ -87,9 +85,9 @@ def choose_mechanism(account: Account, capabilities: frozenset[str], password: s
     return "LOGIN"
 
 
-def login(client: IMAPClient, account_name: str, account: Account, what: str, login_command: LoginCommand) -> str:
-    """Log ``client`` in as ``account``; return the mechanism used. ``login_command`` sends IMAP LOGIN."""
-    capabilities = frozenset(_text(c).upper() for c in client.capabilities())
+def login(client: IMAPClient, account_name: str, account: Account, what: str) -> str:
+    """Log ``client`` in as ``account``; return the mechanism used."""
+    capabilities = frozenset(server_text(c).upper() for c in client.capabilities())
     if uses_oauth2(account):
         mechanism = choose_mechanism(account, capabilities)
         if mechanism not in OAUTH2_MECHANISMS:
@@ -101,7 +99,7 @@ def login(client: IMAPClient, account_name: str, account: Account, what: str, lo
     password = account.password.reveal()
     mechanism = choose_mechanism(account, capabilities, password)
     try:
-        _password_login_translated(client, account, mechanism, password, what, login_command)
+        _password_login_translated(client, account, mechanism, password, what)
     except AuthenticationFailure as refusal:
         fallback = _fallback_after_scram(account, mechanism, capabilities, password)
         if fallback is None or isinstance(refusal, ServerProofFailed):
@@ -109,7 +107,7 @@ def login(client: IMAPClient, account_name: str, account: Account, what: str, lo
         # Dovecot offers SCRAM to every user but can check it only against a password stored in plain text
         # or as a SCRAM hash; for a crypt-style hash it answers AUTHENTICATIONFAILED. Try the next best once.
         try:
-            _password_login_translated(client, account, fallback, password, what, login_command)
+            _password_login_translated(client, account, fallback, password, what)
         except AuthenticationFailure as second:
             raise AuthenticationFailure(f"{second.message} (after {mechanism} was refused as well)") from None
         log.info(
@@ -134,20 +132,20 @@ def _fallback_after_scram(account: Account, mechanism: str, capabilities: frozen
     return "PLAIN" if "PLAIN" in offered(capabilities) or not password.isascii() else "LOGIN"
 
 
-def _password_login_translated(
-    client: IMAPClient, account: Account, mechanism: str, password: str, what: str, login_command: LoginCommand
-) -> None:
+def _password_login_translated(client: IMAPClient, account: Account, mechanism: str, password: str, what: str) -> None:
     who = _who(account)
     try:
-        _password_login(client, account, mechanism, password, what, login_command)
+        _password_login(client, account, mechanism, password, what)
     except LoginError as error:
-        if _CUT_CONNECTION.search(_text(error)):  # imapclient wraps a cut connection into LoginError too
-            raise ConnectionFailure(f"{what}: connection lost during login ({mechanism}): {_text(error)}") from None
-        raise _refused(account, what, mechanism, _text(error)) from None
+        if _CUT_CONNECTION.search(server_text(error)):  # imapclient wraps a cut connection into LoginError too
+            raise ConnectionFailure(
+                f"{what}: connection lost during login ({mechanism}): {server_text(error)}"
+            ) from None
+        raise _refused(account, what, mechanism, server_text(error)) from None
     except (IMAPClientAbortError, OSError) as error:
         raise ConnectionFailure(f"{what}: connection lost during login ({mechanism}): {error}") from None
     except IMAPClientError as error:
-        raise _refused(account, what, mechanism, _text(error)) from None
+        raise _refused(account, what, mechanism, server_text(error)) from None
     except scramp.ScramException as error:  # the server failed to prove it knows the password
         raise ServerProofFailed(
             f"{what}: login as {who} with {mechanism} failed: the server's SCRAM answer did not check out "
@@ -157,16 +155,10 @@ def _password_login_translated(
         raise AuthenticationFailure(f"{what}: login as {who} with {mechanism} failed: {type(error).__name__}") from None
 
 
-def _password_login(
-    client: IMAPClient, account: Account, mechanism: str, password: str, what: str, login_command: LoginCommand
-) -> None:
+def _password_login(client: IMAPClient, account: Account, mechanism: str, password: str, what: str) -> None:
     name = login_name(account)
     if mechanism == "LOGIN":
-        single = account.model_copy(update={"username": name, "authuser": None, "auth": "login"})
-        try:
-            login_command(client, single, what)
-        except AuthenticationFailure as failure:
-            raise LoginError(_server_answer(failure.message)) from None
+        _login_command(client, name, password)
     elif mechanism == "PLAIN":
         if account.authuser and not account.authuser_separator:
             client.plain_login(account.authuser, password, authorization_identity=account.username)
@@ -178,9 +170,23 @@ def _password_login(
         raise ConfigError(f"{what}: auth {mechanism.lower()} needs an OAuth2 token (oauth2 or oauth2_token)")
 
 
-def _server_answer(message: str) -> str:
-    """What imap._login's message says the server answered (the text after 'refused: ')."""
-    return message.split(" refused: ", 1)[-1].split(" failed: ", 1)[-1]
+def _login_command(client: IMAPClient, name: str, password: str) -> None:
+    """The IMAP LOGIN command; SASL PLAIN instead where LOGIN cannot carry the name or the password
+    (LOGIN carries only ASCII, PLAIN carries UTF-8)."""
+    if _fits_login(password) and _fits_login(name):
+        client.login(_quoted(name), password)
+    else:
+        client.plain_login(name, password)
+
+
+def _fits_login(text: str) -> bool:
+    """Whether LOGIN can carry the text as a quoted string (ASCII, no line breaks); else SASL PLAIN."""
+    return text.isascii() and not any(character in text for character in "\r\n\0")
+
+
+def _quoted(text: str) -> str:
+    """An IMAP quoted string (imaplib sends LOGIN's user name as it is: a space or a quote broke it)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 class _ScramExchange:
@@ -275,7 +281,7 @@ def _oauth2_login(client: IMAPClient, account: Account, what: str, mechanism: st
         except (IMAPClientAbortError, OSError) as error:
             raise ConnectionFailure(f"{what}: connection lost during login ({mechanism}): {error}") from None
         except IMAPClientError as error:
-            answer = _text(error).strip()
+            answer = server_text(error).strip()
         if exchange.challenge is None:
             raise AuthenticationFailure(
                 f"{what}: login as {who} with {mechanism}: the server refused the mailbox login (the token "
@@ -309,9 +315,3 @@ def _access_token(account: Account) -> str:
         return oauth2.TOKENS.access_token(account.oauth2)
     assert account.oauth2_token is not None
     return account.oauth2_token.reveal()
-
-
-def _text(value: object) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return str(value)

@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from mailmirror.imap.session import AppendRefused, Folder, MailboxStatus, MessageMeta, MessageToAppend
+from mailmirror.imap.types import AppendRefused, Folder, MailboxStatus, MessageMeta, MessageToAppend
 
 if TYPE_CHECKING:
-    from mailmirror.config.model import Account
+    from mailmirror.config.account import Account
 
 
 class ImapSession(Protocol):

@@ -10,13 +10,15 @@ answers) is spoken by Authlib's requests client; this module adds what a mail se
   over the ``refresh_token`` of the config from then on, until that config value changes;
 * no token, client secret or token-endpoint answer body ever reaches a log line or an error message:
   errors carry the OAuth2 error code (``invalid_grant``), its description and the endpoint URL only.
+
+The client registration (endpoints, client id, secret references, token file) is a config model:
+:class:`~mailmirror.config.oauth2_client.OAuth2Client`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import ipaddress
 import json
 import logging
 import os
@@ -25,15 +27,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
-
-from mailmirror.config.secrets import Secret
-from mailmirror.config.units import ConfigPath, Duration
+from mailmirror.config.oauth2_client import OAuth2Client
 from mailmirror.errors import AuthenticationFailure, ConfigError, ConnectionFailure
 
 if TYPE_CHECKING:
@@ -47,156 +44,6 @@ REFRESH_AHEAD_SHARE = 0.25
 REFRESH_AHEAD_MAX_SECONDS = 300.0
 #: Lifetime assumed when the token endpoint does not say (``expires_in`` missing).
 DEFAULT_LIFETIME_SECONDS = 3600.0
-
-
-@dataclass(frozen=True)
-class ProviderPreset:
-    token_url: str
-    device_authorization_url: str
-    scope: str
-
-
-#: What ``provider:`` fills in. Microsoft's URLs take the tenant (``common`` unless ``tenant:`` says).
-PROVIDERS: dict[str, ProviderPreset] = {
-    "google": ProviderPreset(
-        token_url="https://oauth2.googleapis.com/token",
-        device_authorization_url="https://oauth2.googleapis.com/device/code",
-        scope="https://mail.google.com/",
-    ),
-    "microsoft": ProviderPreset(
-        token_url="https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token",
-        device_authorization_url="https://login.microsoftonline.com/{tenant}/oauth2/v2.0/devicecode",
-        scope="https://outlook.office.com/IMAP.AccessAsUser.All offline_access",
-    ),
-}
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _check_endpoint(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme == "https" and parts.hostname:
-        return url
-    if parts.scheme == "http" and parts.hostname and _is_loopback(parts.hostname):
-        return url  # a local token broker or test issuer: the token never leaves the machine
-    raise ValueError("must be an https:// URL (http:// only for a loopback address: 127.0.0.1, ::1, localhost)")
-
-
-class OAuth2Client(BaseModel):
-    """An OAuth2 client registration that mailmirror uses to get access tokens for one account itself."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, coerce_numbers_to_str=True)
-
-    provider: Literal["google", "microsoft"] | None = Field(
-        default=None,
-        description=(
-            "Fills in token_url, device_authorization_url and scope for Google (Gmail, Workspace) or Microsoft "
-            "(Exchange Online / Microsoft 365). Anything set explicitly wins."
-        ),
-    )
-    tenant: str = Field(
-        default="common",
-        pattern=r"^[A-Za-z0-9.-]+$",
-        description="provider: microsoft only: the Entra ID tenant (directory ID or domain), organizations or common.",
-    )
-    token_url: str | None = Field(
-        default=None,
-        description="Token endpoint (https://; http:// only for a loopback address). Required without provider.",
-    )
-    device_authorization_url: str | None = Field(
-        default=None,
-        description="Device authorization endpoint (RFC 8628) used by `mailmirror oauth2 authorize`.",
-    )
-    client_id: str = Field(min_length=1, description="The client (application) ID of the registration.")
-    client_secret: Secret | None = Field(
-        default=None,
-        description="The client secret, as a secret reference; omit for a public client (e.g. Microsoft device flow).",
-    )
-    refresh_token: Secret | None = Field(
-        default=None,
-        description=(
-            "A refresh token, as a secret reference. Optional: `mailmirror oauth2 authorize ACCOUNT` stores one in "
-            "token_file, which then wins (also when the provider rotates it), until this value changes."
-        ),
-    )
-    scope: str | None = Field(
-        default=None,
-        description="Space-separated scopes to ask for (provider's IMAP scope by default; none without provider).",
-    )
-    token_file: ConfigPath | None = Field(
-        default=None,
-        description=(
-            "File where mailmirror keeps the refresh token it obtained or received rotated (mode 0600). Default: "
-            "oauth2/ACCOUNT.json next to the state database."
-        ),
-    )
-    timeout: Duration = Field(
-        default=timedelta(seconds=30),
-        json_schema_extra={"default": "30s"},
-        description="How long to wait for the token endpoint.",
-    )
-
-    _account: str = PrivateAttr(default="?")
-    _default_token_file: Path | None = PrivateAttr(default=None)
-
-    @field_validator("token_url", "device_authorization_url")
-    @classmethod
-    def _endpoint(cls, value: str | None) -> str | None:
-        return None if value is None else _check_endpoint(value)
-
-    @model_validator(mode="after")
-    def _needs_endpoint(self) -> OAuth2Client:
-        if self.provider is None and self.token_url is None:
-            raise ValueError("token_url is required unless provider (google or microsoft) is given")
-        return self
-
-    def attach(self, account: str, default_token_file: Path) -> None:
-        """Called by the config loader: the account's name (for messages) and the default token file."""
-        self._account = account
-        self._default_token_file = default_token_file
-        for name in ("client_secret", "refresh_token"):
-            secret = getattr(self, name)
-            if isinstance(secret, Secret):
-                secret.attach_label(f"accounts.{account}.oauth2.{name}")
-
-    @property
-    def account(self) -> str:
-        return self._account
-
-    def _preset(self, field: str) -> str | None:
-        if self.provider is None:
-            return None
-        value: str = getattr(PROVIDERS[self.provider], field)
-        return value.replace("{tenant}", self.tenant)
-
-    @property
-    def effective_token_url(self) -> str:
-        url = self.token_url or self._preset("token_url")
-        assert url is not None  # checked by _needs_endpoint
-        return url
-
-    @property
-    def effective_device_url(self) -> str | None:
-        return self.device_authorization_url or self._preset("device_authorization_url")
-
-    @property
-    def effective_scope(self) -> str | None:
-        return self.scope if self.scope is not None else self._preset("scope")
-
-    @property
-    def effective_token_file(self) -> Path:
-        if self.token_file is not None:
-            return self.token_file
-        if self._default_token_file is not None:
-            return self._default_token_file
-        return Path("oauth2") / f"{self._account}.json"
 
 
 # ------------------------------------------------------------------------------------------ token file

@@ -5,9 +5,9 @@
   instance at a time, plus the pair's lock), `daemon.max_parallel_passes` bounds passes over all pairs,
   and each server gets at most the `max_connections` of its accounts per side.
 - A failing pair backs off (30 s, 1 m, 2 m, ... up to `daemon.backoff_max`) without holding up others.
-- Push: for the folders in `schedule.idle`, a watcher keeps an IDLE connection on the source, re-issues
-  IDLE before the 29-minute limit, reconnects with backoff, and on EXISTS/EXPUNGE/FETCH triggers a pass of
-  that folder (bursts debounced). The periodic schedule stays as the safety net.
+- Push: for the folders in `schedule.idle`, a watcher (`idle.py`) keeps an IDLE connection on the source,
+  re-issues IDLE before the 29-minute limit, reconnects with backoff, and on EXISTS/EXPUNGE/FETCH triggers a
+  pass of that folder (bursts debounced). The periodic schedule (`schedule.py`) stays as the safety net.
 - SIGTERM/SIGINT: passes finish the batch in flight, record it and log out; exit 0 within
   `daemon.stop_timeout`. SIGHUP (systemctl reload): the config is read again; new pairs start, removed
   pairs stop, changed pairs restart; an invalid new config is refused and the old one keeps running.
@@ -27,214 +27,38 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
-from apscheduler.jobstores.base import JobLookupError
-from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.schedulers.base import STATE_STOPPED
-from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.date import DateTrigger
-from apscheduler.triggers.interval import IntervalTrigger
-from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 
-from mailmirror.config.crontab import cron_trigger
-from mailmirror.config.model import Config, Pair, load_config
+from mailmirror.config.config_file import Config, load_config
 from mailmirror.config.shards import Shard, apply_shard
 from mailmirror.engine.limits import ConnectionLimits
 from mailmirror.engine.sync import PairPass, PairReport
 from mailmirror.errors import (
     ConfigError,
-    ConnectionFailure,
     InternalError,
     LockedError,
-    MailmirrorError,
     StateStorageError,
     Stopped,
 )
-from mailmirror.imap.session import FolderMissing, Session
 from mailmirror.service.health import Check, HealthServer
+from mailmirror.service.idle import IdleWatcher
 from mailmirror.service.metrics import Metrics
 from mailmirror.service.notify import Notifier
+from mailmirror.service.readiness import PairHealth, stale_pairs, state_check
+from mailmirror.service.schedule import Scheduler, expected_interval, pair_trigger
 from mailmirror.state.store import StateStore
 
 log = logging.getLogger(__name__)
 
-IDLE_RENEW_SECONDS = 25 * 60  # RFC 2177: servers may drop an IDLE after 30 minutes
 PUSH_DEBOUNCE_SECONDS = 0.1
 FIRST_BACKOFF_SECONDS = 30.0
 LOOP_SECONDS = 5.0  # the main loop wakes at least this often (watchdog, reload, status)
-MISSING_FOLDER_RETRY_SECONDS = 300.0  # an IDLE folder that does not exist (yet): looked for again this often
-
-
-def pair_trigger(pair: Pair) -> BaseTrigger:
-    schedule = pair.schedule
-    jitter = int(schedule.jitter.total_seconds()) or None
-    if schedule.cron:
-        trigger = cron_trigger(schedule.cron, schedule.timezone)
-        trigger.jitter = jitter
-        return trigger
-    if schedule.every:
-        return IntervalTrigger(seconds=max(1.0, schedule.every.total_seconds()), jitter=jitter)
-    return DateTrigger(datetime.now(UTC))  # no schedule: the first pass only (and IDLE pushes)
-
-
-def expected_interval(pair: Pair) -> float | None:
-    """The longest time a pair should go between two passes on schedule: `every` plus jitter, or the
-    longest gap between its cron times plus jitter. None without a schedule."""
-    schedule = pair.schedule
-    jitter = schedule.jitter.total_seconds()
-    if schedule.cron:
-        return cron_longest_gap(schedule.cron, schedule.timezone) + jitter or None
-    if schedule.every:
-        return schedule.every.total_seconds() + jitter
-    return None
-
-
-@functools.lru_cache(maxsize=1024)
-def cron_longest_gap(expression: str, timezone: str | None) -> float:
-    """The longest gap between two runs of a cron schedule, over at least five weeks of its runs (so that
-    nights, weekends and month boundaries are in; at most 5000 runs, enough for every-minute crons to
-    show their steady gap) or, for rare schedules, up to a bit more than a year."""
-    trigger = cron_trigger(expression, timezone)
-    first = fire = trigger.get_next_fire_time(None, datetime.now(UTC))
-    longest, count = 0.0, 0
-    while fire is not None and first is not None and count < 5000:
-        following = trigger.get_next_fire_time(fire, fire + timedelta(seconds=1))
-        if following is None:
-            break
-        longest = max(longest, (following - fire).total_seconds())
-        count += 1
-        span = following - first
-        if span > timedelta(days=400) or (span > timedelta(days=35) and count >= 3):
-            break
-        fire = following
-    return longest
-
-
-@dataclass
-class PairHealth:
-    failures: int = 0
-    last_success: float | None = None
-    last_report: PairReport | None = None
-    push_folders: set[str] = field(default_factory=set)
-    full_pass_due: bool = False  # a scheduled pass found a push pass running: run it right after
-    started_at: float = field(default_factory=time.time)  # when this daemon began scheduling the pair
-    news_at: float | None = None  # monotonic time of the oldest IDLE news not yet passed on
-    expected_interval: float | None = None
-
-
-class IdleWatcher(threading.Thread):
-    """Keeps an IDLE connection on one source folder and calls `changed` when the server reports news."""
-
-    def __init__(
-        self,
-        pair_name: str,
-        pair: Pair,
-        config: Config,
-        folder: str,
-        changed: Callable[[], None],
-        failed: Callable[[MailmirrorError], None] = lambda error: None,
-    ) -> None:
-        super().__init__(name=f"idle:{pair_name}:{folder}", daemon=True)
-        self.failed = failed
-        self.pair_name = pair_name
-        self.account_name = pair.source
-        self.account = config.accounts[pair.source]
-        self.folder = folder
-        self.changed = changed
-        self.stopping = threading.Event()
-
-    def stop(self) -> None:
-        self.stopping.set()
-
-    def run(self) -> None:
-        backoff = 1.0
-        while not self.stopping.is_set():
-            try:
-                self._watch()
-                backoff = 1.0
-            except FolderMissing:
-                backoff = max(backoff, MISSING_FOLDER_RETRY_SECONDS)
-                log.warning(
-                    "%s: schedule.idle names '%s', which the source account '%s' does not have (or cannot "
-                    "open): fix schedule.idle; looking again in %.0f s (the scheduled passes go on)",
-                    self.pair_name,
-                    self.folder,
-                    self.account_name,
-                    backoff,
-                )
-                self.stopping.wait(backoff)
-            except (MailmirrorError, IMAPClientError, OSError) as error:
-                if isinstance(error, MailmirrorError):
-                    self.failed(error)
-                elif isinstance(error, IMAPClientAbortError | OSError):
-                    self.failed(ConnectionFailure(str(error), account=self.account_name))
-                log.warning(
-                    "%s: IDLE on %s interrupted (%s); reconnecting in %.0f s",
-                    self.pair_name,
-                    self.folder,
-                    error,
-                    backoff,
-                )
-                self.stopping.wait(backoff)
-                backoff = min(backoff * 2, 300.0)
-            except Exception as error:  # a bug: never a dead watcher (nor a thread traceback on stderr)
-                log.error(
-                    "%s: IDLE watcher on %s failed (%s: %s; a bug, please report it); restarting in %.0f s",
-                    self.pair_name,
-                    self.folder,
-                    type(error).__name__,
-                    error,
-                    backoff,
-                )
-                log.debug("IDLE watcher failure", exc_info=True)
-                self.stopping.wait(backoff)
-                backoff = min(backoff * 2, 300.0)
-
-    def _watch(self) -> None:
-        with Session.open(self.account_name, self.account) as session:
-            if not session.has("IDLE"):
-                log.warning(
-                    "%s: the source server does not offer IDLE; %s is synced on schedule only",
-                    self.pair_name,
-                    self.folder,
-                )
-                self.stopping.wait()
-                return
-            session.select(self.folder, readonly=True)
-            client = session.client
-            log.info("%s: watching %s with IDLE", self.pair_name, self.folder)
-            self.changed()  # mail may have arrived while this watcher was (re)connecting
-            while not self.stopping.is_set():
-                client.idle()
-                started = time.monotonic()
-                news = False
-                while not self.stopping.is_set() and time.monotonic() - started < IDLE_RENEW_SECONDS:
-                    responses = client.idle_check(timeout=1)
-                    if any(len(r) > 1 and r[1] in (b"EXISTS", b"EXPUNGE", b"FETCH") for r in responses):
-                        news = True
-                        break
-                _text, late = client.idle_done()
-                if news or any(len(r) > 1 and r[1] in (b"EXISTS", b"EXPUNGE", b"FETCH") for r in late):
-                    self.changed()
-
-
-class _Scheduler(BackgroundScheduler):  # type: ignore[misc]
-    """APScheduler's background scheduler, without its shutdown race: a one-off job that ran while
-    `shutdown()` stopped the scheduler is no longer found when the scheduler's thread removes it, which
-    raised JobLookupError (a thread traceback) at every such stop."""
-
-    def remove_job(self, job_id: str, jobstore: str | None = None) -> None:
-        try:
-            super().remove_job(job_id, jobstore)
-        except JobLookupError:
-            if self.state != STATE_STOPPED:
-                raise
 
 
 def _log_thread_failure(args: threading.ExceptHookArgs) -> None:
@@ -263,7 +87,7 @@ class Daemon:
         self.watchers: dict[str, list[IdleWatcher]] = {}
         self.pair_mutex: dict[str, threading.Lock] = {}
         self.pair_stop: dict[str, threading.Event] = {}  # set when the pair is removed or changed, or on stop
-        self.scheduler = _Scheduler(
+        self.scheduler = Scheduler(
             executors={"default": ThreadPoolExecutor(self.config.daemon.max_parallel_passes)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
             timezone=UTC,
@@ -610,29 +434,13 @@ class Daemon:
         loaded = f"{self.config_path} ({len(pairs)} pairs)"
         if not self.metrics.reload_successful:
             loaded += "; the last reload was refused, the previous config runs (see the log)"
-        checks = [Check("config", True, loaded), _state_check(config.state.path)]
+        checks = [Check("config", True, loaded), state_check(config.state.path)]
         factor = config.metrics.stale_after_intervals
         now = time.time()
         with self._lock:
             entries = [(name, self.health.get(name)) for name in sorted(pairs)]
-        stale = []
-        for name, health in entries:
-            if health is None or health.expected_interval is None:
-                continue
-            running = self.metrics.pairs.get(name)
-            if health.last_success is None and running is not None and running.running:
-                continue  # the first pass is still copying
-            since = health.last_success or health.started_at
-            if now - since > factor * health.expected_interval:
-                what = "no successful pass yet" if health.last_success is None else "last success"
-                stale.append(
-                    Check(
-                        f"pair {name}",
-                        False,
-                        f"{what} for {now - since:.0f} s, more than {factor:g} × its {health.expected_interval:.0f} s "
-                        "interval (metrics.stale_after_intervals)",
-                    )
-                )
+        first_passes = {name for name, pair in list(self.metrics.pairs.items()) if pair.running}
+        stale = stale_pairs(entries, first_passes, factor, now)
         checks += stale or [Check("pairs", True, f"every scheduled pair succeeded within {factor:g} intervals")]
         return checks
 
@@ -648,27 +456,6 @@ class Daemon:
             name, report = max(reports, key=lambda item: item[1].finished or 0.0)
             text += f"; last pass: {name}, {report.copied} copied"
         self.notifier.status(text)
-
-
-def _state_check(path: Path) -> Check:
-    """Whether the state database takes writes: a write transaction opened and rolled back."""
-    try:
-        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=2.0)
-        try:
-            connection.execute("BEGIN IMMEDIATE")
-            try:  # a real (empty) write: a read-only file or file system only shows there
-                connection.execute("DELETE FROM pending WHERE 0")
-            finally:
-                connection.execute("ROLLBACK")
-        finally:
-            connection.close()
-    except sqlite3.OperationalError as error:
-        if "locked" in str(error) or "busy" in str(error):
-            return Check("state", True, f"{path} (busy with a pass's write)")
-        return Check("state", False, f"{path}: {error}")
-    except sqlite3.Error as error:
-        return Check("state", False, f"{path}: {error}")
-    return Check("state", True, f"{path} writable")
 
 
 def _pair_settings(config: Config, name: str) -> Any:

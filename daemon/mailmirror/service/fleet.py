@@ -26,7 +26,8 @@ from mailmirror.errors import MailmirrorError
 from mailmirror.state.store import StateStore, VerifyRecord, state_error
 
 if TYPE_CHECKING:
-    from mailmirror.config.model import Config, Pair
+    from mailmirror.config.config_file import Config
+    from mailmirror.config.pair import Pair
     from mailmirror.engine.verify import PairVerdict
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ def fleet_status(
     config: Config, store: StateStore, names: Sequence[str], *, now: datetime | None = None
 ) -> list[PairStatus]:
     """Every named pair's status, from the state database only (no server is contacted)."""
-    from mailmirror.service.daemon import expected_interval
+    from mailmirror.service.schedule import expected_interval
 
     now = now or datetime.now(UTC)
     rows = store.fleet_rows()

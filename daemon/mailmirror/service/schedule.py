@@ -1,0 +1,76 @@
+"""When the daemon runs a pair's passes: its APScheduler trigger (`every` with jitter, `cron` in a
+timezone, or the first pass only), the longest gap a pair should go without a pass (readiness and the
+staleness metrics), and the scheduler the daemon runs them on."""
+
+from __future__ import annotations
+
+import functools
+from datetime import UTC, datetime, timedelta
+
+from apscheduler.jobstores.base import JobLookupError
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.base import STATE_STOPPED
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.date import DateTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from mailmirror.config.crontab import cron_trigger
+from mailmirror.config.pair import Pair
+
+
+def pair_trigger(pair: Pair) -> BaseTrigger:
+    schedule = pair.schedule
+    jitter = int(schedule.jitter.total_seconds()) or None
+    if schedule.cron:
+        trigger = cron_trigger(schedule.cron, schedule.timezone)
+        trigger.jitter = jitter
+        return trigger
+    if schedule.every:
+        return IntervalTrigger(seconds=max(1.0, schedule.every.total_seconds()), jitter=jitter)
+    return DateTrigger(datetime.now(UTC))  # no schedule: the first pass only (and IDLE pushes)
+
+
+def expected_interval(pair: Pair) -> float | None:
+    """The longest time a pair should go between two passes on schedule: `every` plus jitter, or the
+    longest gap between its cron times plus jitter. None without a schedule."""
+    schedule = pair.schedule
+    jitter = schedule.jitter.total_seconds()
+    if schedule.cron:
+        return cron_longest_gap(schedule.cron, schedule.timezone) + jitter or None
+    if schedule.every:
+        return schedule.every.total_seconds() + jitter
+    return None
+
+
+@functools.lru_cache(maxsize=1024)
+def cron_longest_gap(expression: str, timezone: str | None) -> float:
+    """The longest gap between two runs of a cron schedule, over at least five weeks of its runs (so that
+    nights, weekends and month boundaries are in; at most 5000 runs, enough for every-minute crons to
+    show their steady gap) or, for rare schedules, up to a bit more than a year."""
+    trigger = cron_trigger(expression, timezone)
+    first = fire = trigger.get_next_fire_time(None, datetime.now(UTC))
+    longest, count = 0.0, 0
+    while fire is not None and first is not None and count < 5000:
+        following = trigger.get_next_fire_time(fire, fire + timedelta(seconds=1))
+        if following is None:
+            break
+        longest = max(longest, (following - fire).total_seconds())
+        count += 1
+        span = following - first
+        if span > timedelta(days=400) or (span > timedelta(days=35) and count >= 3):
+            break
+        fire = following
+    return longest
+
+
+class Scheduler(BackgroundScheduler):  # type: ignore[misc]
+    """APScheduler's background scheduler, without its shutdown race: a one-off job that ran while
+    `shutdown()` stopped the scheduler is no longer found when the scheduler's thread removes it, which
+    raised JobLookupError (a thread traceback) at every such stop."""
+
+    def remove_job(self, job_id: str, jobstore: str | None = None) -> None:
+        try:
+            super().remove_job(job_id, jobstore)
+        except JobLookupError:
+            if self.state != STATE_STOPPED:
+                raise

@@ -11,6 +11,10 @@
   ``lab``, and fail like the Dovecot ones when a kind is missing (``scripts/bootstrap --test``).
 * ``src_user`` / ``dst_user``: a fresh user per test; ``src_client`` / ``dst_client``: logged-in
   IMAPClients for them (``normalise_times = False``), logged out after the test.
+* ``mirror``: all of these in one (:class:`tests.support.Mirror`): a pair between two fresh accounts on
+  ``source_server`` and ``dest_server``, their logged-in clients ``mirror.src`` / ``mirror.dst`` and
+  ``mirror.setup(pair_options=...)`` for the pair's config. Most server tests take this one;
+  ``make_mirror(source=..., destination=...)`` makes one with other servers (e.g. from ``make_server``).
 
 Every server is stopped at the end of the session, also after failures and Ctrl-C (and, as a last
 resort, by an atexit hook in :mod:`mailmirror.lab.dovecot`).  Tests using these fixtures are marked ``dovecot``
@@ -24,22 +28,24 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import pytest
 from imapclient import IMAPClient
 
 from mailmirror.lab.dovecot import DOVECOT_BINARY, DovecotServer, LabCA, LabUser, dovecot_available
 from mailmirror.lab.servers import LabServer, lab_kind_missing, make_lab_server
-from tests.support import RunningDaemon
+from tests.support import Mirror, RunningDaemon, fail_or_skip, log_out
 
 SERVER_FIXTURES = frozenset(
     {"dovecot", "source_server", "dest_server", "make_server", "src_user", "dst_user", "src_client", "dst_client"}
 )
 
 MakeServer = Callable[..., DovecotServer]
+MakeMirror = Callable[..., Mirror]
+ServerT = TypeVar("ServerT", bound=LabServer)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -56,13 +62,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def require_dovecot() -> None:
     """Fail (or, with MAILMIRROR_ALLOW_SKIP=1, skip) when Dovecot is not installed."""
-    if dovecot_available():
-        return
-    reason = f"Dovecot is not installed ({DOVECOT_BINARY} missing; Debian/Ubuntu: apt-get install dovecot-imapd)"
-    if os.environ.get("MAILMIRROR_ALLOW_SKIP") == "1":
-        pytest.skip(f"{reason}; skipped because MAILMIRROR_ALLOW_SKIP=1")
-    pytest.fail(f"{reason}. The real-server tests must not be skipped silently: install it, or set "
-                "MAILMIRROR_ALLOW_SKIP=1 to skip them explicitly.", pytrace=False)  # fmt: skip
+    if not dovecot_available():
+        fail_or_skip(f"Dovecot is not installed ({DOVECOT_BINARY} missing; apt-get install dovecot-imapd)")
 
 
 @pytest.fixture(scope="session")
@@ -118,30 +119,44 @@ def _cache_key(kwargs: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted((k, freeze(v)) for k, v in kwargs.items()))
 
 
+class SessionServers(Generic[ServerT]):
+    """Servers shared by the whole session: started on first use (one per key), stopped at its end."""
+
+    def __init__(self) -> None:
+        self._servers: dict[Hashable, ServerT] = {}
+
+    def __len__(self) -> int:
+        return len(self._servers)
+
+    def get(self, key: Hashable, build: Callable[[], ServerT]) -> ServerT:
+        server = self._servers.get(key)
+        if server is None:
+            server = build()
+            server.start()
+            self._servers[key] = server
+        return server
+
+    def stop_all(self) -> None:
+        for server in self._servers.values():
+            with contextlib.suppress(Exception):
+                server.stop()
+
+
 @pytest.fixture(scope="session")
 def make_server(lab_dir: Path, lab_ca: LabCA) -> Iterator[MakeServer]:
     """``make_server(**DovecotServer kwargs)`` -> a started server, shared by every test asking for the
     same kwargs (so do not restart or break it; make a private DovecotServer for that)."""
-    cache: dict[tuple[tuple[str, Any], ...], DovecotServer] = {}
+    servers = SessionServers[DovecotServer]()
 
     def make(**kwargs: Any) -> DovecotServer:
         require_dovecot()
-        key = _cache_key(kwargs)
-        server = cache.get(key)
-        if server is None:
-            kwargs.setdefault("ca", lab_ca)
-            name = f"extra{len(cache) + 1}"
-            server = DovecotServer(lab_dir / name, name, **kwargs)
-            server.start()
-            cache[key] = server
-        return server
+        name = f"extra{len(servers) + 1}"
+        return servers.get(_cache_key(kwargs), lambda: DovecotServer(lab_dir / name, name, **{"ca": lab_ca, **kwargs}))
 
     try:
         yield make
     finally:
-        for server in cache.values():
-            with contextlib.suppress(Exception):
-                server.stop()
+        servers.stop_all()
 
 
 @pytest.fixture
@@ -159,10 +174,31 @@ def _client(server: DovecotServer, user: LabUser) -> Iterator[IMAPClient]:
     try:
         yield client
     finally:
-        with contextlib.suppress(Exception):
-            client.logout()
-        with contextlib.suppress(Exception):
-            client.shutdown()
+        log_out(client)
+
+
+@pytest.fixture
+def make_mirror(source_server: DovecotServer, dest_server: DovecotServer) -> Iterator[MakeMirror]:
+    """``make_mirror(source=..., destination=...)``: a :class:`tests.support.Mirror` with fresh accounts on
+    other servers (e.g. from ``make_server``; by default the session's two), logged out after the test."""
+    made: list[Mirror] = []
+
+    def make(*, source: DovecotServer | None = None, destination: DovecotServer | None = None) -> Mirror:
+        made.append(Mirror(source or source_server, destination or dest_server))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for pair in made:
+            pair.close()
+
+
+@pytest.fixture
+def mirror(make_mirror: MakeMirror) -> Mirror:
+    """A mirror between two fresh accounts on the session's servers (tests.support.Mirror): ``mirror.src``
+    / ``mirror.dst`` clients, ``mirror.setup(pair_options=...)``."""
+    return make_mirror()
 
 
 @pytest.fixture
@@ -198,12 +234,8 @@ def start_daemon() -> Iterator[Callable[[Path], RunningDaemon]]:
 def require_lab_kind(kind: str) -> None:
     """Fail (or, with MAILMIRROR_ALLOW_SKIP=1, skip) when the lab cannot run servers of ``kind``."""
     missing = lab_kind_missing(kind)
-    if missing is None:
-        return
-    if os.environ.get("MAILMIRROR_ALLOW_SKIP") == "1":
-        pytest.skip(f"{missing}; skipped because MAILMIRROR_ALLOW_SKIP=1")
-    pytest.fail(f"{missing}. The real-server tests must not be skipped silently: install it, or set "
-                "MAILMIRROR_ALLOW_SKIP=1 to skip them explicitly.", pytrace=False)  # fmt: skip
+    if missing is not None:
+        fail_or_skip(missing)
 
 
 LabServerOf = Callable[[str], LabServer]
@@ -214,21 +246,14 @@ def lab_server(lab_dir: Path, lab_ca: LabCA) -> Iterator[LabServerOf]:
     """``lab_server(kind)`` -> the session's started server of that kind (``dovecot``, ``cyrus-slash``,
     ``cyrus-dot``, ``courier``; see mailmirror.lab.servers.LAB_KINDS): started on first use, shared by
     every test (add a fresh user per test), stopped at the end of the session."""
-    servers: dict[str, LabServer] = {}
+    servers = SessionServers[LabServer]()
 
     def get(kind: str) -> LabServer:
         require_lab_kind(kind)
-        server = servers.get(kind)
-        if server is None:
-            name = f"matrix-{kind}"
-            server = make_lab_server(kind, lab_dir / name, name, ca=lab_ca)
-            server.start()
-            servers[kind] = server
-        return server
+        name = f"matrix-{kind}"
+        return servers.get(kind, lambda: make_lab_server(kind, lab_dir / name, name, ca=lab_ca))
 
     try:
         yield get
     finally:
-        for server in servers.values():
-            with contextlib.suppress(Exception):
-                server.stop()
+        servers.stop_all()

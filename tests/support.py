@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import imaplib
 import os
 import re
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from imapclient import IMAPClient
@@ -28,6 +30,7 @@ from mailmirror.engine.outcome import PairReport
 from mailmirror.engine.pair_pass import PairPass, PairPreview
 from mailmirror.engine.verify import PairVerdict, verify_pair
 from mailmirror.lab.dovecot import DovecotServer, LabUser
+from mailmirror.lab.servers import LabServer
 from mailmirror.state.store import StateStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,10 +42,16 @@ def require_program(name: str, package: str) -> str:
     found = shutil.which(name)
     if found:
         return found
-    reason = f"{name} is not installed (Debian/Ubuntu: apt-get install {package}; scripts/bootstrap --test does it)"
+    fail_or_skip(f"{name} is not installed (apt-get install {package}; scripts/bootstrap --test does it)")
+
+
+def fail_or_skip(reason: str) -> NoReturn:
+    """A test that lacks a server or program FAILS, so that nothing is skipped silently; with
+    MAILMIRROR_ALLOW_SKIP=1 it is skipped instead."""
     if os.environ.get("MAILMIRROR_ALLOW_SKIP") == "1":
         pytest.skip(f"{reason}; skipped because MAILMIRROR_ALLOW_SKIP=1")
-    pytest.fail(f"{reason}. Install it, or set MAILMIRROR_ALLOW_SKIP=1 to skip explicitly.", pytrace=False)
+    pytest.fail(f"{reason}. Tests must not be skipped silently: install it, or set "
+                "MAILMIRROR_ALLOW_SKIP=1 to skip them explicitly.", pytrace=False)  # fmt: skip
 
 
 @dataclass
@@ -79,7 +88,8 @@ class Setup:
         return verify_pair(pair, config.effective_pairs()[pair], config)
 
 
-def account_yaml(name: str, server: DovecotServer, user: LabUser, directory: Path, *, tls: str = "starttls") -> str:
+def account_yaml(name: str, server: LabServer, user: LabUser, directory: Path, *, tls: str = "starttls") -> str:
+    """An account of a lab server (any kind) for a config's ``accounts:``, its password in a file."""
     secret = directory / f"{name}.password"
     secret.write_text(user.password + "\n", encoding="utf-8")
     port = server.tls_port if tls == "implicit" else server.port
@@ -96,27 +106,73 @@ def account_yaml(name: str, server: DovecotServer, user: LabUser, directory: Pat
 
 
 def make_setup(
-    source: DovecotServer,
+    source: LabServer,
     source_user: LabUser,
-    destination: DovecotServer,
+    destination: LabServer,
     destination_user: LabUser,
     *,
     pair_options: str = "",
     source_tls: str = "starttls",
 ) -> Setup:
+    """The pair "test" between two lab users (servers of any kind), in a new private folder."""
     directory = Path(tempfile.mkdtemp(prefix="mailmirror-test-"))
+    source_account = account_yaml("src", source, source_user, directory, tls=source_tls)
+    destination_account = account_yaml("dst", destination, destination_user, directory)
+    return write_pair_setup(directory, source_account, destination_account, pair_options)
+
+
+def write_pair_setup(directory: Path, source_account: str, destination_account: str, pair_options: str = "") -> Setup:
+    """``directory/mailmirror.yaml``: the accounts "src" and "dst" (YAML as :func:`account_yaml` writes
+    it) and the pair "test" between them (``pair_options``: more YAML lines for the pair)."""
     text = (
         f"state: {{path: {directory / 'state.db'}}}\n"
         'metrics: {listen: "127.0.0.1:0"}\n'  # a free port: tests run daemons side by side
         "accounts:\n"
-        + account_yaml("src", source, source_user, directory, tls=source_tls)
-        + account_yaml("dst", destination, destination_user, directory)
+        + source_account
+        + destination_account
         + "pairs:\n  test:\n    source: src\n    destination: dst\n"
         + "".join(f"    {line}\n" for line in textwrap.dedent(pair_options).splitlines() if line.strip())
     )
     config_path = directory / "mailmirror.yaml"
     config_path.write_text(text, encoding="utf-8")
     return Setup(directory, config_path)
+
+
+class Mirror:
+    """A mirror between two fresh accounts: the session's source and destination servers, a new user on
+    each, a logged-in client for each (``src``, ``dst``) and ``setup()`` for the pair's config. The
+    ``mirror`` fixture (tests/conftest.py) makes one per test and logs the clients out at the end."""
+
+    def __init__(self, source_server: DovecotServer, dest_server: DovecotServer) -> None:
+        self.source_server = source_server
+        self.dest_server = dest_server
+        self.src_user = source_server.add_user()
+        self.dst_user = dest_server.add_user()
+        self.src = source_server.connect(self.src_user)
+        self.dst = dest_server.connect(self.dst_user)
+
+    def setup(self, pair_options: str = "", *, source_tls: str = "starttls") -> Setup:
+        """The pair "test" from the source user to the destination user (``pair_options``: YAML lines)."""
+        return make_setup(
+            self.source_server,
+            self.src_user,
+            self.dest_server,
+            self.dst_user,
+            pair_options=pair_options,
+            source_tls=source_tls,
+        )
+
+    def close(self) -> None:
+        log_out(self.src)
+        log_out(self.dst)
+
+
+def log_out(client: IMAPClient) -> None:
+    """Log out and close, whatever state the test left the connection in."""
+    with contextlib.suppress(Exception):
+        client.logout()
+    with contextlib.suppress(Exception):
+        client.shutdown()
 
 
 def folder_contents(client: IMAPClient) -> dict[str, list[tuple[bytes, frozenset[bytes]]]]:

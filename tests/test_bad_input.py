@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from imapclient import IMAPClient
 
 from mailmirror.config.config_file import load_config
 from mailmirror.engine.mapping import FolderMapping
@@ -33,7 +32,7 @@ from mailmirror.engine.outcome import LogProgress
 from mailmirror.engine.pair_pass import PairPass
 from mailmirror.lab.dovecot import DovecotServer, LabCA, LabUser, SeedMessage, free_port, seed
 from mailmirror.state.store import StateStore
-from tests.support import ROOT, RunningDaemon, make_setup, simple_message
+from tests.support import ROOT, Mirror, RunningDaemon, simple_message
 
 SECRET = "S3cr3t-catalogue-9f2c"  # the password of every account in config-only cases
 TIMEOUT = "2s"
@@ -698,13 +697,17 @@ def network_outcomes(
 
 
 @pytest.mark.parametrize("case", CONFIG_CASES, ids=[case.id for case in CONFIG_CASES])
-def test_config_case(case: Case, config_outcomes: Outcomes) -> None:
+def test_bad_config_gets_its_exit_code_and_a_clear_message_without_secrets(
+    case: Case, config_outcomes: Outcomes
+) -> None:
     result, secrets = config_outcomes[case.id]
     assert_clean_outcome(case, result, secrets)
 
 
 @pytest.mark.parametrize("case", NETWORK_CASES, ids=[case.id for case in NETWORK_CASES])
-def test_network_case(case: Case, network_outcomes: Outcomes) -> None:
+def test_network_failure_gets_its_exit_code_and_a_clear_message_without_secrets(
+    case: Case, network_outcomes: Outcomes
+) -> None:
     result, secrets = network_outcomes[case.id]
     assert_clean_outcome(case, result, secrets)
 
@@ -773,17 +776,9 @@ def test_state_database_on_a_full_disk_at_open(small_disk: Path, case_dir: Path)
     assert_clean_outcome(case, result, [SECRET])
 
 
-def test_state_database_on_a_full_disk_when_it_exists(
-    small_disk: Path,
-    case_dir: Path,
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
-) -> None:
-    seed(src_client, "INBOX", [SeedMessage(simple_message(i)) for i in range(20)])
-    setup = make_setup(source_server, src_user, dest_server, dst_user)
+def test_state_database_on_a_full_disk_when_it_exists(small_disk: Path, case_dir: Path, mirror: Mirror) -> None:
+    seed(mirror.src, "INBOX", [SeedMessage(simple_message(i)) for i in range(20)])
+    setup = mirror.setup()
     text = setup.config_path.read_text().replace(f"{setup.directory}/state.db", f"{small_disk}/state.db")
     setup.config_path.write_text(text)
     opened = run_cli(["status", "-c", str(setup.config_path)])  # creates the database while there is room
@@ -791,21 +786,12 @@ def test_state_database_on_a_full_disk_when_it_exists(
     _fill(small_disk)
     result = setup.run("sync")
     case = sync_case("state-full-disk-pass", 74, "disk (or quota) is full", "no mail was lost")
-    assert_clean_outcome(case, result, [src_user.password, dst_user.password])
+    assert_clean_outcome(case, result, [mirror.src_user.password, mirror.dst_user.password])
 
 
-def test_state_database_fills_the_disk_during_a_pass(
-    small_disk: Path,
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
-) -> None:
-    seed(src_client, "INBOX", [SeedMessage(simple_message(i)) for i in range(300)])
-    setup = make_setup(
-        source_server, src_user, dest_server, dst_user, pair_options="transfer: {batch_messages: 5, workers: 1}"
-    )
+def test_state_database_fills_the_disk_during_a_pass(small_disk: Path, mirror: Mirror) -> None:
+    seed(mirror.src, "INBOX", [SeedMessage(simple_message(i)) for i in range(300)])
+    setup = mirror.setup(pair_options="transfer: {batch_messages: 5, workers: 1}")
     text = setup.config_path.read_text().replace(f"{setup.directory}/state.db", f"{small_disk}/state.db")
     setup.config_path.write_text(text)
     opened = run_cli(["status", "-c", str(setup.config_path)])  # creates the database while there is room
@@ -815,7 +801,7 @@ def test_state_database_fills_the_disk_during_a_pass(
     os.truncate(filler, max(0, filler.stat().st_size - 96 * 1024))  # room to open, not for the whole pass
     result = setup.run("sync")
     case = sync_case("state-full-disk-pass", 74, "disk (or quota) is full", "no mail was lost")
-    assert_clean_outcome(case, result, [src_user.password, dst_user.password])
+    assert_clean_outcome(case, result, [mirror.src_user.password, mirror.dst_user.password])
     assert "copied" in result.stdout  # the pass had begun: the disk filled up under it
     filler.unlink()  # space again: the next pass finishes the job, nothing lost, nothing twice
     again = setup.run("sync")
@@ -824,12 +810,8 @@ def test_state_database_fills_the_disk_during_a_pass(
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
-def test_idle_on_a_missing_folder_warns_and_the_daemon_goes_on(
-    source_server: DovecotServer, dest_server: DovecotServer, src_user: LabUser, dst_user: LabUser
-) -> None:
-    setup = make_setup(
-        source_server, src_user, dest_server, dst_user, pair_options="schedule: {idle: [NoSuchFolder, INBOX]}"
-    )
+def test_idle_on_a_missing_folder_warns_and_the_daemon_goes_on(mirror: Mirror) -> None:
+    setup = mirror.setup(pair_options="schedule: {idle: [NoSuchFolder, INBOX]}")
     daemon = RunningDaemon(setup.config_path)
     try:
         daemon.wait_for_log("NoSuchFolder', which the source account 'src' does not have")
@@ -840,7 +822,7 @@ def test_idle_on_a_missing_folder_warns_and_the_daemon_goes_on(
     assert "Traceback" not in text and "Exception in thread" not in text, text
     assert "fix schedule.idle" in text
     assert code == 0, text
-    for secret in (src_user.password, dst_user.password):
+    for secret in (mirror.src_user.password, mirror.dst_user.password):
         assert secret not in text
 
 
@@ -858,25 +840,19 @@ def test_help_says_global_options_go_after_the_command_too() -> None:
         assert "--config" in sub.stdout and "--verbose" in sub.stdout and "--quiet" in sub.stdout, command
 
 
-def test_deletion_guard_summary_says_what_happened(
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
-) -> None:
-    seed(src_client, "INBOX", [SeedMessage(simple_message(i)) for i in range(5)])
-    setup = make_setup(source_server, src_user, dest_server, dst_user, pair_options="deletions: {destination: mirror}")
+def test_deletion_guard_summary_says_what_happened(mirror: Mirror) -> None:
+    seed(mirror.src, "INBOX", [SeedMessage(simple_message(i)) for i in range(5)])
+    setup = mirror.setup(pair_options="deletions: {destination: mirror}")
     first = setup.run("sync")
     assert first.returncode == 0, first.stdout + first.stderr
-    src_client.select_folder("INBOX")
-    src_client.delete_messages(src_client.search()[:3])
-    src_client.expunge()
+    mirror.src.select_folder("INBOX")
+    mirror.src.delete_messages(mirror.src.search()[:3])
+    mirror.src.expunge()
     second = setup.run("sync")
     case = sync_case(
         "deletion-guard", 75, "deletion guard refused", "every selected source message is on the destination"
     )
-    assert_clean_outcome(case, second, [src_user.password, dst_user.password])
+    assert_clean_outcome(case, second, [mirror.src_user.password, mirror.dst_user.password])
     assert "some source messages are not on the destination" not in second.stdout
 
 
@@ -892,21 +868,15 @@ class _DeleteWhenStarted(LogProgress):
                 client.delete_folder(self.folder)
 
 
-def test_a_folder_deleted_mid_pass_is_reported_as_such(
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
-) -> None:
-    src_client.create_folder("Doomed")
-    seed(src_client, "Doomed", [SeedMessage(simple_message(i)) for i in range(30)])
-    seed(src_client, "INBOX", [SeedMessage(simple_message(100 + i)) for i in range(3)])
-    setup = make_setup(source_server, src_user, dest_server, dst_user, pair_options="transfer: {workers: 1}")
+def test_a_folder_deleted_mid_pass_is_reported_as_such(mirror: Mirror) -> None:
+    mirror.src.create_folder("Doomed")
+    seed(mirror.src, "Doomed", [SeedMessage(simple_message(i)) for i in range(30)])
+    seed(mirror.src, "INBOX", [SeedMessage(simple_message(100 + i)) for i in range(3)])
+    setup = mirror.setup(pair_options="transfer: {workers: 1}")
     config = load_config(setup.config_path)
     store = StateStore(config.state.path)
     try:
-        progress = _DeleteWhenStarted(source_server, src_user, "Doomed")
+        progress = _DeleteWhenStarted(mirror.source_server, mirror.src_user, "Doomed")
         report = PairPass("test", config.effective_pairs()["test"], config, store, progress).run()
     finally:
         store.close()

@@ -14,11 +14,8 @@ special-use automap, automap never merging two source folders, and a message wit
 
 from __future__ import annotations
 
-import tempfile
-import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 from imapclient import IMAPClient
@@ -37,7 +34,7 @@ from tests.contract_corpus import (
     header_8bit_message,
     message,
 )
-from tests.support import Setup
+from tests.support import Setup, make_setup
 
 PAIRS: tuple[tuple[str, str], ...] = (
     ("dovecot", "cyrus-slash"),
@@ -67,32 +64,6 @@ def pair_params(*marks_for: tuple[str, str, pytest.MarkDecorator]) -> list[objec
 
 
 # ------------------------------------------------------------------------------------------ helpers
-
-
-def account_yaml(name: str, server: LabServer, user: LabUser, directory: Path) -> str:
-    secret = directory / f"{name}.password"
-    secret.write_text(user.password + "\n", encoding="utf-8")
-    return (
-        f"  {name}:\n    host: {server.host}\n    port: {server.port}\n    tls: starttls\n"
-        f"    tls_ca: {server.ca_path}\n    username: {user.username}\n    password: {{file: {secret}}}\n"
-        "    timeout: 30s\n"
-    )
-
-
-def make_pair(source: LabServer, su: LabUser, destination: LabServer, du: LabUser, options: str = "") -> Setup:
-    directory = Path(tempfile.mkdtemp(prefix="mailmirror-contract-"))
-    text = (
-        f"state: {{path: {directory / 'state.db'}}}\n"
-        'metrics: {listen: "127.0.0.1:0"}\n'
-        "accounts:\n"
-        + account_yaml("src", source, su, directory)
-        + account_yaml("dst", destination, du, directory)
-        + "pairs:\n  test:\n    source: src\n    destination: dst\n"
-        + "".join(f"    {line}\n" for line in textwrap.dedent(options).splitlines() if line.strip())
-    )
-    config_path = directory / "mailmirror.yaml"
-    config_path.write_text(text, encoding="utf-8")
-    return Setup(directory, config_path)
 
 
 @contextmanager
@@ -210,7 +181,7 @@ def test_first_copy_changes_and_verify(lab_server: LabServerOf, source_kind: str
     source, destination = lab_server(source_kind), lab_server(destination_kind)
     su, du = source.add_user(), destination.add_user()
     seed_logical(source, su, edge_mailbox())
-    setup = make_pair(source, su, destination, du, MIRROR)
+    setup = make_setup(source, su, destination, du, pair_options=MIRROR)
 
     # First copy (the command a user runs): every folder (the empty one too), bytes, flags, keywords;
     # subscriptions follow.
@@ -249,13 +220,15 @@ def test_first_copy_changes_and_verify(lab_server: LabServerOf, source_kind: str
 
 
 @pytest.mark.parametrize(("source_kind", "destination_kind"), pair_params())
-def test_renamed_folder(lab_server: LabServerOf, source_kind: str, destination_kind: str) -> None:
+def test_a_folder_renamed_on_the_source_is_renamed_not_copied_again(
+    lab_server: LabServerOf, source_kind: str, destination_kind: str
+) -> None:
     """A folder renamed on the source is renamed on the destination, not copied again."""
     source, destination = lab_server(source_kind), lab_server(destination_kind)
     su, du = source.add_user(), destination.add_user()
     two = [SeedMessage(message(RENAMED_FROM, 500 + n), ("\\Seen",), BASE_DATE) for n in range(2)]
     seed_logical(source, su, {"INBOX": [], "Projects": [SeedMessage(message("Projects", 499))], RENAMED_FROM: two})
-    setup = make_pair(source, su, destination, du)
+    setup = make_setup(source, su, destination, du)
     sync_ok(setup)
     with connected(source, su) as client:
         client.rename_folder(source.folder_name(RENAMED_FROM), source.folder_name(RENAMED_TO))
@@ -274,7 +247,7 @@ def test_uidvalidity_change_on_either_side(lab_server: LabServerOf, source_kind:
     su, du = source.add_user(), destination.add_user()
     lists = [SeedMessage(message("Lists", 200 + n), ("\\Seen",), BASE_DATE) for n in range(3)]
     seed_logical(source, su, {"INBOX": [SeedMessage(message("INBOX", 199))], "Lists": lists})
-    setup = make_pair(source, su, destination, du)
+    setup = make_setup(source, su, destination, du)
     sync_ok(setup)
 
     for server, user in ((source, su), (destination, du)):
@@ -316,7 +289,7 @@ def test_special_use_automap(lab_server: LabServerOf, source_kind: str, destinat
         seed(client, source.folder_name("Drafts"), [SeedMessage(message("Drafts", 310), ("\\Draft",))])
     with connected(destination, du) as client:
         create_special_use(destination, client, "Sent", "\\Sent")
-    setup = make_pair(source, su, destination, du)
+    setup = make_setup(source, su, destination, du)
     sync_ok(setup)
     copy = snapshot(destination, du)
     assert len(copy.get("Sent", [])) == 2, sorted(copy)
@@ -330,13 +303,15 @@ def test_special_use_automap(lab_server: LabServerOf, source_kind: str, destinat
     ("source_kind", "destination_kind"),
     pair_params(),
 )
-def test_8bit_header_bytes(lab_server: LabServerOf, source_kind: str, destination_kind: str) -> None:
+def test_8bit_header_bytes_are_kept_or_reported_as_altered(
+    lab_server: LabServerOf, source_kind: str, destination_kind: str
+) -> None:
     """Raw UTF-8 in headers: kept byte for byte, or -- where the destination rewrites it (Cyrus'
     munge8bit) -- reported as altered by the destination server in the pass and by verify."""
     source, destination = lab_server(source_kind), lab_server(destination_kind)
     su, du = source.add_user(), destination.add_user()
     seed_logical(source, su, {"INBOX": [SeedMessage(header_8bit_message()), SeedMessage(message("INBOX", 400))]})
-    setup = make_pair(source, su, destination, du)
+    setup = make_setup(source, su, destination, du)
     result = setup.run("sync")
     output = result.stdout + result.stderr
     source_copy, destination_copy = snapshot(source, su), snapshot(destination, du)
@@ -366,7 +341,7 @@ def test_automap_never_merges_two_source_folders(
         create_special_use(source, client, "Drafts", "\\Drafts")
         seed(client, source.folder_name("Drafts"), [SeedMessage(message("Drafts", 600), ("\\Draft",))])
         seed(client, source.folder_name("Entwürfe"), [SeedMessage(message("Entwürfe", 601 + n)) for n in range(2)])
-    setup = make_pair(source, su, destination, du)
+    setup = make_setup(source, su, destination, du)
     sync_ok(setup)
     copy = snapshot(destination, du)
     assert len(copy.get("Drafts", [])) == 1 and len(copy.get("Entwürfe", [])) == 2, {k: len(v) for k, v in copy.items()}

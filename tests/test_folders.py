@@ -9,7 +9,7 @@ import pytest
 from imapclient import IMAPClient
 
 from mailmirror.lab.dovecot import DovecotServer, LabUser, SeedMessage, seed
-from tests.support import make_setup, message_count, simple_message
+from tests.support import Mirror, make_setup, message_count, simple_message
 
 pytestmark = pytest.mark.dovecot
 
@@ -24,23 +24,16 @@ def one(client: IMAPClient, folder: str, index: int) -> None:
     seed(client, folder, [SeedMessage(simple_message(index, tag=folder))])
 
 
-def test_automap_map_rename_and_under_together(
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
-    dst_client: IMAPClient,
-) -> None:
+def test_automap_map_rename_and_under_together(mirror: Mirror) -> None:
     for index, folder in enumerate(("INBOX", "Sent Messages", "Gesendete Objekte", "Old/2019", "Lists/python")):
-        one(src_client, folder, index)
-    dst_client.create_folder("Sent")
+        one(mirror.src, folder, index)
+    mirror.dst.create_folder("Sent")
     options = """
     folders:
       map: {"Lists/python": "Mailing lists/Python"}
       rename: [{pattern: "^Old/(\\\\d+)$", replacement: "Archive/\\\\1"}]
     """
-    setup = make_setup(source_server, src_user, dest_server, dst_user, pair_options=options)
+    setup = mirror.setup(pair_options=options)
     plan = json.loads(setup.run("plan", "--json").stdout)["pairs"][0]["folders"]
     rules = {folder["source"]: (folder["destination"], folder["rule"]) for folder in plan}
     assert rules == {
@@ -51,54 +44,46 @@ def test_automap_map_rename_and_under_together(
         "Sent Messages": ("Sent Messages", "default"),  # Sent receives Gesendete Objekte: no merge by a name guess
     }
     setup.sync()
-    assert message_count(dst_client, "Sent") == 1 and message_count(dst_client, "Sent Messages") == 1
-    assert {"Mailing lists/Python", "Archive/2019"} <= names(dst_client)
+    assert message_count(mirror.dst, "Sent") == 1 and message_count(mirror.dst, "Sent Messages") == 1
+    assert {"Mailing lists/Python", "Archive/2019"} <= names(mirror.dst)
     assert setup.verify().clean
 
 
-def test_backup_under_a_folder_then_restore_from_under_it(
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
-    dst_client: IMAPClient,
-) -> None:
+def test_backup_under_a_folder_then_restore_from_under_it(mirror: Mirror) -> None:
     for index, folder in enumerate(("INBOX", "Sent", "Projects/Client Work")):
-        one(src_client, folder, index)
-    backup = make_setup(source_server, src_user, dest_server, dst_user, pair_options="folders: {under: Backup/old}")
+        one(mirror.src, folder, index)
+    backup = mirror.setup(pair_options="folders: {under: Backup/old}")
     backup.sync()
-    assert {"Backup/old/INBOX", "Backup/old/Sent", "Backup/old/Projects/Client Work"} <= names(dst_client)
+    assert {"Backup/old/INBOX", "Backup/old/Sent", "Backup/old/Projects/Client Work"} <= names(mirror.dst)
     assert backup.verify().clean
 
-    fresh = source_server.add_user()
-    restore = make_setup(dest_server, dst_user, source_server, fresh, pair_options="folders: {from_under: Backup/old}")
+    fresh = mirror.source_server.add_user()
+    restore = make_setup(
+        mirror.dest_server,
+        mirror.dst_user,
+        mirror.source_server,
+        fresh,
+        pair_options="folders: {from_under: Backup/old}",
+    )
     report = restore.sync()
     assert report.copied == 3
-    with source_server.connect(fresh) as client:
+    with mirror.source_server.connect(fresh) as client:
         assert {"INBOX", "Sent", "Projects/Client Work"} <= names(client)
         assert message_count(client, "Projects/Client Work") == 1
 
 
-def test_include_exclude_with_subtrees_and_subscribed_only(
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
-    dst_client: IMAPClient,
-) -> None:
+def test_include_exclude_with_subtrees_and_subscribed_only(mirror: Mirror) -> None:
     for index, folder in enumerate(("Archive", "Archive/2023", "Archive/2023/Q1", "Junk", "Work", "Hidden")):
-        one(src_client, folder, index)
-    src_client.unsubscribe_folder("Hidden")
+        one(mirror.src, folder, index)
+    mirror.src.unsubscribe_folder("Hidden")
     options = """
     folders:
       exclude: ["Archive/*/**", "re:^Junk$"]
       subscribed_only: true
     """
-    setup = make_setup(source_server, src_user, dest_server, dst_user, pair_options=options)
+    setup = mirror.setup(pair_options=options)
     setup.sync()
-    assert names(dst_client) == {"INBOX", "Archive", "Work"}  # "Archive/*/**": 2023 with all below
+    assert names(mirror.dst) == {"INBOX", "Archive", "Work"}  # "Archive/*/**": 2023 with all below
     assert setup.verify().clean
 
 
@@ -122,20 +107,13 @@ def test_cyrus_style_source_to_dovecot_destination(
     assert setup.verify().clean
 
 
-def test_case_variants_merge_into_one_destination_folder(
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
-    dst_client: IMAPClient,
-) -> None:
-    one(src_client, "Projects", 1)
-    one(src_client, "PROJECTS", 2)
-    setup = make_setup(source_server, src_user, dest_server, dst_user)
+def test_case_variants_merge_into_one_destination_folder(mirror: Mirror) -> None:
+    one(mirror.src, "Projects", 1)
+    one(mirror.src, "PROJECTS", 2)
+    setup = mirror.setup()
     setup.sync()
-    merged = {name for name in names(dst_client) if name.lower() == "projects"}
+    merged = {name for name in names(mirror.dst) if name.lower() == "projects"}
     assert len(merged) == 1
-    assert message_count(dst_client, merged.pop()) == 2
+    assert message_count(mirror.dst, merged.pop()) == 2
     assert setup.sync().copied == 0
     assert setup.verify().clean

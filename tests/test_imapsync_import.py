@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 import yaml
-from imapclient import IMAPClient
 
 from mailmirror.config.config_file import load_config
 from mailmirror.config.imapsync import convert_command_line, convert_sync_loop
@@ -19,8 +18,7 @@ from mailmirror.config.imapsync_conversion import Conversion
 from mailmirror.config.imapsync_handlers import parse_substitution
 from mailmirror.config.imapsync_options import OPTIONS, mapping_table
 from mailmirror.errors import UsageError
-from mailmirror.lab.dovecot import DovecotServer, LabUser
-from tests.support import ROOT, message_count, simple_message
+from tests.support import ROOT, Mirror, message_count, simple_message
 
 BASE = ["--host1", "old.example", "--user1", "alice", "--passfile1", "/etc/pw1"]
 BASE += ["--host2", "new.example", "--user2", "alice", "--passfile2", "/etc/pw2"]
@@ -256,28 +254,20 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     )
 
 
-def test_a_converted_imapsync_command_line_syncs_the_lab_servers(
-    tmp_path: Path,
-    source_server: DovecotServer,
-    src_user: LabUser,
-    src_client: IMAPClient,
-    dest_server: DovecotServer,
-    dst_user: LabUser,
-    dst_client: IMAPClient,
-) -> None:
+def test_a_converted_imapsync_command_line_syncs_the_lab_servers(tmp_path: Path, mirror: Mirror) -> None:
     for index in range(5):
-        src_client.append("INBOX", simple_message(index, tag="imapsync"))
-    src_client.create_folder("Projects")
-    src_client.append("Projects", simple_message(9, tag="imapsync"))
+        mirror.src.append("INBOX", simple_message(index, tag="imapsync"))
+    mirror.src.create_folder("Projects")
+    mirror.src.append("Projects", simple_message(9, tag="imapsync"))
     passfile = tmp_path / "secret1"
-    passfile.write_text(src_user.password + "\n", encoding="utf-8")
+    passfile.write_text(mirror.src_user.password + "\n", encoding="utf-8")
     imapsync = [
-        "--host1", "127.0.0.1", "--port1", str(source_server.port), "--tls1",
-        "--sslargs1", f"SSL_ca_file={source_server.ca_path}",
-        "--user1", src_user.username, "--passfile1", str(passfile),
-        "--host2", "127.0.0.1", "--port2", str(dest_server.tls_port), "--ssl2",
-        "--sslargs2", f"SSL_ca_file={dest_server.ca_path}",
-        "--user2", dst_user.username, "--password2", dst_user.password,
+        "--host1", "127.0.0.1", "--port1", str(mirror.source_server.port), "--tls1",
+        "--sslargs1", f"SSL_ca_file={mirror.source_server.ca_path}",
+        "--user1", mirror.src_user.username, "--passfile1", str(passfile),
+        "--host2", "127.0.0.1", "--port2", str(mirror.dest_server.tls_port), "--ssl2",
+        "--sslargs2", f"SSL_ca_file={mirror.dest_server.ca_path}",
+        "--user2", mirror.dst_user.username, "--password2", mirror.dst_user.password,
         "--automap", "--exclude", "^Trash$", "--maxsize", "50000000", "--useheader", "Message-Id",
         "--nofoldersizes", "--syncinternaldates", "--justfolders",
     ]  # fmt: skip
@@ -288,14 +278,16 @@ def test_a_converted_imapsync_command_line_syncs_the_lab_servers(
     assert converted_run.returncode == 78, converted_run.stderr  # --justfolders was not converted
     assert "not converted: --justfolders" in converted_run.stderr
     text = config_path.read_text(encoding="utf-8")
-    assert dst_user.password not in text and src_user.password not in text
-    assert dst_user.password not in converted_run.stderr + converted_run.stdout
+    assert mirror.dst_user.password not in text and mirror.src_user.password not in text
+    assert mirror.dst_user.password not in converted_run.stderr + converted_run.stdout
     assert yaml.safe_load(text)["accounts"]["destination"]["password"] == {"env": "MAILMIRROR_DESTINATION_PASSWORD"}
     validated = run_cli("-c", str(config_path), "config", "validate")
     assert validated.returncode == 0, validated.stderr
-    synced = run_cli("-c", str(config_path), "sync", env={"MAILMIRROR_DESTINATION_PASSWORD": dst_user.password})
+    synced = run_cli("-c", str(config_path), "sync", env={"MAILMIRROR_DESTINATION_PASSWORD": mirror.dst_user.password})
     assert synced.returncode == 0, synced.stdout + synced.stderr
-    assert message_count(dst_client, "INBOX") == 5
-    assert message_count(dst_client, "Projects") == 1
-    verified = run_cli("-c", str(config_path), "verify", env={"MAILMIRROR_DESTINATION_PASSWORD": dst_user.password})
+    assert message_count(mirror.dst, "INBOX") == 5
+    assert message_count(mirror.dst, "Projects") == 1
+    verified = run_cli(
+        "-c", str(config_path), "verify", env={"MAILMIRROR_DESTINATION_PASSWORD": mirror.dst_user.password}
+    )
     assert verified.returncode == 0, verified.stdout + verified.stderr

@@ -158,7 +158,7 @@ def test_default_capabilities_are_the_documented_list(src_client: IMAPClient) ->
     assert not any(c.startswith("APPENDLIMIT") for c in caps(src_client))
 
 
-def test_drop_capabilities(make_server: MakeServer) -> None:
+def test_dropped_capabilities_are_not_advertised_before_or_after_login(make_server: MakeServer) -> None:
     server = make_server(drop_capabilities=("CONDSTORE", "QRESYNC", "UIDPLUS"))
     user = server.add_user()
     client = IMAPClient(server.host, server.port, ssl=False, timeout=10)

@@ -10,13 +10,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from imapclient import IMAPClient
 
 from mailmirror.config.config_file import load_config
 from mailmirror.engine.pair_pass import PairPass
-from mailmirror.lab.dovecot import DovecotServer, LabUser, SeedMessage, seed
+from mailmirror.lab.dovecot import SeedMessage, seed
 from mailmirror.state.store import StateStore
-from tests.support import make_setup, message_count, simple_message
+from tests.support import Mirror, message_count, simple_message
 
 pytestmark = pytest.mark.dovecot
 
@@ -28,27 +27,20 @@ folders:
 """
 
 
-def test_a_watch_never_removes_another_folders_unconfirmed_copy_of_the_same_message(
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
-    dst_client: IMAPClient,
-) -> None:
+def test_a_watch_never_removes_another_folders_unconfirmed_copy_of_the_same_message(mirror: Mirror) -> None:
     same = simple_message(7)
     # a fixed INTERNALDATE: the hand-made copy below must not differ from the source by the clock's second
     received = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
-    seed(src_client, "A", [SeedMessage(same, internaldate=received)])
-    seed(src_client, "B", [SeedMessage(same, internaldate=received)])
-    setup = make_setup(source_server, src_user, dest_server, dst_user, pair_options=MERGED)
+    seed(mirror.src, "A", [SeedMessage(same, internaldate=received)])
+    seed(mirror.src, "B", [SeedMessage(same, internaldate=received)])
+    setup = mirror.setup(pair_options=MERGED)
     first = setup.sync()
-    assert first.error is None and message_count(dst_client, "Merged") == 1  # B adopts A's copy
+    assert first.error is None and message_count(mirror.dst, "Merged") == 1  # B adopts A's copy
     # B's pass appended a copy of its own (as when both folders were planned at once) and has not marked it
     # done yet: its row is pending, with the UIDNEXT before that append as its floor
-    floor = int(dst_client.folder_status("Merged", ["UIDNEXT"])[b"UIDNEXT"])
-    dst_client.append("Merged", same, msg_time=received)
-    assert message_count(dst_client, "Merged") == 2
+    floor = int(mirror.dst.folder_status("Merged", ["UIDNEXT"])[b"UIDNEXT"])
+    mirror.dst.append("Merged", same, msg_time=received)
+    assert message_count(mirror.dst, "Merged") == 2
 
     config = load_config(setup.config_path)
     store = StateStore(config.state.path)
@@ -67,11 +59,11 @@ def test_a_watch_never_removes_another_folders_unconfirmed_copy_of_the_same_mess
         store.close()
     assert report.error is None
     assert sum(f.late_duplicates_removed for f in report.folders) == 0
-    assert message_count(dst_client, "Merged") == 2  # B's copy is still there
+    assert message_count(mirror.dst, "Merged") == 2  # B's copy is still there
     [folder] = report.folders
     assert folder.unresolved is not None  # A's watch stays open: nothing proven yet
 
     second = setup.sync()  # B resolves its pending row: found on the destination, done
     assert second.error is None and second.copied == 0
-    assert message_count(dst_client, "Merged") == 2
+    assert message_count(mirror.dst, "Merged") == 2
     assert setup.verify().clean

@@ -13,9 +13,9 @@ import pytest
 from imapclient import IMAPClient
 
 from mailmirror.config.config_file import load_config
-from mailmirror.lab.dovecot import DovecotServer, LabUser, SeedMessage, seed
+from mailmirror.lab.dovecot import SeedMessage, seed
 from mailmirror.state.store import StateStore
-from tests.support import make_setup, message_count, simple_message
+from tests.support import Mirror, message_count, simple_message
 
 pytestmark = pytest.mark.dovecot
 
@@ -37,37 +37,30 @@ def _recreate(client: IMAPClient, folder: str) -> list[bytes]:
     return bodies
 
 
-def test_a_watch_survives_a_destination_uidvalidity_reset_and_removes_the_late_copy(
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
-    dst_client: IMAPClient,
-) -> None:
-    seed(src_client, "Work", [SeedMessage(simple_message(i)) for i in range(3)])
-    setup = make_setup(source_server, src_user, dest_server, dst_user)
+def test_a_watch_survives_a_destination_uidvalidity_reset_and_removes_the_late_copy(mirror: Mirror) -> None:
+    seed(mirror.src, "Work", [SeedMessage(simple_message(i)) for i in range(3)])
+    setup = mirror.setup()
     assert setup.sync().error is None
     config = load_config(setup.config_path)
     store = StateStore(config.state.path)
     try:  # one append of a lost connection was copied again: watched for its late write
         watched = store.messages("test", "Work")[min(store.messages("test", "Work"))]
-        floor = int(dst_client.folder_status("Work", ["UIDNEXT"])[b"UIDNEXT"])
+        floor = int(mirror.dst.folder_status("Work", ["UIDNEXT"])[b"UIDNEXT"])
         store.watch_late_writes("test", "Work", [watched], floor, datetime.now(UTC) + timedelta(hours=1))
     finally:
         store.close()
 
-    bodies = _recreate(dst_client, "Work")
+    bodies = _recreate(mirror.dst, "Work")
     second = setup.sync()  # the map is rebuilt by fingerprint; the watch stays open
     assert second.error is None and second.copied == 0
     [work] = [folder for folder in second.folders if folder.source == "Work"]
     assert work.unresolved is not None, "the pass claimed exactly once while a late write may still land"
 
-    dst_client.append("Work", bodies[0])  # the stalled server runs the old APPEND now (UIDs from 1 again)
-    assert message_count(dst_client, "Work") == 4
+    mirror.dst.append("Work", bodies[0])  # the stalled server runs the old APPEND now (UIDs from 1 again)
+    assert message_count(mirror.dst, "Work") == 4
     third = setup.sync()
     assert third.error is None and third.copied == 0
     [work] = [folder for folder in third.folders if folder.source == "Work"]
     assert work.late_duplicates_removed == 1
-    assert message_count(dst_client, "Work") == 3
+    assert message_count(mirror.dst, "Work") == 3
     assert setup.verify().clean

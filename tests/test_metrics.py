@@ -16,18 +16,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from imapclient import IMAPClient
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from mailmirror.engine.outcome import PairReport
 from mailmirror.errors import AuthenticationFailure, MailmirrorError, Stopped
-from mailmirror.lab.dovecot import DovecotServer, LabUser, SeedMessage, seed
+from mailmirror.lab.dovecot import SeedMessage, seed
 from mailmirror.service.health import Check, HealthServer
 from mailmirror.service.metrics import Metrics, failure_reason, skip_reason
 from mailmirror.service.schedule import cron_longest_gap
 from tests.promql import dashboard_expressions, metric_names, rule_expressions
-from tests.support import ROOT, RunningDaemon, make_setup, require_program, simple_message
+from tests.support import ROOT, Mirror, RunningDaemon, make_setup, require_program, simple_message
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -149,24 +148,18 @@ def test_the_endpoint_listens_on_ipv6_and_survives_a_failing_check() -> None:
 
 
 @pytest.mark.dovecot
-def test_scrape_follows_the_passes(
-    start_daemon: Callable[[Path], RunningDaemon],
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    src_client: IMAPClient,
-) -> None:
-    small_destination = dest_server.add_user(max_mail_size=100_000)
-    with dest_server.connect(small_destination) as client:
+def test_scrape_follows_the_passes(start_daemon: Callable[[Path], RunningDaemon], mirror: Mirror) -> None:
+    small_destination = mirror.dest_server.add_user(max_mail_size=100_000)
+    with mirror.dest_server.connect(small_destination) as client:
         client.select_folder("INBOX")  # created now, not raced for by the daemon's first sessions
     bodies = [simple_message(i) for i in range(5)]
     big = simple_message(99, size=150_000)  # the destination refuses it (quota_max_mail_size)
     huge = simple_message(98, size=250_000)  # left out by messages.max_size
-    seed(src_client, "INBOX", [SeedMessage(body) for body in [*bodies, big, huge]])
+    seed(mirror.src, "INBOX", [SeedMessage(body) for body in [*bodies, big, huge]])
     setup = make_setup(
-        source_server,
-        src_user,
-        dest_server,
+        mirror.source_server,
+        mirror.src_user,
+        mirror.dest_server,
         small_destination,
         pair_options="schedule: {every: 1s}\nmessages: {max_size: 200KB}",
     )
@@ -196,7 +189,7 @@ def test_scrape_follows_the_passes(
 
     first_success = value(samples, "mailmirror_pair_last_success_timestamp_seconds", pair="test") or 0
     failures_before = value(samples, "mailmirror_message_failures_total", pair="test", reason="refused") or 0
-    seed(src_client, "INBOX", [SeedMessage(simple_message(i)) for i in range(10, 13)])
+    seed(mirror.src, "INBOX", [SeedMessage(simple_message(i)) for i in range(10, 13)])
     samples = wait_for_sample(  # counted batch by batch: wait for the end of the pass that copied them
         daemon,
         lambda s: (
@@ -235,13 +228,9 @@ def test_scrape_follows_the_passes(
 
 @pytest.mark.dovecot
 def test_authentication_failures_make_the_pair_down_and_the_daemon_unready(
-    start_daemon: Callable[[Path], RunningDaemon],
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
+    start_daemon: Callable[[Path], RunningDaemon], mirror: Mirror
 ) -> None:
-    setup = make_setup(source_server, src_user, dest_server, dst_user, pair_options="schedule: {every: 1s}")
+    setup = mirror.setup(pair_options="schedule: {every: 1s}")
     (setup.directory / "src.password").write_text("Xyzzy-not-it-42\n", encoding="utf-8")
     text = setup.config_path.read_text(encoding="utf-8")
     setup.config_path.write_text(
@@ -270,15 +259,10 @@ def test_authentication_failures_make_the_pair_down_and_the_daemon_unready(
 
 @pytest.mark.dovecot
 def test_a_removed_pair_leaves_the_scrape_and_a_read_only_state_makes_it_unready(
-    start_daemon: Callable[[Path], RunningDaemon],
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
+    start_daemon: Callable[[Path], RunningDaemon], mirror: Mirror
 ) -> None:
-    seed(src_client, "INBOX", [SeedMessage(simple_message(1))])
-    setup = make_setup(source_server, src_user, dest_server, dst_user, pair_options="schedule: {every: 1h}")
+    seed(mirror.src, "INBOX", [SeedMessage(simple_message(1))])
+    setup = mirror.setup(pair_options="schedule: {every: 1h}")
     text = setup.config_path.read_text(encoding="utf-8")
     second = "  second:\n    source: src\n    destination: dst\n    folders: {under: Backup}\n"
     setup.config_path.write_text(text + second, encoding="utf-8")
@@ -312,16 +296,11 @@ def test_a_removed_pair_leaves_the_scrape_and_a_read_only_state_makes_it_unready
 
 @pytest.mark.dovecot
 def test_a_real_prometheus_scrapes_the_daemon_and_loads_the_rules(
-    start_daemon: Callable[[Path], RunningDaemon],
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
+    start_daemon: Callable[[Path], RunningDaemon], mirror: Mirror
 ) -> None:
     prometheus = require_program("prometheus", "prometheus")
-    seed(src_client, "INBOX", [SeedMessage(simple_message(i)) for i in range(4)])
-    setup = make_setup(source_server, src_user, dest_server, dst_user, pair_options="schedule: {every: 1h}")
+    seed(mirror.src, "INBOX", [SeedMessage(simple_message(i)) for i in range(4)])
+    setup = mirror.setup(pair_options="schedule: {every: 1h}")
     daemon = start_daemon(setup.config_path)
     target = urllib.parse.urlsplit(daemon.metrics_url()).netloc
     rules = Path(__file__).resolve().parent.parent / "dashboards" / "prometheus" / "mailmirror.rules.yml"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import tempfile
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,10 +15,10 @@ from imapclient import IMAPClient
 from mailmirror.config.config_file import Config, load_config
 from mailmirror.config.problems import InvalidConfig
 from mailmirror.config.providers import PRESETS
-from mailmirror.lab.dovecot import DovecotServer, LabUser, seed_mailbox
+from mailmirror.lab.dovecot import DovecotServer, seed_mailbox
 from mailmirror.lab.providers import PROVIDER_SPECIAL_USE, exchange_mailbox, gmail_mailbox
-from tests.conftest import MakeServer
-from tests.support import Setup, account_yaml
+from tests.conftest import MakeMirror, MakeServer
+from tests.support import Mirror, Setup, account_yaml, write_pair_setup
 
 # -- config: presets as defaults ------------------------------------------------------------------------
 
@@ -169,41 +168,30 @@ def provider_server(make_server: MakeServer) -> DovecotServer:
 
 
 @pytest.fixture
-def provider_user(provider_server: DovecotServer) -> LabUser:
-    return provider_server.add_user()
+def from_provider(provider_server: DovecotServer, make_mirror: MakeMirror) -> Mirror:
+    """A mirror from a fresh account on the provider-shaped server to one on the session's destination."""
+    return make_mirror(source=provider_server)
 
 
 @pytest.fixture
-def provider_client(provider_server: DovecotServer, provider_user: LabUser) -> Iterator[IMAPClient]:
-    client = provider_server.connect(provider_user)
-    try:
-        yield client
-    finally:
-        client.logout()
+def to_provider(provider_server: DovecotServer, make_mirror: MakeMirror) -> Mirror:
+    """A mirror from a fresh account on the session's source to one on the provider-shaped server."""
+    return make_mirror(destination=provider_server)
 
 
 def provider_setup(
-    source: tuple[DovecotServer, LabUser, str | None],
-    destination: tuple[DovecotServer, LabUser, str | None],
-    pair_options: str = "",
+    mirror: Mirror, *, source: str | None = None, destination: str | None = None, pair_options: str = ""
 ) -> Setup:
+    """The mirror's pair with the provider preset ``source`` / ``destination`` on its accounts."""
     directory = Path(tempfile.mkdtemp(prefix="mailmirror-test-"))
-    accounts = ""
-    for name, (server, user, provider) in (("src", source), ("dst", destination)):
-        accounts += account_yaml(name, server, user, directory)
-        if provider:
-            accounts += f"    provider: {provider}\n"
-    text = (
-        f"state: {{path: {directory / 'state.db'}}}\n"
-        'metrics: {listen: "127.0.0.1:0"}\n'
-        "accounts:\n"
-        + accounts
-        + "pairs:\n  test:\n    source: src\n    destination: dst\n"
-        + "".join(f"    {line}\n" for line in textwrap.dedent(pair_options).splitlines() if line.strip())
+    source_account, destination_account = (
+        account_yaml(name, server, user, directory) + (f"    provider: {provider}\n" if provider else "")
+        for name, server, user, provider in (
+            ("src", mirror.source_server, mirror.src_user, source),
+            ("dst", mirror.dest_server, mirror.dst_user, destination),
+        )
     )
-    config_path = directory / "mailmirror.yaml"
-    config_path.write_text(text, encoding="utf-8")
-    return Setup(directory, config_path)
+    return write_pair_setup(directory, source_account, destination_account, pair_options)
 
 
 def where_is_each_message(client: IMAPClient) -> dict[str, list[str]]:
@@ -221,24 +209,17 @@ def where_is_each_message(client: IMAPClient) -> dict[str, list[str]]:
     return found
 
 
-def test_gmail_source_copies_each_message_once_all_mail_last(
-    provider_server: DovecotServer,
-    provider_user: LabUser,
-    provider_client: IMAPClient,
-    dest_server: DovecotServer,
-    dst_user: LabUser,
-    dst_client: IMAPClient,
-) -> None:
+def test_gmail_source_copies_each_message_once_all_mail_last(from_provider: Mirror) -> None:
     layout = gmail_mailbox()
-    seed_mailbox(provider_client, layout.mailbox)
-    setup = provider_setup((provider_server, provider_user, "gmail"), (dest_server, dst_user, None))
+    seed_mailbox(from_provider.src, layout.mailbox)
+    setup = provider_setup(from_provider, source="gmail")
 
     report = setup.sync()
     assert report.error is None and report.complete, report
     destination_of = {folder.source: folder.destination for folder in report.folders}
     assert not set(layout.excluded) & set(destination_of), "a folder the preset excludes was synced"
     assert list(destination_of)[-1] == "[Gmail]/All Mail"  # its copy of a message loses
-    placed = where_is_each_message(dst_client)
+    placed = where_is_each_message(from_provider.dst)
     assert placed == {key: [destination_of[folder]] for key, folder in layout.kept_in.items()}
     assert "chat" not in placed
     assert report.copied == len(layout.kept_in)
@@ -249,19 +230,9 @@ def test_gmail_source_copies_each_message_once_all_mail_last(
     assert verdict.clean, [(f.source, f.differences) for f in verdict.folders if f.differences]
 
 
-def test_plan_shows_what_the_preset_changed(
-    provider_server: DovecotServer,
-    provider_user: LabUser,
-    provider_client: IMAPClient,
-    dest_server: DovecotServer,
-    dst_user: LabUser,
-) -> None:
-    seed_mailbox(provider_client, gmail_mailbox().mailbox)
-    setup = provider_setup(
-        (provider_server, provider_user, "gmail"),
-        (dest_server, dst_user, None),
-        "transfer: {retries: 3}",
-    )
+def test_plan_shows_what_the_preset_changed(from_provider: Mirror) -> None:
+    seed_mailbox(from_provider.src, gmail_mailbox().mailbox)
+    setup = provider_setup(from_provider, source="gmail", pair_options="transfer: {retries: 3}")
     result = setup.run("plan")
     assert result.returncode == 0, result.stderr
     text = result.stdout
@@ -286,19 +257,12 @@ def test_plan_shows_what_the_preset_changed(
     assert copies["[Gmail]/All Mail"] == 1  # only the archived message has no other folder
 
 
-def test_office365_source_maps_special_folders_and_skips_outbox_and_sync_issues(
-    provider_server: DovecotServer,
-    provider_user: LabUser,
-    provider_client: IMAPClient,
-    dest_server: DovecotServer,
-    dst_user: LabUser,
-    dst_client: IMAPClient,
-) -> None:
+def test_office365_source_maps_special_folders_and_skips_outbox_and_sync_issues(from_provider: Mirror) -> None:
     layout = exchange_mailbox()
-    seed_mailbox(provider_client, layout.mailbox)
+    seed_mailbox(from_provider.src, layout.mailbox)
     for folder in ("Sent", "Trash", "Junk", "Drafts"):
-        dst_client.create_folder(folder)
-    setup = provider_setup((provider_server, provider_user, "office365"), (dest_server, dst_user, None))
+        from_provider.dst.create_folder(folder)
+    setup = provider_setup(from_provider, source="office365")
 
     report = setup.sync()
     assert report.error is None and report.complete, report
@@ -307,36 +271,29 @@ def test_office365_source_maps_special_folders_and_skips_outbox_and_sync_issues(
     assert destination_of["Deleted Items"] == "Trash"
     assert destination_of["Junk Email"] == "Junk"
     assert not set(layout.excluded) & set(destination_of)
-    placed = where_is_each_message(dst_client)
+    placed = where_is_each_message(from_provider.dst)
     assert placed == {key: [destination_of[folder]] for key, folder in layout.kept_in.items()}
-    assert not {"Outbox", "Sync Issues"} & {name for _f, _d, name in dst_client.list_folders()}
+    assert not {"Outbox", "Sync Issues"} & {name for _f, _d, name in from_provider.dst.list_folders()}
     assert setup.verify().clean
 
 
-def test_office365_destination_gets_the_outlook_names(
-    source_server: DovecotServer,
-    src_user: LabUser,
-    src_client: IMAPClient,
-    provider_server: DovecotServer,
-    provider_user: LabUser,
-    provider_client: IMAPClient,
-) -> None:
+def test_office365_destination_gets_the_outlook_names(to_provider: Mirror) -> None:
     plain = {
         "INBOX": exchange_mailbox().mailbox["INBOX"],
         "Sent": exchange_mailbox().mailbox["Sent Items"],
         "Trash": exchange_mailbox().mailbox["Deleted Items"],
         "Junk": exchange_mailbox().mailbox["Junk Email"],
     }
-    seed_mailbox(src_client, plain)
+    seed_mailbox(to_provider.src, plain)
     for folder in ("Sent Items", "Deleted Items", "Junk Email"):  # a new Microsoft 365 mailbox has them
-        provider_client.create_folder(folder)
-    setup = provider_setup((source_server, src_user, None), (provider_server, provider_user, "office365"))
+        to_provider.dst.create_folder(folder)
+    setup = provider_setup(to_provider, destination="office365")
 
     report = setup.sync()
     assert report.error is None and report.complete, report
     destination_of = {folder.source: folder.destination for folder in report.folders}
     assert destination_of == {"INBOX": "INBOX", "Sent": "Sent Items", "Trash": "Deleted Items", "Junk": "Junk Email"}
-    placed = where_is_each_message(provider_client)
+    placed = where_is_each_message(to_provider.dst)
     assert placed == {"inbox": ["INBOX"], "sent": ["Sent Items"], "deleted": ["Deleted Items"], "junk": ["Junk Email"]}
     config = load_config(setup.config_path)
     assert config.pair("test").messages.max_size == 45_000_000  # the preset's, as the pass used it

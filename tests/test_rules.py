@@ -6,146 +6,98 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from imapclient import IMAPClient
 
 import mailmirror.state.store
-from mailmirror.lab.dovecot import DovecotServer, LabUser, SeedMessage, seed
+from mailmirror.lab.dovecot import SeedMessage, seed
 from mailmirror.state.store import StateStore
-from tests.support import make_setup, message_count, simple_message
+from tests.support import Mirror, message_count, simple_message
 
 pytestmark = pytest.mark.dovecot
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
 
-def test_max_age_copies_only_recent_messages(
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
-    dst_client: IMAPClient,
-) -> None:
+def test_max_age_copies_only_recent_messages(mirror: Mirror) -> None:
     old = [SeedMessage(simple_message(i), (), NOW - timedelta(days=400)) for i in range(4)]
     recent = [SeedMessage(simple_message(10 + i), (), NOW - timedelta(days=3)) for i in range(3)]
-    seed(src_client, "INBOX", old + recent)
-    setup = make_setup(source_server, src_user, dest_server, dst_user, pair_options="messages: {max_age: 365d}")
+    seed(mirror.src, "INBOX", old + recent)
+    setup = mirror.setup(pair_options="messages: {max_age: 365d}")
     report = setup.sync()
     assert report.copied == 3 and report.skipped == 4
-    assert message_count(dst_client) == 3
+    assert message_count(mirror.dst) == 3
     assert setup.verify().clean
 
 
 def test_min_age_defers_young_messages_until_they_are_old_enough(
-    monkeypatch: pytest.MonkeyPatch,
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
-    dst_client: IMAPClient,
+    monkeypatch: pytest.MonkeyPatch, mirror: Mirror
 ) -> None:
     seed(
-        src_client,
+        mirror.src,
         "INBOX",
         [SeedMessage(simple_message(1), (), NOW - timedelta(days=3)), SeedMessage(simple_message(2), (), NOW)],
     )
-    setup = make_setup(source_server, src_user, dest_server, dst_user, pair_options="messages: {min_age: 1d}")
+    setup = mirror.setup(pair_options="messages: {min_age: 1d}")
     assert setup.sync().copied == 1
     assert setup.sync().copied == 0
     later = NOW + timedelta(days=2)
     monkeypatch.setattr(mailmirror.state.store, "_now", lambda: later.isoformat(timespec="seconds"))
     assert setup.sync(clock=lambda: later).copied == 1  # the folder did not change, but its deferred message is due
-    assert message_count(dst_client) == 2
+    assert message_count(mirror.dst) == 2
 
 
-def test_search_rule_is_anded_and_rechecked_when_flags_change(
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
-    dst_client: IMAPClient,
-) -> None:
+def test_search_rule_is_anded_and_rechecked_when_flags_change(mirror: Mirror) -> None:
     uids = seed(
-        src_client,
+        mirror.src,
         "INBOX",
         [SeedMessage(simple_message(i), ("\\Flagged",) if i < 2 else ()) for i in range(6)],
     )
-    setup = make_setup(source_server, src_user, dest_server, dst_user, pair_options='messages: {search: "FLAGGED"}')
+    setup = mirror.setup(pair_options='messages: {search: "FLAGGED"}')
     assert setup.sync().copied == 2
-    src_client.select_folder("INBOX")
-    src_client.add_flags(uids[4:5], ["\\Flagged"])
+    mirror.src.select_folder("INBOX")
+    mirror.src.add_flags(uids[4:5], ["\\Flagged"])
     assert setup.sync().copied == 1
-    assert message_count(dst_client) == 3
+    assert message_count(mirror.dst) == 3
     assert setup.verify().clean
 
 
-def test_keyword_rules_drop_and_rename(
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
-    dst_client: IMAPClient,
-) -> None:
-    seed(src_client, "INBOX", [SeedMessage(simple_message(1), ("\\Seen", "$Junk", "$Label1"))])
+def test_keyword_rules_drop_and_rename(mirror: Mirror) -> None:
+    seed(mirror.src, "INBOX", [SeedMessage(simple_message(1), ("\\Seen", "$Junk", "$Label1"))])
     options = "flags: {drop: ['^\\$Junk$'], rename: {$Label1: $Important}}"
-    setup = make_setup(source_server, src_user, dest_server, dst_user, pair_options=options)
+    setup = mirror.setup(pair_options=options)
     setup.sync()
-    dst_client.select_folder("INBOX", readonly=True)
-    [flags] = [set(data[b"FLAGS"]) for data in dst_client.fetch(dst_client.search(), ["FLAGS"]).values()]
+    mirror.dst.select_folder("INBOX", readonly=True)
+    [flags] = [set(data[b"FLAGS"]) for data in mirror.dst.fetch(mirror.dst.search(), ["FLAGS"]).values()]
     assert flags - {b"\\Recent"} == {b"\\Seen", b"$Important"}
     assert setup.verify().clean
 
 
-def test_cross_folder_duplicates_are_copied_once(
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
-    dst_client: IMAPClient,
-) -> None:
+def test_cross_folder_duplicates_are_copied_once(mirror: Mirror) -> None:
     shared = [SeedMessage(simple_message(i, tag="label")) for i in range(4)]
-    seed(src_client, "INBOX", shared[:2])
-    seed(src_client, "Labels/Work", shared)
-    seed(src_client, "Labels/Home", [*shared[2:], SeedMessage(simple_message(99))])
+    seed(mirror.src, "INBOX", shared[:2])
+    seed(mirror.src, "Labels/Work", shared)
+    seed(mirror.src, "Labels/Home", [*shared[2:], SeedMessage(simple_message(99))])
     options = "messages: {skip_cross_folder_duplicates: true}"
-    setup = make_setup(source_server, src_user, dest_server, dst_user, pair_options=options)
+    setup = mirror.setup(pair_options=options)
     report = setup.sync()
     assert report.copied == 5 and report.skipped == 4
-    assert [message_count(dst_client, f) for f in ("INBOX", "Labels/Home", "Labels/Work")] == [2, 3, 0]
+    assert [message_count(mirror.dst, f) for f in ("INBOX", "Labels/Home", "Labels/Work")] == [2, 3, 0]
     assert setup.sync().copied == 0
     assert setup.verify().clean
 
 
-def test_skip_empty_creates_no_folder_for_an_empty_one(
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
-    dst_client: IMAPClient,
-) -> None:
-    src_client.create_folder("Nothing Here")
-    seed(src_client, "Something", [SeedMessage(simple_message(1))])
-    setup = make_setup(source_server, src_user, dest_server, dst_user, pair_options="folders: {skip_empty: true}")
+def test_skip_empty_creates_no_folder_for_an_empty_one(mirror: Mirror) -> None:
+    mirror.src.create_folder("Nothing Here")
+    seed(mirror.src, "Something", [SeedMessage(simple_message(1))])
+    setup = mirror.setup(pair_options="folders: {skip_empty: true}")
     setup.sync()
-    names = {name for _flags, _delimiter, name in dst_client.list_folders()}
+    names = {name for _flags, _delimiter, name in mirror.dst.list_folders()}
     assert "Something" in names and "Nothing Here" not in names
     assert setup.verify().clean
 
 
-def test_deferred_rows_hold_no_secret_and_are_inspectable(
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
-) -> None:
-    seed(src_client, "INBOX", [SeedMessage(simple_message(1), (), NOW)])
-    setup = make_setup(source_server, src_user, dest_server, dst_user, pair_options="messages: {min_age: 7d}")
+def test_deferred_rows_hold_no_secret_and_are_inspectable(mirror: Mirror) -> None:
+    seed(mirror.src, "INBOX", [SeedMessage(simple_message(1), (), NOW)])
+    setup = mirror.setup(pair_options="messages: {min_age: 7d}")
     setup.sync()
     store = StateStore(setup.directory / "state.db")
     waiting, due = store.deferred_uids("test", "INBOX")
@@ -154,21 +106,12 @@ def test_deferred_rows_hold_no_secret_and_are_inspectable(
     assert setup.run("status").returncode == 0
 
 
-def test_plan_shows_mapping_sizes_and_work_and_changes_nothing(
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
-    dst_client: IMAPClient,
-) -> None:
-    seed(src_client, "INBOX", [SeedMessage(simple_message(i)) for i in range(4)])
-    seed(src_client, "Projects/Client Work", [SeedMessage(simple_message(10 + i)) for i in range(2)])
-    seed(dst_client, "INBOX", [SeedMessage(simple_message(0))])
-    setup = make_setup(
-        source_server, src_user, dest_server, dst_user, pair_options="folders: {map: {INBOX: Inbox-Old}}"
-    )
-    before = {name for _f, _d, name in dst_client.list_folders()}
+def test_plan_shows_mapping_sizes_and_work_and_changes_nothing(mirror: Mirror) -> None:
+    seed(mirror.src, "INBOX", [SeedMessage(simple_message(i)) for i in range(4)])
+    seed(mirror.src, "Projects/Client Work", [SeedMessage(simple_message(10 + i)) for i in range(2)])
+    seed(mirror.dst, "INBOX", [SeedMessage(simple_message(0))])
+    setup = mirror.setup(pair_options="folders: {map: {INBOX: Inbox-Old}}")
+    before = {name for _f, _d, name in mirror.dst.list_folders()}
     result = setup.run("plan", "--json")
     assert result.returncode == 0, result.stdout + result.stderr
     [pair] = json.loads(result.stdout)["pairs"]
@@ -177,7 +120,7 @@ def test_plan_shows_mapping_sizes_and_work_and_changes_nothing(
     assert folders["INBOX"]["create"] and folders["INBOX"]["copy"] == 4
     assert folders["INBOX"]["source_size"]["messages"] == 4
     assert folders["Projects/Client Work"]["copy"] == 2
-    assert {name for _f, _d, name in dst_client.list_folders()} == before
+    assert {name for _f, _d, name in mirror.dst.list_folders()} == before
     text = setup.run("plan")
     assert text.returncode == 0 and "Inbox-Old (to create)" in text.stdout and "Nothing was changed" in text.stdout
     assert not (setup.directory / "state.db").exists() or setup.run("status").returncode == 0

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import tempfile
-import textwrap
 from collections.abc import Iterator
 from contextlib import ExitStack
 from datetime import UTC, datetime
@@ -32,7 +31,7 @@ from mailmirror.lab.dovecot import DovecotServer, LabUser
 from mailmirror.service.metrics import Metrics
 from tests.conftest import MakeServer
 from tests.rewrite_proxy import ServerMask, munge_header_8bit
-from tests.support import Setup, account_yaml, simple_message
+from tests.support import Mirror, Setup, account_yaml, simple_message, write_pair_setup
 
 pytestmark = pytest.mark.dovecot
 
@@ -66,18 +65,9 @@ def masked_setup(
             return account_yaml(name, server, user, directory)
         return masked_account(name, mask.port, user, directory)
 
-    text = (
-        f"state: {{path: {directory / 'state.db'}}}\n"
-        'metrics: {listen: "127.0.0.1:0"}\n'
-        "accounts:\n"
-        + account("src", source, source_user, source_mask)
-        + account("dst", destination, destination_user, destination_mask)
-        + "pairs:\n  test:\n    source: src\n    destination: dst\n"
-        + "".join(f"    {line}\n" for line in textwrap.dedent(pair_options).splitlines() if line.strip())
-    )
-    config_path = directory / "mailmirror.yaml"
-    config_path.write_text(text, encoding="utf-8")
-    return Setup(directory, config_path)
+    source_account = account("src", source, source_user, source_mask)
+    destination_account = account("dst", destination, destination_user, destination_mask)
+    return write_pair_setup(directory, source_account, destination_account, pair_options)
 
 
 def append(client: IMAPClient, folder: str, *indexes: int, tag: str = "") -> None:
@@ -111,36 +101,30 @@ def masks(source_server: DovecotServer, dest_server: DovecotServer, request: pyt
 
 @pytest.mark.parametrize("masks", [False, True], ids=["select-only", "select-and-status"], indirect=True)
 def test_passes_with_new_mail_work_when_select_has_no_uidnext(
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
-    dst_client: IMAPClient,
-    masks: tuple[ServerMask, ServerMask],
+    mirror: Mirror, masks: tuple[ServerMask, ServerMask]
 ) -> None:
     """Courier's SELECT has no [UIDNEXT]: a 0 was stored and the next pass sent `UID SEARCH UID 0:*` (NO,
     exit 75 forever). Both sides behind the mask, several passes with new mail, expunges and no change."""
-    src_client.create_folder("Work")
-    append(src_client, "INBOX", 1, 2, 3)
-    append(src_client, "Work", 4)
+    mirror.src.create_folder("Work")
+    append(mirror.src, "INBOX", 1, 2, 3)
+    append(mirror.src, "Work", 4)
     setup = masked_setup(
-        source_server, src_user, dest_server, dst_user, source_mask=masks[0], destination_mask=masks[1],
-        pair_options="deletions: {destination: mirror}",
+        mirror.source_server, mirror.src_user, mirror.dest_server, mirror.dst_user,
+        source_mask=masks[0], destination_mask=masks[1], pair_options="deletions: {destination: mirror}",
     )  # fmt: skip
     first = setup.sync()
     assert first.error is None and first.complete and first.copied == 4
     assert all(src and dst for _folder, src, dst in stored_markers(setup)), stored_markers(setup)
 
-    append(src_client, "INBOX", 5, 6)
-    append(dst_client, "INBOX", 90)  # delivered to the destination by someone else meanwhile
+    append(mirror.src, "INBOX", 5, 6)
+    append(mirror.dst, "INBOX", 90)  # delivered to the destination by someone else meanwhile
     second = setup.sync()
     assert second.error is None and second.complete and second.copied == 2, second
 
-    src_client.select_folder("INBOX")
-    src_client.delete_messages(src_client.search(["SUBJECT", "message 1"]))
-    src_client.expunge()
-    append(src_client, "INBOX", 7)
+    mirror.src.select_folder("INBOX")
+    mirror.src.delete_messages(mirror.src.search(["SUBJECT", "message 1"]))
+    mirror.src.expunge()
+    append(mirror.src, "INBOX", 7)
     third = setup.sync()
     assert third.error is None and third.complete and third.copied == 1
     assert third.total("deleted") == 1
@@ -150,26 +134,21 @@ def test_passes_with_new_mail_work_when_select_has_no_uidnext(
     assert all(src and dst for _folder, src, dst in stored_markers(setup)), stored_markers(setup)
     verdict = setup.verify()
     assert verdict.clean, verdict
-    dst_client.select_folder("INBOX", readonly=True)
-    assert len(dst_client.search()) == 6  # 2, 3, 5, 6, 7 and the one delivered there
+    mirror.dst.select_folder("INBOX", readonly=True)
+    assert len(mirror.dst.search()) == 6  # 2, 3, 5, 6, 7 and the one delivered there
 
 
-def test_a_stored_uidnext_of_zero_is_never_sent(
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
-    masks: tuple[ServerMask, ServerMask],
-) -> None:
+def test_a_stored_uidnext_of_zero_is_never_sent(mirror: Mirror, masks: tuple[ServerMask, ServerMask]) -> None:
     """A state database written by an affected version holds dst_uidnext = 0 (and src_uidnext = 0): the
     next pass must treat them as unknown, not search from UID 0."""
-    append(src_client, "INBOX", 1, 2)
-    setup = masked_setup(source_server, src_user, dest_server, dst_user, destination_mask=masks[1])
+    append(mirror.src, "INBOX", 1, 2)
+    setup = masked_setup(
+        mirror.source_server, mirror.src_user, mirror.dest_server, mirror.dst_user, destination_mask=masks[1]
+    )
     assert setup.sync().copied == 2
     with sqlite3.connect(setup.directory / "state.db") as db:
         db.execute("UPDATE folders SET dst_uidnext = 0, src_uidnext = 0")
-    append(src_client, "INBOX", 3)
+    append(mirror.src, "INBOX", 3)
     report = setup.sync()
     assert report.error is None and report.complete and report.copied == 1
     assert setup.verify().clean
@@ -203,34 +182,21 @@ def test_select_learns_uidnext_the_server_does_not_give(
 # -- 2, 3, 5. special-use folders, automap without merges, stable labels, deletions in the summary -------
 
 
-def umlaut_setup(
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
-    pair_options: str = "",
-) -> Setup:
+def umlaut_setup(mirror: Mirror, pair_options: str = "") -> Setup:
     """A source with a real \\Drafts folder (the lab's Dovecot gives "Drafts" the attribute) and a folder
     with a well-known German name for drafts, as in issue 14."""
     for folder in ("Drafts", "Entwürfe", "Work"):
-        src_client.create_folder(folder)
-    append(src_client, "Drafts", 1, 2, tag="d")
-    append(src_client, "Entwürfe", 3, 4, 5, tag="e")
-    append(src_client, "Work", 6, tag="w")
-    append(src_client, "INBOX", 7, tag="i")
-    return masked_setup(source_server, src_user, dest_server, dst_user, pair_options=pair_options)
+        mirror.src.create_folder(folder)
+    append(mirror.src, "Drafts", 1, 2, tag="d")
+    append(mirror.src, "Entwürfe", 3, 4, 5, tag="e")
+    append(mirror.src, "Work", 6, tag="w")
+    append(mirror.src, "INBOX", 7, tag="i")
+    return mirror.setup(pair_options=pair_options)
 
 
-def test_extended_list_carries_special_use(
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
-) -> None:
-    src_client.create_folder("Drafts")
-    setup = masked_setup(source_server, src_user, dest_server, dst_user)
+def test_extended_list_carries_special_use(mirror: Mirror) -> None:
+    mirror.src.create_folder("Drafts")
+    setup = masked_setup(mirror.source_server, mirror.src_user, mirror.dest_server, mirror.dst_user)
     account = load_config(setup.config_path).accounts["src"]
     with Session.open("src", account) as session:
         folders, statuses, subscribed = session.list_folders_with_status()
@@ -240,59 +206,40 @@ def test_extended_list_carries_special_use(
 
 @pytest.mark.parametrize("destination_has_drafts", [False, True], ids=["empty-destination", "destination-drafts"])
 def test_verify_is_clean_right_after_a_sync_with_special_use_folders(
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
-    dst_client: IMAPClient,
-    destination_has_drafts: bool,
+    mirror: Mirror, destination_has_drafts: bool
 ) -> None:
     """Sync saw no special-use attributes (LIST-STATUS did not ask), verify did: they mapped differently and
     verify exited 65 on a perfect copy; automap poured Entwürfe into Drafts depending on the destination."""
     if destination_has_drafts:
-        dst_client.create_folder("Drafts")
-    setup = umlaut_setup(source_server, dest_server, src_user, dst_user, src_client)
+        mirror.dst.create_folder("Drafts")
+    setup = umlaut_setup(mirror)
     first = setup.run("sync")
     assert first.returncode == 0, first.stdout + first.stderr
     verified = setup.run("verify")
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert "Drafts + " not in verified.stdout and "Entwürfe + " not in verified.stdout
-    assert {name.decode() if isinstance(name, bytes) else name for _f, _d, name in dst_client.list_folders()} >= {
+    assert {name.decode() if isinstance(name, bytes) else name for _f, _d, name in mirror.dst.list_folders()} >= {
         "Drafts", "Entwürfe", "Work"}  # fmt: skip
-    dst_client.select_folder("Entwürfe", readonly=True)
-    assert len(dst_client.search()) == 3
+    mirror.dst.select_folder("Entwürfe", readonly=True)
+    assert len(mirror.dst.search()) == 3
 
     rules_first = {f.source: (f.destination, f.rule) for f in setup.sync().folders}
-    append(src_client, "Entwürfe", 8, tag="e")
+    append(mirror.src, "Entwürfe", 8, tag="e")
     rules_second = {f.source: (f.destination, f.rule) for f in setup.sync().folders}
     assert rules_first == rules_second  # the same destination and label on every pass
     assert setup.run("verify").returncode == 0
 
 
-def test_pass_labels_do_not_flip_and_deletions_are_counted(
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
-) -> None:
-    setup = umlaut_setup(
-        source_server,
-        dest_server,
-        src_user,
-        dst_user,
-        src_client,
-        pair_options="deletions: {destination: mirror, max_share: 0.5}",
-    )
+def test_pass_labels_do_not_flip_and_deletions_are_counted(mirror: Mirror) -> None:
+    setup = umlaut_setup(mirror, pair_options="deletions: {destination: mirror, max_share: 0.5}")
     first = setup.run("sync")
     assert first.returncode == 0, first.stdout + first.stderr
     assert "│ Drafts (new)" in first.stdout and "│ Entwürfe (new)" in first.stdout, first.stdout
     assert "0 deleted on the destination" in flat(first.stdout)
 
-    src_client.select_folder("Entwürfe")
-    src_client.delete_messages(src_client.search(["SUBJECT", "message 3"]))
-    src_client.expunge()
+    mirror.src.select_folder("Entwürfe")
+    mirror.src.delete_messages(mirror.src.search(["SUBJECT", "message 3"]))
+    mirror.src.expunge()
     second = setup.run("sync")
     assert second.returncode == 0, second.stdout + second.stderr
     assert "1 deleted on the destination" in flat(second.stdout), second.stdout
@@ -301,18 +248,16 @@ def test_pass_labels_do_not_flip_and_deletions_are_counted(
     assert [cell.strip() for cell in row.split("│")][3:5] == ["0", "0"] and "│       1 │" in row, row
 
 
-def test_merges_a_rule_asks_for_are_marked_in_plan_and_pass(
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
-) -> None:
+def test_merges_a_rule_asks_for_are_marked_in_plan_and_pass(mirror: Mirror) -> None:
     for folder in ("Sent", "Sent 2019", "Work", "WORK"):
-        src_client.create_folder(folder)
-        append(src_client, folder, len(folder), tag=folder)
+        mirror.src.create_folder(folder)
+        append(mirror.src, folder, len(folder), tag=folder)
     setup = masked_setup(
-        source_server, src_user, dest_server, dst_user, pair_options='folders: {map: {"Sent 2019": "Sent"}}'
+        mirror.source_server,
+        mirror.src_user,
+        mirror.dest_server,
+        mirror.dst_user,
+        pair_options='folders: {map: {"Sent 2019": "Sent"}}',
     )
     plan = setup.run("plan")
     assert plan.returncode == 0, plan.stdout + plan.stderr
@@ -373,16 +318,10 @@ def test_a_destination_that_alters_messages_is_reported(
         assert again.error is None and again.copied == 0 and again.altered == 0
 
 
-def test_a_destination_that_keeps_the_bytes_is_not_reported_as_altering(
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
-) -> None:
+def test_a_destination_that_keeps_the_bytes_is_not_reported_as_altering(mirror: Mirror) -> None:
     for index in (1, 2):
-        src_client.append("INBOX", eight_bit_message(index))
-    setup = masked_setup(source_server, src_user, dest_server, dst_user)
+        mirror.src.append("INBOX", eight_bit_message(index))
+    setup = masked_setup(mirror.source_server, mirror.src_user, mirror.dest_server, mirror.dst_user)
     report = setup.sync()
     assert report.complete and report.copied == 2 and report.altered == 0
     assert setup.verify().clean

@@ -28,7 +28,7 @@ from mailmirror.errors import UsageError
 from mailmirror.lab.dovecot import DovecotServer, LabUser
 from mailmirror.service.metrics import Metrics
 from mailmirror.state.store import StateStore
-from tests.support import ROOT, RunningDaemon, account_yaml, fresh_count, require_program, simple_message
+from tests.support import ROOT, Mirror, RunningDaemon, account_yaml, fresh_count, require_program, simple_message
 
 NAMES = [f"user{index:05d}@example.org" for index in range(10_000)]
 
@@ -304,23 +304,17 @@ def test_shard_processes_over_one_config_sync_every_pair_once_and_resharding_cop
     assert {name for name in names if name in status.stdout} == moved
 
 
-def test_a_shard_daemon_serves_its_pairs_with_the_shard_label(
-    source_server: DovecotServer,
-    src_user: LabUser,
-    dest_server: DovecotServer,
-    dst_user: LabUser,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_shard_daemon_serves_its_pairs_with_the_shard_label(mirror: Mirror, monkeypatch: pytest.MonkeyPatch) -> None:
     directory = Path(tempfile.mkdtemp(prefix="mailmirror-shard-daemon-"))
-    with source_server.connect(src_user) as client:
+    with mirror.source_server.connect(mirror.src_user) as client:
         client.append("INBOX", simple_message(1, tag="shard-daemon"))
     config = directory / "mailmirror.yaml"
     config.write_text(
         f"state: {{path: {directory / 'state.db'}}}\n"
         'metrics: {listen: "127.0.0.1:0"}\n'
         "accounts:\n"
-        + account_yaml("src", source_server, src_user, directory)
-        + account_yaml("dst", dest_server, dst_user, directory)
+        + account_yaml("src", mirror.source_server, mirror.src_user, directory)
+        + account_yaml("dst", mirror.dest_server, mirror.dst_user, directory)
         + "pairs:\n  test:\n    source: src\n    destination: dst\n",
         encoding="utf-8",
     )
@@ -329,7 +323,7 @@ def test_a_shard_daemon_serves_its_pairs_with_the_shard_label(
     monkeypatch.setenv("HOSTNAME", f"mailmirror-{index}")  # as in a StatefulSet pod
     daemon = RunningDaemon(config)
     try:
-        daemon.wait_for(lambda: fresh_count(dest_server, dst_user) == 1, "the shard's pass")
+        daemon.wait_for(lambda: fresh_count(mirror.dest_server, mirror.dst_user) == 1, "the shard's pass")
         daemon.wait_for_log(f"(shard {index}/2)")
         _status, text = daemon.get("/metrics")
         assert f'mailmirror_pairs{{shard="{index}"}} 1.0' in text

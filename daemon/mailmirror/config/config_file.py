@@ -42,7 +42,7 @@ from mailmirror.config.cross_checks import (
     same_mailbox_errors,
     shared_destination_errors,
 )
-from mailmirror.config.pair import Pair, PairDefaults, PairSet, inherit_defaults
+from mailmirror.config.pair import Pair, PairDefaults, PairSet, SectionCache, inherit_defaults
 from mailmirror.config.pair_set_lists import ROW_OPTION_COLUMNS
 from mailmirror.config.pairsets import PAIR_SET_ORIGINS, PairSetOrigins, TemplateIssue, expand_pair_sets
 from mailmirror.config.problems import InvalidConfig, file_and_line, list_problem
@@ -164,10 +164,11 @@ class Config(Section):
     def _apply_defaults(self) -> None:
         effective: dict[str, Pair] = {}
         errors: list[InitErrorDetails] = []
+        sections = SectionCache(self.defaults)
         for name, pair in self.pairs.items():
-            preset, self._pair_presets[name] = self._pair_preset_layer(name, pair)
+            preset, self._pair_presets[name] = self._pair_preset_layer(name, pair, sections.defaults)
             try:
-                effective[name] = inherit_defaults(self.defaults, pair, preset)
+                effective[name] = inherit_defaults(self.defaults, pair, preset, sections)
             except ValidationError as error:
                 note = " (with values inherited from defaults" + (" and provider presets)" if preset else ")")
                 errors += copy_errors(error, prefix=("pairs", name), note=note)
@@ -175,9 +176,11 @@ class Config(Section):
             raise validation_error(errors)
         self._effective_pairs = effective
 
-    def _pair_preset_layer(self, name: str, pair: Pair) -> tuple[dict[str, Any], list[AppliedPreset]]:
+    def _pair_preset_layer(
+        self, name: str, pair: Pair, defaults: dict[str, Any]
+    ) -> tuple[dict[str, Any], list[AppliedPreset]]:
         source, destination = self.accounts.get(pair.source), self.accounts.get(pair.destination)
-        explicit = (self.defaults.model_dump(exclude_unset=True), pair.model_dump(exclude_unset=True))
+        explicit = (defaults, pair.model_dump(exclude_unset=True))
         return pair_preset_layer(
             name,
             source.provider if source is not None else None,

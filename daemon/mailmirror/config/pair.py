@@ -10,6 +10,7 @@ Inheritance from ``defaults``
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from pydantic import Field
@@ -100,16 +101,45 @@ class PairSet(Section):
     transfer: TransferRules | None = Field(default=None, description=_TRANSFER_DESCRIPTION + " For every row.")
 
 
-def inherit_defaults(defaults: PairDefaults, pair: Pair, preset: dict[str, Any] | None = None) -> Pair:
+SECTIONS = ("schedule", "folders", "messages", "flags", "deletions", "transfer")
+
+
+class SectionCache:
+    """Validated sections by content, for one config load: the pairs of a pair set mostly share their
+    sections, and a frozen section validated once can serve every pair that spells it the same way."""
+
+    def __init__(self, defaults: PairDefaults) -> None:
+        self.defaults = defaults.model_dump(exclude_unset=True)
+        self._sections: dict[tuple[str, str], Section] = {}
+
+    def validated(self, merged: dict[str, Any]) -> Pair:
+        keys = {name: _content_key(merged[name]) for name in SECTIONS if name in merged}
+        known = {name: self._sections.get((name, key)) for name, key in keys.items()}
+        if all(section is not None for section in known.values()):
+            return Pair.model_validate({**merged, **known})
+        pair = Pair.model_validate(merged)  # errors name the pair's own fields, as without the cache
+        for name, key in keys.items():
+            self._sections[(name, key)] = getattr(pair, name)
+        return pair
+
+
+def _content_key(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=lambda item: f"{type(item).__name__}:{item!r}")
+
+
+def inherit_defaults(
+    defaults: PairDefaults, pair: Pair, preset: dict[str, Any] | None = None, cache: SectionCache | None = None
+) -> Pair:
     """The pair with every section merged over the defaults, and those over the accounts' provider presets:
     what the pair set explicitly wins, then what defaults set."""
-    inherited = _deep_merge(preset or {}, defaults.model_dump(exclude_unset=True))
+    cache = cache or SectionCache(defaults)
+    inherited = _deep_merge(preset or {}, cache.defaults)
     own = pair.model_dump(exclude_unset=True)
     own_schedule = own.get("schedule", {})
     if "every" in own_schedule or "cron" in own_schedule:
         for alternative in ("every", "cron"):
             inherited.get("schedule", {}).pop(alternative, None)
-    return Pair.model_validate(_deep_merge(inherited, own))
+    return cache.validated(_deep_merge(inherited, own))
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -117,6 +147,6 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
+        else:  # dicts copied: the merge may be edited (schedule alternatives), its inputs are shared
+            merged[key] = _deep_merge({}, value) if isinstance(value, dict) else value
     return merged

@@ -39,8 +39,8 @@ class Section(BaseModel):
         """YAML 1.1 reads yes/no/on/off/true/false as booleans, which pydantic would take as 1 and 0."""
         if not isinstance(data, dict):
             return data
-        for name, model_field in cls.model_fields.items():
-            if isinstance(data.get(name), bool) and unwrap(model_field.annotation) in (int, float):
+        for name in _number_fields(cls):
+            if isinstance(data.get(name), bool):
                 got = "true" if data[name] else "false"
                 message = f"must be a number, not {got} (YAML reads yes, no, on, off, true, false as true/false)"
                 raise field_error(name, message)
@@ -60,6 +60,11 @@ class Section(BaseModel):
 
 
 @functools.cache  # per model class: asked for every section of every pair (thousands with pair sets)
+def _number_fields(model: type[BaseModel]) -> tuple[str, ...]:
+    return tuple(name for name, field in model.model_fields.items() if unwrap(field.annotation) in (int, float))
+
+
+@functools.cache
 def _container_fields(model: type[BaseModel]) -> tuple[str, ...]:
     """Fields holding a section, a mapping or a list (not Optional ones, for which null means something)."""
     return tuple(

@@ -36,14 +36,7 @@ import pwd
 import re
 import secrets
 import sqlite3
-import ssl
-import subprocess
-import threading
-import time
 from pathlib import Path
-from types import TracebackType
-
-from imapclient import IMAPClient
 
 from mailmirror.lab.dovecot import (
     LAB_SYSTEM_USER,
@@ -52,48 +45,28 @@ from mailmirror.lab.dovecot import (
     LabUser,
     _check_traversable,
     _ensure_system_user,
-    _exit_cleanly_on_sigterm,
-    connect_client,
-    free_port,
-    server_folder_name,
 )
-from mailmirror.lab.servers import (
-    kill_stale_group,
-    lab_kind_missing,
-    lab_library_path,
-    lab_program,
-    read_tail,
-    stop_process_group,
-    track_running,
-    wait_for_greeting,
-)
+from mailmirror.lab.servers import ProcessLabServer, lab_library_path, lab_program, read_tail, serve_until_interrupted
 
 __all__ = ["CYRUS_ADMIN", "CyrusServer"]
 
 #: The admin user that creates users' mailboxes (an ordinary SASL user listed in ``admins``).
 CYRUS_ADMIN = "cyrusadmin"
 
-_START_TIMEOUT = 15.0
-_USERNAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")  # no "." (a hierarchy separator in one of the modes)
 _MAX_SOCKET_DIR_LEN = 90
 
 
-class CyrusServer:
+class CyrusServer(ProcessLabServer):
     """A private Cyrus IMAP 3.6 server (see the module docstring)."""
 
-    host: str = "127.0.0.1"
+    kind = "cyrus-slash"
+    label = "cyrus"
+    username_pattern = re.compile(r"^[A-Za-z0-9_-]+$")  # no "." (a hierarchy separator in one of the modes)
 
     def __init__(self, root: Path, name: str = "cyrus", *, separator: str = "/", ca: LabCA | None = None) -> None:
         if separator not in ("/", "."):
             raise ValueError(f"Cyrus lab servers use separator '/' or '.', not {separator!r}")
-        if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
-            raise ValueError(f"server name {name!r} must be letters, digits, '-' or '_'")
-        self.root = Path(root).absolute()
-        self.name = name
-        self.separator = separator
-        self.prefix = "" if separator == "/" else "INBOX."
-        self.port = free_port()
-        self.tls_port = free_port()
+        super().__init__(root, name, separator=separator, prefix="" if separator == "/" else "INBOX.", ca=ca)
         self.imapd_conf = self.root / "imapd.conf"
         self.cyrus_conf = self.root / "cyrus.conf"
         self.auth_dir = self.root / "auth"
@@ -101,37 +74,12 @@ class CyrusServer:
         self.config_dir = self.root / "config"
         self.partition_dir = self.root / "partition"
         self.run_dir = self.root / "run"
-        self.tls_dir = self.root / "tls"
         self.stderr_path = self.root / "master.stderr"
         self.pid_path = self.run_dir / "master.pid"
-        self._ca = ca
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._lock = threading.RLock()
-        self._users: dict[str, LabUser] = {}
+        self.marker_path = self.cyrus_conf
         self._pending_mailboxes: list[str] = []
         self._admin = LabUser(CYRUS_ADMIN, secrets.token_urlsafe(12))
         self._uid_gid: tuple[int, int] = (os.getuid(), os.getgid())
-        self.start_seconds: float | None = None
-
-    # ------------------------------------------------------------------ properties
-
-    @property
-    def ca(self) -> LabCA:
-        if self._ca is None:
-            self._ca = LabCA(self.tls_dir / "ca")
-        return self._ca
-
-    @property
-    def ca_path(self) -> Path:
-        return self.ca.cert_path
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def users(self) -> tuple[LabUser, ...]:
-        return tuple(self._users.values())
 
     @property
     def admin(self) -> LabUser:
@@ -219,94 +167,34 @@ DAEMON {{
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> None:
-        """Write the configuration and start Cyrus' master; return once the plain port greets and every
-        user added so far has a mailbox."""
-        with self._lock:
-            if self.running:
-                return
-            began = time.monotonic()
-            missing = lab_kind_missing("cyrus-slash")
-            if missing:
-                raise LabError(missing)
-            self._prepare()
-            kill_stale_group(self.pid_path, os.fsencode(str(self.cyrus_conf)))
-            _exit_cleanly_on_sigterm()
-            offset = self.stderr_path.stat().st_size if self.stderr_path.exists() else 0
-            master = lab_program("usr/lib/cyrus/bin/master")
-            with self.stderr_path.open("ab") as err:
-                self._proc = subprocess.Popen(
-                    [str(master), "-C", str(self.imapd_conf), "-M", str(self.cyrus_conf), "-p", str(self.pid_path),
-                     "-D"],
-                    stdin=subprocess.DEVNULL,
-                    stdout=err,
-                    stderr=err,
-                    env={"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": lab_library_path()},
-                    start_new_session=True,
-                    close_fds=True,
-                )  # fmt: skip
-            try:
-                wait_for_greeting(self._proc, self.host, (self.port, self.tls_port), f"cyrus {self.name}",
-                                  _START_TIMEOUT, self._diagnostics(offset))  # fmt: skip
-            except LabError:
-                self._terminate()
-                raise LabError(f"cyrus {self.name} did not start\n{self._diagnostics(offset)}") from None
-            track_running(self, True)
-            self._create_pending_mailboxes()
-            self.start_seconds = time.monotonic() - began
+    def _command(self) -> list[str]:
+        master = lab_program("usr/lib/cyrus/bin/master")
+        return [str(master), "-C", str(self.imapd_conf), "-M", str(self.cyrus_conf), "-p", str(self.pid_path), "-D"]
 
-    def _diagnostics(self, offset: int) -> str:
+    def _environment(self) -> dict[str, str]:
+        return {"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": lab_library_path()}
+
+    def _started(self) -> None:
+        self._create_pending_mailboxes()
+
+    def _diagnostics(self) -> str:
         text = read_tail(self.stderr_path)
         return text or "(Cyrus logs to syslog only; master.stderr is empty)"
 
-    def stop(self) -> None:
-        with self._lock:
-            self._terminate()
-            track_running(self, False)
-
-    def _terminate(self) -> None:
-        if self._proc is not None:
-            stop_process_group(self._proc, f"cyrus {self.name}")
-            self._proc = None
-
-    def restart(self) -> None:
-        with self._lock:
-            self.stop()
-            self.start()
-
-    def __enter__(self) -> CyrusServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
     # ------------------------------------------------------------------ users
 
-    def add_user(self, username: str | None = None, password: str | None = None) -> LabUser:
-        """Add a user: a password row, then its mailbox (created by the admin; at start() when stopped)."""
-        if username is None:
-            username = "u" + secrets.token_hex(6)
-        if password is None:
-            password = secrets.token_urlsafe(12)
-        if not _USERNAME_RE.match(username) or username == CYRUS_ADMIN:
-            raise ValueError(f"unsupported lab username {username!r} (letters, digits, _ and - only)")
-        if not password or any(ch in password for ch in "\r\n\0"):
-            raise ValueError("lab passwords must be non-empty and contain no line breaks")
-        with self._lock:
-            if username in self._users:
-                raise ValueError(f"lab user {username!r} already exists on {self.name}")
-            self._prepare_dirs_for_users()
-            with contextlib.closing(sqlite3.connect(self.users_db)) as db, db:
-                db.execute("INSERT INTO users VALUES (?, ?)", (username, password))
-            user = LabUser(username, password)
-            self._users[username] = user
-            self._pending_mailboxes.append(username)
-            if self.running:
-                self._create_pending_mailboxes()
-            return user
+    def _reserved_usernames(self) -> tuple[str, ...]:
+        return (CYRUS_ADMIN,)
+
+    def _store_user(self, user: LabUser) -> None:
+        """A password row, then its mailbox (created by the admin; at start() when stopped)."""
+        self._prepare_dirs_for_users()
+        with contextlib.closing(sqlite3.connect(self.users_db)) as db, db:
+            db.execute("INSERT INTO users VALUES (?, ?)", (user.username, user.password))
+        self._users[user.username] = user
+        self._pending_mailboxes.append(user.username)
+        if self.running:
+            self._create_pending_mailboxes()
 
     def _prepare_dirs_for_users(self) -> None:
         if not self.users_db.exists():
@@ -320,18 +208,6 @@ DAEMON {{
                 admin.create_folder(f"user{self.separator}{username}")
         self._pending_mailboxes.clear()
 
-    # ------------------------------------------------------------------ clients
-
-    def ssl_context(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=str(self.ca_path))
-
-    def connect(self, user: LabUser, *, tls: str = "none", timeout: float = 30) -> IMAPClient:
-        """A logged-in IMAPClient (``normalise_times`` off), as :meth:`DovecotServer.connect`."""
-        return connect_client(self.host, self.port, self.tls_port, self.ssl_context(), user, tls=tls, timeout=timeout)
-
-    def folder_name(self, logical: str) -> str:
-        return server_folder_name(logical, self.separator, self.prefix)
-
 
 def _main() -> None:  # pragma: no cover - a debugging aid
     import argparse
@@ -342,12 +218,9 @@ def _main() -> None:  # pragma: no cover - a debugging aid
     args = parser.parse_args()
     with CyrusServer(args.root, "manual", separator=args.separator) as server:
         user = server.add_user("alice", "secret")
-        print(f"Cyrus on {server.host}: plain+STARTTLS {server.port}, TLS {server.tls_port}; CA {server.ca_path}")
-        print(f"user {user.username} / {user.password}; admin {server.admin.username} / {server.admin.password}")
-        print(f"config in {server.root}; Ctrl-C stops it")
-        with contextlib.suppress(KeyboardInterrupt):
-            while server.running:
-                time.sleep(1)
+        admin = server.admin
+        serve_until_interrupted(server, "Cyrus", f"user {user.username} / {user.password}; admin {admin.username} / "
+                                f"{admin.password}", f"config in {server.root}; Ctrl-C stops it")  # fmt: skip
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -90,7 +90,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from imapclient import IMAPClient
 
@@ -102,6 +102,7 @@ __all__ = [
     "DovecotServer",
     "LabCA",
     "LabError",
+    "LabServerBase",
     "LabUser",
     "SeedMessage",
     "dovecot_available",
@@ -335,7 +336,17 @@ class LabCA:
 # ---------------------------------------------------------------------------------------------- server
 
 _running_lock = threading.Lock()
-_running: set[DovecotServer] = set()
+_running: set[LabServerBase] = set()
+
+
+def track_running(server: LabServerBase, running: bool) -> None:
+    """Remember started lab servers (every kind), so that they are stopped when Python exits (atexit)
+    even if nobody called stop()."""
+    with _running_lock:
+        if running:
+            _running.add(server)
+        else:
+            _running.discard(server)
 
 
 @atexit.register
@@ -374,7 +385,88 @@ def _is_zombie(pid: int) -> bool:
     return stat[stat.rfind(")") + 2 :].startswith("Z")
 
 
-class DovecotServer:
+class LabServerBase:
+    """What every lab server kind shares (Dovecot here, Cyrus and Courier in :mod:`mailmirror.lab.cyrus`
+    and :mod:`mailmirror.lab.courier`): a private instance in ``root`` on 127.0.0.1 with a plain port that
+    offers STARTTLS and an implicit-TLS port (chosen here, kept by :meth:`restart`), a certificate from
+    ``ca`` (a CA private to the server when None), its users, logged-in clients, and ``with`` support.
+
+    A kind implements :meth:`start` and :meth:`stop` (its server process is ``_proc``) and ``add_user``.
+    """
+
+    host: str = "127.0.0.1"
+
+    def __init__(self, root: Path, name: str, *, separator: str, prefix: str, ca: LabCA | None) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+            raise ValueError(f"server name {name!r} must be letters, digits, '-' or '_'")
+        self.root = Path(root).absolute()
+        self.name = name
+        self.separator = separator
+        self.prefix = prefix
+        self.port = free_port()
+        self.tls_port = free_port()
+        self.tls_dir = self.root / "tls"
+        self._ca = ca
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.RLock()
+        self._users: dict[str, LabUser] = {}
+        self.start_seconds: float | None = None  # how long the last start() took
+
+    @property
+    def ca(self) -> LabCA:
+        if self._ca is None:
+            self._ca = LabCA(self.tls_dir / "ca")
+        return self._ca
+
+    @property
+    def ca_path(self) -> Path:
+        return self.ca.cert_path
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def users(self) -> tuple[LabUser, ...]:
+        return tuple(self._users.values())
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def restart(self) -> None:
+        """Stop and start again on the same ports, keeping users and mail."""
+        with self._lock:
+            self.stop()
+            self.start()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def ssl_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca_path))
+
+    def connect(self, user: LabUser, *, tls: str = "none", timeout: float = 30) -> IMAPClient:
+        """A logged-in IMAPClient (TLS verified against :attr:`ca_path`, hostname 127.0.0.1).
+
+        ``normalise_times`` is switched off so INTERNALDATEs come back timezone-aware.
+        """
+        return connect_client(self.host, self.port, self.tls_port, self.ssl_context(), user, tls=tls, timeout=timeout)
+
+    def folder_name(self, logical: str) -> str:
+        """Server name of a "/"-separated logical folder name (see :func:`server_folder_name`)."""
+        return server_folder_name(logical, self.separator, self.prefix)
+
+
+class DovecotServer(LabServerBase):
     """A private Dovecot 2.3 IMAP server on 127.0.0.1 (see the module docstring).
 
     ``port`` speaks plain IMAP and offers STARTTLS; ``tls_port`` is implicit TLS.  Both are chosen in
@@ -404,8 +496,6 @@ class DovecotServer:
             raise ValueError(f"unsupported hierarchy separator {separator!r}")
         if prefix and not prefix.endswith(separator):
             raise ValueError(f"namespace prefix {prefix!r} must end with the separator {separator!r}")
-        if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
-            raise ValueError(f"server name {name!r} must be letters, digits, '-' or '_'")
         known = {c.upper(): c for c in DOVECOT_DEFAULT_CAPABILITIES}
         unknown = [c for c in drop_capabilities if c.upper() not in known]
         if unknown:
@@ -413,15 +503,10 @@ class DovecotServer:
                 f"cannot drop {', '.join(unknown)}: not advertised by Dovecot "
                 f"(known: {' '.join(DOVECOT_DEFAULT_CAPABILITIES)})"
             )
-        self.root = Path(root).absolute()
-        self.name = name
-        self.separator = separator
-        self.prefix = prefix
+        super().__init__(root, name, separator=separator, prefix=prefix, ca=ca)
         self.drop_capabilities: tuple[str, ...] = tuple(c.upper() for c in drop_capabilities)
         # folder name (as on the server) -> special-use attribute; default: SPECIAL_USE_MAILBOXES
         self.special_use: dict[str, str] = dict(SPECIAL_USE_MAILBOXES if special_use is None else special_use)
-        self.port = free_port()
-        self.tls_port = free_port()
         self.config_path = self.root / "dovecot.conf"
         self.log_path = self.root / "dovecot.log"
         self.stderr_path = self.root / "dovecot.stderr"
@@ -429,30 +514,14 @@ class DovecotServer:
         self.users_dir = self.root / "users"
         self.mail_root = self.root / "mail"
         self.state_dir = self.root / "state"
-        self.tls_dir = self.root / "tls"
-        self._ca = ca
         self.auth_lab = auth_lab
         self.oauth2_keys_dir = self.root / "oauth2-keys"
         self.masters_path = self.root / "masters"
         self._base_dir: Path | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._lock = threading.RLock()
-        self._users: dict[str, LabUser] = {}
         self._uid_gid: tuple[int, int] | None = None
         self._started_once = False
-        self.start_seconds: float | None = None  # how long the last start() took
 
     # ------------------------------------------------------------------ properties
-
-    @property
-    def ca(self) -> LabCA:
-        if self._ca is None:
-            self._ca = LabCA(self.tls_dir / "ca")
-        return self._ca
-
-    @property
-    def ca_path(self) -> Path:
-        return self.ca.cert_path
 
     @property
     def capabilities(self) -> tuple[str, ...]:
@@ -463,14 +532,6 @@ class DovecotServer:
     def instance_name(self) -> str:
         """Dovecot ``instance_name``: process titles are ``dovecot-<instance_name>/<service>``."""
         return f"mmlab-{self.name}-{self.port}"
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def users(self) -> tuple[LabUser, ...]:
-        return tuple(self._users.values())
 
     @property
     def base_dir(self) -> Path:
@@ -751,8 +812,7 @@ passdb {{
                     raise
             self._started_once = True
             self.start_seconds = time.monotonic() - began
-            with _running_lock:
-                _running.add(self)
+            track_running(self, True)
 
     def _spawn_and_wait(self) -> None:
         log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
@@ -807,8 +867,7 @@ passdb {{
         """Stop the server and every process it started.  Idempotent."""
         with self._lock:
             self._terminate()
-            with _running_lock:
-                _running.discard(self)
+            track_running(self, False)
 
     def _terminate(self) -> None:
         proc = self._proc
@@ -897,21 +956,6 @@ passdb {{
                 pidfile.unlink()
         self._reap_leftovers()
 
-    def restart(self) -> None:
-        """Stop and start again on the same ports, keeping users and mail."""
-        with self._lock:
-            self.stop()
-            self.start()
-
-    def __enter__(self) -> DovecotServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
     # ------------------------------------------------------------------ users
 
     def add_user(
@@ -951,22 +995,6 @@ passdb {{
             user = LabUser(username, password)
             self._users[username] = user
             return user
-
-    # ------------------------------------------------------------------ clients
-
-    def ssl_context(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=str(self.ca_path))
-
-    def connect(self, user: LabUser, *, tls: str = "none", timeout: float = 30) -> IMAPClient:
-        """A logged-in IMAPClient (TLS verified against :attr:`ca_path`, hostname 127.0.0.1).
-
-        ``normalise_times`` is switched off so INTERNALDATEs come back timezone-aware.
-        """
-        return connect_client(self.host, self.port, self.tls_port, self.ssl_context(), user, tls=tls, timeout=timeout)
-
-    def folder_name(self, logical: str) -> str:
-        """Server name of a "/"-separated logical folder name (see :func:`server_folder_name`)."""
-        return server_folder_name(logical, self.separator, self.prefix)
 
 
 def connect_client(

@@ -13,25 +13,36 @@ port that offers STARTTLS and an implicit-TLS port, a certificate from a :class:
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
+import re
+import secrets
 import signal
 import subprocess
-import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
 
 from imapclient import IMAPClient
 
-from mailmirror.lab.dovecot import DovecotServer, LabCA, LabError, LabUser, _is_zombie, _proc_cmdline
+from mailmirror.lab.dovecot import (
+    DovecotServer,
+    LabCA,
+    LabError,
+    LabServerBase,
+    LabUser,
+    _exit_cleanly_on_sigterm,
+    _is_zombie,
+    _proc_cmdline,
+    track_running,
+)
 
 __all__ = [
     "LAB_KINDS",
     "LAB_SERVERS_DIR",
     "LabServer",
+    "ProcessLabServer",
     "lab_kind_available",
     "lab_kind_missing",
     "make_lab_server",
@@ -140,28 +151,6 @@ def make_lab_server(kind: str, root: Path, name: str, *, ca: LabCA | None = None
 
 # ------------------------------------------------------------------------------- process handling
 
-_running_lock = threading.Lock()
-_running: set[LabServer] = set()
-
-
-def track_running(server: LabServer, running: bool) -> None:
-    """Remember started Cyrus/Courier servers, so that they are stopped when Python exits (atexit) even
-    if nobody called stop() -- as mailmirror.lab.dovecot does for Dovecot."""
-    with _running_lock:
-        if running:
-            _running.add(server)
-        else:
-            _running.discard(server)
-
-
-@atexit.register
-def _stop_all_running() -> None:
-    with _running_lock:
-        servers = list(_running)
-    for server in servers:
-        with contextlib.suppress(Exception):
-            server.stop()
-
 
 def stop_process_group(proc: subprocess.Popen[bytes], what: str, timeout: float = 5.0) -> None:
     """SIGTERM the process group led by ``proc`` (started with ``start_new_session``), SIGKILL what is
@@ -213,16 +202,22 @@ def kill_stale_group(pidfile: Path, marker: bytes) -> None:
 
 
 def wait_for_greeting(
-    proc: subprocess.Popen[bytes], host: str, ports: tuple[int, int], what: str, timeout: float, diagnostics: str
+    proc: subprocess.Popen[bytes],
+    host: str,
+    ports: tuple[int, int],
+    what: str,
+    timeout: float,
+    diagnostics: Callable[[], str],
 ) -> None:
-    """Wait until the plain port greets with ``* OK`` and the TLS port accepts connections."""
+    """Wait until the plain port greets with ``* OK`` and the TLS port accepts connections; else a LabError
+    that ends with ``diagnostics()`` (what the server wrote by then)."""
     import socket
 
     deadline = time.monotonic() + timeout
     last_error: object = None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise LabError(f"{what} exited with status {proc.returncode} while starting\n{diagnostics}")
+            raise LabError(f"{what} exited with status {proc.returncode} while starting\n{diagnostics()}")
         try:
             with socket.create_connection((host, ports[0]), timeout=2) as sock:
                 greeting = sock.recv(512)
@@ -233,7 +228,7 @@ def wait_for_greeting(
         except OSError as exc:
             last_error = exc
         time.sleep(0.01)
-    raise LabError(f"{what} did not greet on {host}:{ports[0]} within {timeout:.0f}s ({last_error})\n{diagnostics}")
+    raise LabError(f"{what} did not greet on {host}:{ports[0]} within {timeout:.0f}s ({last_error})\n{diagnostics()}")
 
 
 def read_tail(path: Path, lines: int = 40) -> str:
@@ -243,3 +238,118 @@ def read_tail(path: Path, lines: int = 40) -> str:
         return ""
     tail = "\n".join(text.splitlines()[-lines:])
     return f"--- tail of {path} ---\n{tail}" if tail else ""
+
+
+def serve_until_interrupted(server: LabServer, what: str, *details: str) -> None:
+    """For running a started lab server by hand (``python -m mailmirror.lab.cyrus``): say where it listens,
+    then wait until Ctrl-C or until it ends."""
+    print(f"{what} on {server.host}: plain+STARTTLS {server.port}, TLS {server.tls_port}; CA {server.ca_path}")
+    for line in details:
+        print(line)
+    with contextlib.suppress(KeyboardInterrupt):
+        while server.running:
+            time.sleep(1)
+
+
+# ------------------------------------------------------------------------ Cyrus and Courier's lifecycle
+
+#: How long a Cyrus or Courier lab server may take to greet after its start.
+START_TIMEOUT = 15.0
+
+
+class ProcessLabServer(LabServerBase):
+    """A lab server run as one process group from the unpacked programs (Cyrus' master, Courier's front):
+    start() writes the files (``_prepare``), ends what a killed earlier run left (the process named in
+    ``pid_path``), starts ``_command()`` in a new session with its output in ``stderr_path`` and returns
+    once both ports answer; stop() ends the whole group.  A kind sets ``kind``, ``label``, ``pid_path``,
+    ``stderr_path``, ``marker_path`` (a file only its own process names on its command line) and
+    implements ``_prepare``, ``_command``, ``_environment`` and ``_store_user``."""
+
+    kind: str  # in LAB_KINDS: what lab_kind_missing checks
+    label: str  # in messages: "cyrus", "courier"
+    username_pattern = re.compile(r"^[A-Za-z0-9_-]+$")
+    pid_path: Path
+    stderr_path: Path
+    marker_path: Path
+
+    def start(self) -> None:
+        """Write the configuration and start the server; return once the plain port greets."""
+        with self._lock:
+            if self.running:
+                return
+            began = time.monotonic()
+            missing = lab_kind_missing(self.kind)
+            if missing:
+                raise LabError(missing)
+            self._prepare()
+            kill_stale_group(self.pid_path, os.fsencode(str(self.marker_path)))
+            _exit_cleanly_on_sigterm()
+            with self.stderr_path.open("ab") as err:
+                self._proc = subprocess.Popen(
+                    self._command(),
+                    stdin=subprocess.DEVNULL,
+                    stdout=err,
+                    stderr=err,
+                    env=self._environment(),
+                    start_new_session=True,
+                    close_fds=True,
+                )
+            try:
+                wait_for_greeting(self._proc, self.host, (self.port, self.tls_port), f"{self.label} {self.name}",
+                                  START_TIMEOUT, self._diagnostics)  # fmt: skip
+            except LabError:
+                self._terminate()
+                raise
+            track_running(self, True)
+            self._started()
+            self.start_seconds = time.monotonic() - began
+
+    def stop(self) -> None:
+        with self._lock:
+            self._terminate()
+            track_running(self, False)
+
+    def _terminate(self) -> None:
+        if self._proc is not None:
+            stop_process_group(self._proc, f"{self.label} {self.name}")
+            self._proc = None
+
+    def add_user(self, username: str | None = None, password: str | None = None) -> LabUser:
+        """Add a user (a random name and password unless given); see the kind's ``_store_user``."""
+        if username is None:
+            username = "u" + secrets.token_hex(6)
+        if password is None:
+            password = secrets.token_urlsafe(12)
+        if not self.username_pattern.match(username) or username in self._reserved_usernames():
+            raise ValueError(f"unsupported lab username {username!r} (letters, digits, _ and - only)")
+        if not password or any(ch in password for ch in "\r\n\0"):
+            raise ValueError("lab passwords must be non-empty and contain no line breaks")
+        with self._lock:
+            if username in self._users:
+                raise ValueError(f"lab user {username!r} already exists on {self.name}")
+            user = LabUser(username, password)
+            self._store_user(user)
+            return user
+
+    def _diagnostics(self) -> str:
+        """What the server wrote, for an error message."""
+        return read_tail(self.stderr_path)
+
+    def _started(self) -> None:
+        """What to do once the server greets (Cyrus: create the mailboxes of users added while stopped)."""
+
+    def _reserved_usernames(self) -> tuple[str, ...]:
+        return ()
+
+    def _prepare(self) -> None:
+        raise NotImplementedError
+
+    def _command(self) -> list[str]:
+        raise NotImplementedError
+
+    def _environment(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def _store_user(self, user: LabUser) -> None:
+        """Make ``user`` able to log in and add it to ``_users`` (called with the lock held)."""
+        raise NotImplementedError

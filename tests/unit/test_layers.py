@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "daemon" / "mailmirror"
+PACKAGE = Path(__file__).resolve().parents[2] / "daemon" / "mailmirror"
 ORDER = ["errors", "config", "state", "imap", "engine", "service", "cli"]
 KNOWN: set[tuple[str, str]] = set()  # crossings still to remove
 

@@ -24,7 +24,7 @@ from mailmirror.config.secrets import Secret
 from mailmirror.config.units import format_duration, parse_duration, parse_size
 from mailmirror.errors import ConfigError, ExitCode, UsageError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "config.example.yaml"
 PACKAGED_EXAMPLE = REPO / "daemon" / "mailmirror" / "data" / "config.example.yaml"
 
@@ -343,7 +343,7 @@ def test_the_file_is_named_as_the_user_gave_it(in_tmp: Path) -> None:
         load_config("etc/mailmirror.yaml")
 
 
-def test_missing_file(in_tmp: Path) -> None:
+def test_a_missing_config_file_is_named_with_exit_78(in_tmp: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config("nowhere.yaml")
     assert str(caught.value) == "nowhere.yaml: no such file"
@@ -357,7 +357,7 @@ def test_directory_instead_of_a_file(in_tmp: Path) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
-def test_unreadable_file(in_tmp: Path) -> None:
+def test_an_unreadable_config_file_says_permission_denied(in_tmp: Path) -> None:
     path = write_config(VALID)
     path.chmod(0)
     with pytest.raises(ConfigError, match=r"^config\.yaml: permission denied$"):
@@ -574,7 +574,7 @@ def test_models_are_frozen(in_tmp: Path) -> None:
     ("written", "seconds"),
     [("30s", 30), ("15m", 900), ("2h", 7200), ("365d", 365 * 86400), ("1w", 604800), ("1h30m", 5400), (90, 90)],
 )
-def test_durations(written: object, seconds: int) -> None:
+def test_durations_parse_and_format_back_to_the_same_time(written: object, seconds: int) -> None:
     assert parse_duration(written) == timedelta(seconds=seconds)
     assert parse_duration(format_duration(parse_duration(written))) == timedelta(seconds=seconds)
 
@@ -583,7 +583,7 @@ def test_durations(written: object, seconds: int) -> None:
     ("written", "size"),
     [("50MB", 50_000_000), ("1.5MiB", 1_572_864), ("512KB", 512_000), ("10kB", 10_000), (4096, 4096), ("7", 7)],
 )
-def test_sizes(written: object, size: int) -> None:
+def test_sizes_parse_decimal_and_binary_units(written: object, size: int) -> None:
     assert parse_size(written) == size
 
 

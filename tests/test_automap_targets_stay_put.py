@@ -3,30 +3,27 @@ because the first pass created a destination folder the server marks with a spec
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytest
-from imapclient import IMAPClient
 
 from mailmirror.engine.mapping import Namespace, map_folders
 from mailmirror.imap.types import Folder
-from mailmirror.lab.dovecot import DovecotServer, LabUser, SeedMessage, seed
-from tests.support import make_setup, message_count, simple_message
+from mailmirror.lab.dovecot import SeedMessage, seed
+from tests.conftest import MakeMirror, MakeServer
+from tests.support import Mirror, message_count, simple_message
+
+
+@pytest.fixture
+def mirror(make_server: MakeServer, make_mirror: MakeMirror) -> Mirror:
+    """In this module, the source of the mirror marks "Sent Items" as \\Sent ("Sent" is an ordinary folder
+    there)."""
+    return make_mirror(source=make_server(special_use=(("Sent Items", "\\Sent"),)))
 
 
 @pytest.mark.dovecot
-def test_automap_targets_stay_put_after_the_first_pass_creates_a_special_use_folder(
-    make_server: Callable[..., DovecotServer],
-    dest_server: DovecotServer,
-    dst_user: LabUser,
-    dst_client: IMAPClient,
-) -> None:
-    source_server = make_server(special_use=(("Sent Items", "\\Sent"),))  # "Sent" is an ordinary folder there
-    src_user = source_server.add_user()
-    src_client = source_server.connect(src_user)
-    seed(src_client, "Sent Items", [SeedMessage(simple_message(i)) for i in range(3)])
-    seed(src_client, "Sent", [SeedMessage(simple_message(10 + i)) for i in range(2)])
-    setup = make_setup(source_server, src_user, dest_server, dst_user)
+def test_automap_targets_stay_put_after_the_first_pass_creates_a_special_use_folder(mirror: Mirror) -> None:
+    seed(mirror.src, "Sent Items", [SeedMessage(simple_message(i)) for i in range(3)])
+    seed(mirror.src, "Sent", [SeedMessage(simple_message(10 + i)) for i in range(2)])
+    setup = mirror.setup()
     first = setup.sync()
     assert first.error is None
     targets = {folder.source: folder.destination for folder in first.folders}
@@ -34,44 +31,32 @@ def test_automap_targets_stay_put_after_the_first_pass_creates_a_special_use_fol
     second = setup.sync()
     assert second.error is None and second.copied == 0
     assert {folder.source: folder.destination for folder in second.folders} == targets
-    total = sum(message_count(dst_client, name) for name in set(targets.values()) if name != "INBOX")
+    total = sum(message_count(mirror.dst, name) for name in set(targets.values()) if name != "INBOX")
     assert total == 5
     assert setup.verify().clean
 
 
 @pytest.mark.dovecot
 def test_automap_target_stays_put_when_a_mail_client_creates_the_special_use_folder_mid_migration(
-    make_server: Callable[..., DovecotServer],
-    dest_server: DovecotServer,
-    dst_user: LabUser,
-    dst_client: IMAPClient,
+    mirror: Mirror,
 ) -> None:
-    source_server = make_server(special_use=(("Sent Items", "\\Sent"),))
-    src_user = source_server.add_user()
-    seed(source_server.connect(src_user), "Sent Items", [SeedMessage(simple_message(i)) for i in range(3)])
-    setup = make_setup(source_server, src_user, dest_server, dst_user)
+    seed(mirror.src, "Sent Items", [SeedMessage(simple_message(i)) for i in range(3)])
+    setup = mirror.setup()
     first = setup.sync()
     assert first.error is None and first.copied == 3
     assert {f.source: f.destination for f in first.folders}["Sent Items"] == "Sent Items"
-    dst_client.create_folder("Sent")  # a mail client's first send: Dovecot marks it \Sent
+    mirror.dst.create_folder("Sent")  # a mail client's first send: Dovecot marks it \Sent
     second = setup.sync()
     assert second.error is None and second.copied == 0
     assert {f.source: f.destination for f in second.folders}["Sent Items"] == "Sent Items"
-    assert message_count(dst_client, "Sent Items") == 3 and message_count(dst_client, "Sent") == 0
+    assert message_count(mirror.dst, "Sent Items") == 3 and message_count(mirror.dst, "Sent") == 0
     assert setup.verify().clean
 
 
 @pytest.mark.dovecot
-def test_an_explicit_rule_still_wins_over_the_folder_the_state_knows(
-    make_server: Callable[..., DovecotServer],
-    dest_server: DovecotServer,
-    dst_user: LabUser,
-    dst_client: IMAPClient,
-) -> None:
-    source_server = make_server(special_use=(("Sent Items", "\\Sent"),))
-    src_user = source_server.add_user()
-    seed(source_server.connect(src_user), "Sent Items", [SeedMessage(simple_message(i)) for i in range(2)])
-    setup = make_setup(source_server, src_user, dest_server, dst_user)
+def test_an_explicit_rule_still_wins_over_the_folder_the_state_knows(mirror: Mirror) -> None:
+    seed(mirror.src, "Sent Items", [SeedMessage(simple_message(i)) for i in range(2)])
+    setup = mirror.setup()
     assert setup.sync().error is None
     text = setup.config_path.read_text()
     rule = "    destination: dst\n    folders:\n      map:\n        Sent Items: Outbox\n"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from mailmirror.config.doc import render
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_configuration_reference_is_up_to_date() -> None:

@@ -8,23 +8,15 @@ never copied by an incremental pass.
 
 from __future__ import annotations
 
-from imapclient import IMAPClient
-
 from mailmirror.config.config_file import load_config
-from mailmirror.lab.dovecot import DovecotServer, LabUser, SeedMessage, seed
+from mailmirror.lab.dovecot import SeedMessage, seed
 from mailmirror.state.store import StateStore
-from tests.support import make_setup, simple_message
+from tests.support import Mirror, simple_message
 
 
-def test_a_dry_run_keeps_the_failure_rows_of_messages_it_does_not_list(
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
-) -> None:
-    seed(src_client, "INBOX", [SeedMessage(simple_message(1))])
-    setup = make_setup(source_server, src_user, dest_server, dst_user)
+def test_a_dry_run_keeps_the_failure_rows_of_messages_it_does_not_list(mirror: Mirror) -> None:
+    seed(mirror.src, "INBOX", [SeedMessage(simple_message(1))])
+    setup = mirror.setup()
     config = load_config(setup.config_path)
     store = StateStore(config.state.path)
     try:

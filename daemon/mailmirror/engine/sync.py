@@ -56,7 +56,9 @@ from mailmirror.imap.interface import Connect, ImapSession
 from mailmirror.imap.session import Session
 from mailmirror.imap.types import AppendRefused, Folder, FolderMissing, FolderVanished, MailboxStatus, MessageToAppend
 from mailmirror.state.locks import DestinationLock, PairLock, default_lock_dir
-from mailmirror.state.store import FolderState, LateWriteWatch, StateStore, SyncedMessage, state_error
+from mailmirror.state.records import FolderState, LateWriteWatch, SyncedMessage
+from mailmirror.state.storage_errors import state_error
+from mailmirror.state.store import StateStore
 
 if TYPE_CHECKING:
     from mailmirror.config.config_file import Config
@@ -454,7 +456,7 @@ class PairPass:
         if self.only_folders is None and not self.dry_run:
             mapped = [f for f in self.report.folders if f.rule != DELETED_FOLDER_RULE]
             self.report.sides = _sides(mapped)
-            self.store.prune_pending(self.name, self.order)
+            self.store.prune_backlog(self.name, self.order)
             counts = [(f.source, f.destination, f.source_messages, f.destination_messages) for f in mapped]
             self.store.record_folder_counts(self.name, counts)
 
@@ -1018,7 +1020,7 @@ class FolderPass:
         self._record_failures(plan, listing)
         unreadable = len(self.report.failed) - len(plan.fail)  # listed, but their metadata did not come
         wanted = len(plan.copy) + len(plan.fail) + unreadable  # messages still to bring to the destination
-        self.store.set_pending(self.pair, self.mapping.source, wanted)
+        self.store.set_backlog(self.pair, self.mapping.source, wanted)
         self._apply_flags_and_adoptions(plan)
         self.planned = True
         self.copies = list(plan.copy)
@@ -1678,7 +1680,7 @@ class FolderPass:
         ]
         with self.store.transaction():  # the lag goes down with the copies, at no extra disk sync
             self.store.mark_done(self.pair, self.mapping.source, confirmed)
-            self.store.reduce_pending(self.pair, self.mapping.source, len(group))
+            self.store.reduce_backlog(self.pair, self.mapping.source, len(group))
         size = sum(a.message.size for a in group)
         with self.owner.lock:
             self.report.copied += len(group)

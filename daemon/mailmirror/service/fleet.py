@@ -23,7 +23,9 @@ from rich.console import Console
 from rich.table import Table
 
 from mailmirror.errors import MailmirrorError
-from mailmirror.state.store import StateStore, VerifyRecord, state_error
+from mailmirror.state.records import VerifyRecord
+from mailmirror.state.storage_errors import state_error
+from mailmirror.state.store import StateStore
 
 if TYPE_CHECKING:
     from mailmirror.config.config_file import Config
@@ -127,7 +129,7 @@ def fleet_status(
         status.folders = _number(row.get("folders"))
         status.src_messages = _number(row.get("src_messages"))
         status.dst_messages = _number(row.get("dst_messages"))
-        status.pending = _number(row.get("pending")) or 0
+        status.pending = _number(row.get("backlog")) or 0
         status.copied = _number(row.get("copied")) or 0
         status.already_there = _number(row.get("adopted")) or 0
         status.refused = _number(row.get("refused")) or 0

@@ -615,7 +615,8 @@ def test_the_daemon_runs_a_pair_set_with_a_password_file_per_row(
 def test_a_long_status_is_printed_as_plain_aligned_columns() -> None:
     from rich.console import Console
 
-    from mailmirror.service.fleet import PLAIN_TABLE_ROWS, PairStatus, print_status
+    from mailmirror.cli.status_table import PLAIN_TABLE_ROWS, print_status
+    from mailmirror.service.fleet import PairStatus
 
     statuses = [PairStatus(f"staff-u{index}", "ok", src_messages=index, dst_messages=index) for index in range(300)]
     statuses.append(PairStatus("staff-broken", "failing", last_error="login refused"))

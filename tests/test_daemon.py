@@ -76,7 +76,7 @@ def lag(setup: Setup) -> int:
     """The pair's pending messages, from the state database (what mailmirror_pending_messages shows)."""
     store = StateStore(setup.directory / "state.db")
     try:
-        return store.pending("test")
+        return store.backlog("test")
     finally:
         store.close()
 

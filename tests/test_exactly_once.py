@@ -27,7 +27,8 @@ from mailmirror.config.config_file import load_config
 from mailmirror.config.mailboxes import mailbox_identity
 from mailmirror.lab.dovecot import DovecotServer, LabUser, SeedMessage, seed
 from mailmirror.state.locks import DestinationLock
-from mailmirror.state.store import StateStore, SyncedMessage
+from mailmirror.state.records import SyncedMessage
+from mailmirror.state.store import StateStore
 from tests.proxy import Fault, FaultProxy
 from tests.support import ROOT, Setup, account_yaml, message_count, simple_message
 

@@ -363,7 +363,7 @@ def seeded_state(tmp_path: Path) -> Path:
         store.record_folder_counts(
             "staff-alice", [("INBOX", "Old/alice/INBOX", 6, 7), ("Sent", "Old/alice/Sent", 2, 2)]
         )
-        from mailmirror.state.store import SyncedMessage, VerifyRecord
+        from mailmirror.state.records import SyncedMessage, VerifyRecord
 
         store.mark_done(
             "staff-alice", "INBOX", [SyncedMessage(uid, uid, "done", f"f{uid}", 10, frozenset()) for uid in range(1, 6)]
@@ -381,7 +381,7 @@ def seeded_state(tmp_path: Path) -> Path:
         store.mark_done(
             "manual", "INBOX", [SyncedMessage(uid, uid, "done", f"m{uid}", 10, frozenset()) for uid in (1, 2, 3)]
         )
-        store.set_pending("manual", "INBOX", 1)
+        store.set_backlog("manual", "INBOX", 1)
     finally:
         store.close()
     return config
@@ -442,7 +442,7 @@ def test_report_in_markdown_json_and_csv(tmp_path: Path) -> None:
 def test_an_older_state_database_is_migrated_forward(tmp_path: Path) -> None:
     import sqlite3
 
-    from mailmirror.state.store import MIGRATIONS, SCHEMA_VERSION
+    from mailmirror.state.schema import MIGRATIONS, SCHEMA_VERSION
 
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as db:
@@ -457,7 +457,7 @@ def test_an_older_state_database_is_migrated_forward(tmp_path: Path) -> None:
     store = StateStore(path)
     try:
         assert store.fleet_rows()["p"]["copied"] == 3
-        assert store.db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION == 6
+        assert store.db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION == 7
     finally:
         store.close()
 
@@ -615,7 +615,8 @@ def test_the_daemon_runs_a_pair_set_with_a_password_file_per_row(
 def test_a_long_status_is_printed_as_plain_aligned_columns() -> None:
     from rich.console import Console
 
-    from mailmirror.service.fleet import PLAIN_TABLE_ROWS, PairStatus, print_status
+    from mailmirror.cli.status_table import PLAIN_TABLE_ROWS, print_status
+    from mailmirror.service.fleet import PairStatus
 
     statuses = [PairStatus(f"staff-u{index}", "ok", src_messages=index, dst_messages=index) for index in range(300)]
     statuses.append(PairStatus("staff-broken", "failing", last_error="login refused"))

@@ -93,18 +93,18 @@ def test_only_finished_passes_count_as_successes() -> None:
     metrics = Metrics()
     metrics.configure({"p": 60.0}, ["a"])
     metrics.pass_started("p")
-    metrics.pass_finished("p", _report("p", Stopped("shutdown")), pending=None)
+    metrics.pass_finished("p", _report("p", Stopped("shutdown")), backlog=None)
     samples = parse(generate_latest(metrics.registry).decode())
     assert value(samples, "mailmirror_pair_last_success_timestamp_seconds", pair="p") is None
     assert value(samples, "mailmirror_pair_up", pair="p") is None
     assert value(samples, "mailmirror_passes_total", pair="p", outcome="stopped") == 1
-    metrics.pass_finished("p", _report("p", AuthenticationFailure("no", account="a")), pending=3)
+    metrics.pass_finished("p", _report("p", AuthenticationFailure("no", account="a")), backlog=3)
     samples = parse(generate_latest(metrics.registry).decode())
     assert value(samples, "mailmirror_pair_up", pair="p") == 0
     assert value(samples, "mailmirror_pending_messages", pair="p") == 3
     assert value(samples, "mailmirror_authentication_failures_total", account="a") == 1
     assert value(samples, "mailmirror_pair_pass_running", pair="p") == 0
-    metrics.pass_finished("p", _report("p", None), pending=0)
+    metrics.pass_finished("p", _report("p", None), backlog=0)
     samples = parse(generate_latest(metrics.registry).decode())
     assert value(samples, "mailmirror_pair_up", pair="p") == 1
     assert value(samples, "mailmirror_pair_consecutive_failures", pair="p") == 0

@@ -40,7 +40,7 @@ def test_min_age_defers_young_messages_until_they_are_old_enough(
     assert setup.sync().copied == 1
     assert setup.sync().copied == 0
     later = NOW + timedelta(days=2)
-    monkeypatch.setattr(mailmirror.state.store, "_now", lambda: later.isoformat(timespec="seconds"))
+    monkeypatch.setattr(mailmirror.state.store, "now_text", lambda: later.isoformat(timespec="seconds"))
     assert setup.sync(clock=lambda: later).copied == 1  # the folder did not change, but its deferred message is due
     assert message_count(mirror.dst) == 2
 

@@ -349,7 +349,7 @@ def test_altered_copies_are_counted_in_the_metrics() -> None:
     metrics.pass_started("p")
     report = PairReport("p", folders=[FolderReport("INBOX", "INBOX", "default", altered=[(4, "x"), (5, "y")])])
     report.finished = report.started
-    metrics.pass_finished("p", report, pending=0)
+    metrics.pass_finished("p", report, backlog=0)
     samples = {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in text_string_to_metric_families(generate_latest(metrics.registry).decode())

@@ -10,7 +10,8 @@ from imapclient import IMAPClient
 
 from mailmirror.lab.corpus import sample_mailbox
 from mailmirror.lab.dovecot import SeedMessage, seed, seed_mailbox
-from mailmirror.state.store import StateStore, SyncedMessage
+from mailmirror.state.records import SyncedMessage
+from mailmirror.state.store import StateStore
 from tests.conftest import MakeMirror, MakeServer
 from tests.support import Mirror, folder_contents, make_setup, message_count, simple_message
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mailmirror.engine.identity import fingerprint, parse_headers, without_size
 from mailmirror.engine.planner import DestinationMessage, match_pending
-from mailmirror.state.store import SyncedMessage
+from mailmirror.state.records import SyncedMessage
 
 HEADER = b"Message-ID: <abc@example.org>\r\nDate: Mon, 1 Jan 2024 10:00:00 +0100\r\nSubject: hi\r\n\r\n"
 

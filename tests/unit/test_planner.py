@@ -16,7 +16,7 @@ from mailmirror.engine.planner import (
     group_flag_changes,
     plan_folder,
 )
-from mailmirror.state.store import SyncedMessage
+from mailmirror.state.records import SyncedMessage
 
 WHEN = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 

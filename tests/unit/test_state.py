@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 
 from mailmirror.errors import ConfigError
-from mailmirror.state.store import MIGRATIONS, SCHEMA_VERSION, StateStore
+from mailmirror.state.schema import MIGRATIONS, SCHEMA_VERSION
+from mailmirror.state.store import StateStore
 
 
 def versions(path: Path) -> list[int]:
@@ -34,7 +37,7 @@ def test_a_version_1_database_is_brought_forward_and_keeps_its_rows(tmp_path: Pa
     StateStore(path).close()
     assert versions(path) == list(range(1, SCHEMA_VERSION + 1))
     assert "dst_uidnext" in columns(path, "folders")
-    assert columns(path, "deferred") and columns(path, "pending")
+    assert columns(path, "deferred") and columns(path, "backlog")
     with contextlib.closing(sqlite3.connect(path)) as conn:
         assert conn.execute("SELECT src_uidvalidity, src_uidnext FROM folders").fetchall() == [(7, 12)]
     StateStore(path).close()  # opening again changes nothing
@@ -70,3 +73,28 @@ def test_a_database_from_a_newer_mailmirror_is_refused_with_a_clear_error(tmp_pa
         conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION + 1,))
     with pytest.raises(ConfigError, match=r"newer than this mailmirror.*Upgrade mailmirror"):
         StateStore(path)
+
+
+def test_a_version_6_database_keeps_its_backlog_under_the_new_name(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        for version in range(1, 7):
+            conn.executescript(MIGRATIONS[version])
+            conn.execute("INSERT INTO schema_version VALUES (?)", (version,))
+        conn.execute("INSERT INTO pending VALUES ('p', 'INBOX', 4)")
+        conn.commit()
+    store = StateStore(path)
+    try:
+        assert store.backlog("p") == 4 and store.backlog_by_pair() == {"p": 4}
+    finally:
+        store.close()
+    assert versions(path) == list(range(1, SCHEMA_VERSION + 1))
+    assert not columns(path, "pending")
+
+
+def test_the_records_the_planner_needs_load_without_sqlite() -> None:
+    """engine/planner.py imports state/records.py: it must stay cheap (no SQLite, no sqlite-utils)."""
+    code = "import sys, mailmirror.state.records; print(sorted(m for m in sys.modules if 'sqlite' in m))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"

@@ -89,6 +89,14 @@ def _rate(count: float, seconds: float) -> float:
 
 
 def print_pass(console: Console, report: PairReport, source: str, destination: str) -> None:
+    """A pass's summary: the folder table, one sentence of totals, what was skipped, failed or altered, the outcome."""
+    console.print(_pass_table(report, source, destination))
+    console.print(_pass_totals(report))
+    _print_pass_problems(console, report)
+    _print_pass_outcome(console, report)
+
+
+def _pass_table(report: PairReport, source: str, destination: str) -> Table:
     title = f"{'Dry run' if report.dry_run else 'Pass'} of pair '{report.pair}': {source} → {destination}"
     table = Table(title=title, title_justify="left", show_lines=False)
     table.add_column("Source folder")
@@ -112,11 +120,14 @@ def print_pass(console: Console, report: PairReport, source: str, destination: s
         "Deleted: on the destination (deletions.destination: mirror)."
     )
     table.caption_justify = "left"
-    console.print(table)
+    return table
+
+
+def _pass_totals(report: PairReport) -> str:
     seconds = report.seconds
     created = sum(1 for folder in report.folders if folder.created)
     moved = report.total("source_deleted")
-    console.print(
+    return (
         f"  {len(report.folders)} folders ({created} {'to create' if report.dry_run else 'created'}), "
         f"{report.copied} messages {'to copy' if report.dry_run else 'copied'} ({human_bytes(report.bytes_copied)}), "
         f"{report.total('adopted')} already on the destination, {report.total('flags_updated')} flag updates, "
@@ -126,6 +137,9 @@ def print_pass(console: Console, report: PairReport, source: str, destination: s
         + f"{report.skipped} skipped, {report.failed} failed in {seconds:.1f} s: "
         f"{_rate(report.copied, seconds):.1f} msg/s, {_rate(report.bytes_copied, seconds) / 2**20:.2f} MiB/s"
     )
+
+
+def _print_pass_problems(console: Console, report: PairReport) -> None:
     _print_reasons(console, "Skipped", [(f.source, uid, why) for f in report.folders for uid, why in f.skipped])
     _print_reasons(console, "Failed", [(f.source, uid, why) for f in report.folders for uid, why in f.failed])
     _print_reasons(
@@ -142,6 +156,9 @@ def print_pass(console: Console, report: PairReport, source: str, destination: s
     for folder in report.folders:
         if folder.unresolved:
             console.print(f"  [yellow]Folder {folder.source}: not proven yet: {folder.unresolved}[/yellow]")
+
+
+def _print_pass_outcome(console: Console, report: PairReport) -> None:
     if report.error is not None:
         console.print(f"  [red]Pass stopped: {report.error}[/red]")
     elif report.dry_run:

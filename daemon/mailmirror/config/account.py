@@ -116,7 +116,10 @@ class Account(Section):
         default=4,
         ge=1,
         le=10000,
-        description="Most simultaneous connections to this account, across all pairs using it.",
+        description=(
+            "Most simultaneous connections to this account (its mailbox), across all pairs using it; "
+            "daemon.max_connections_per_server caps a server's accounts together."
+        ),
     )
     max_messages_per_second: float | None = Field(
         default=None,

@@ -87,6 +87,16 @@ class DaemonConfig(Section):
             "side, and more for transfer.workers while they are free)."
         ),
     )
+    max_connections_per_server: int = Field(
+        default=32,
+        ge=2,
+        le=10000,
+        description=(
+            "Most IMAP connections open at the same time into one server (host:port), over all its accounts: "
+            "with a fleet of accounts on one server, each account keeps its own max_connections and the server "
+            "gets at most this many in all."
+        ),
+    )
     lock_dir: ConfigPath | None = Field(
         default=None,
         description=(

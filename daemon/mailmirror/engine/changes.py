@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from mailmirror.engine.mapping import FolderMapping
     from mailmirror.imap.interface import ImapSession
     from mailmirror.imap.types import MailboxStatus
-    from mailmirror.state.store import FolderState, SyncedMessage
+    from mailmirror.state.records import FolderState, SyncedMessage
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from mailmirror.engine.planner import Copy, batches
 from mailmirror.engine.transfer import rate_limit
 from mailmirror.errors import Stopped
 from mailmirror.imap.types import AppendRefused, MessageToAppend
-from mailmirror.state.store import SyncedMessage
+from mailmirror.state.records import SyncedMessage
 
 if TYPE_CHECKING:
     from mailmirror.engine.context import PassContext
@@ -268,7 +268,7 @@ class Copier(FolderScope):
         ]
         with self.store.transaction():  # the lag goes down with the copies, at no extra disk sync
             self.store.mark_done(self.pair, self.mapping.source, confirmed)
-            self.store.reduce_pending(self.pair, self.mapping.source, len(group))
+            self.store.reduce_backlog(self.pair, self.mapping.source, len(group))
         size = sum(a.message.size for a in group)
         with self.ctx.lock:
             self.report.copied += len(group)

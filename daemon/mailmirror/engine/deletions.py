@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from mailmirror.engine.folders import FolderView
     from mailmirror.engine.mapping import FolderMapping
     from mailmirror.imap.interface import ImapSession
-    from mailmirror.state.store import FolderState, SyncedMessage
+    from mailmirror.state.records import FolderState, SyncedMessage
 
 log = logging.getLogger(__name__)
 

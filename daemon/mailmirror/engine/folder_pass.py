@@ -16,7 +16,7 @@ from mailmirror.engine.deletions import apply_deletions, delete_copied_from_sour
 from mailmirror.engine.journal import UnconfirmedAppends
 from mailmirror.engine.planner import Copy, Deletions, FolderPlan, Policy, group_flag_changes, plan_folder
 from mailmirror.imap.types import MailboxStatus
-from mailmirror.state.store import FolderState, SyncedMessage
+from mailmirror.state.records import FolderState, SyncedMessage
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -210,7 +210,7 @@ class FolderPass(FolderScope):
         deferred = [(skip.src_uid, skip.reason, skip.eligible_at) for skip in plan.skip if skip.deferred]
         store.record_deferred(pair, folder, deferred)
         # messages still to bring to the destination
-        store.set_pending(pair, folder, len(plan.copy) + len(plan.fail) + len(planned.unreadable))
+        store.set_backlog(pair, folder, len(plan.copy) + len(plan.fail) + len(planned.unreadable))
         for (add, remove), dst_uids in group_flag_changes(plan.flag_changes).items():
             self.destination.store_flags(dst_uids, add, remove)
         with store.transaction():

@@ -14,7 +14,7 @@ from mailmirror.engine.context import FolderScope
 from mailmirror.engine.identity import without_size
 from mailmirror.engine.planner import DestinationMessage, match_pending
 from mailmirror.imap.channel import uid_set
-from mailmirror.state.store import LateWriteWatch, SyncedMessage
+from mailmirror.state.records import LateWriteWatch, SyncedMessage
 
 if TYPE_CHECKING:
     from mailmirror.engine.changes import FolderReader

@@ -48,7 +48,8 @@ from mailmirror.errors import (
 from mailmirror.imap.session import Session
 from mailmirror.imap.types import FolderMissing
 from mailmirror.state.locks import DestinationLock, PairLock, default_lock_dir
-from mailmirror.state.store import StateStore, state_error
+from mailmirror.state.storage_errors import state_error
+from mailmirror.state.store import StateStore
 
 if TYPE_CHECKING:
     from mailmirror.config.config_file import Config
@@ -230,7 +231,7 @@ class PairPass:
         """After a full pass: both sides' counts in the report and the state; the lag of folders gone."""
         mapped = [f for f in self.report.folders if f.rule != DELETED_FOLDER_RULE]
         self.report.sides = pair_sides(mapped)
-        self.store.prune_pending(self.name, self.order.folders)
+        self.store.prune_backlog(self.name, self.order.folders)
         counts = [(f.source, f.destination, f.source_messages, f.destination_messages) for f in mapped]
         self.store.record_folder_counts(self.name, counts)
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from mailmirror.engine.folder_patterns import pattern_matches
 from mailmirror.engine.identity import without_size
 from mailmirror.engine.special_use import WELL_KNOWN_NAMES
-from mailmirror.state.store import SyncedMessage
+from mailmirror.state.records import SyncedMessage
 
 if TYPE_CHECKING:
     from mailmirror.engine.mapping import FolderMapping, Namespace

@@ -26,7 +26,8 @@ from mailmirror.engine.identity import fingerprint, header_fields_to_fetch
 from mailmirror.engine.mapping import FolderMapping
 from mailmirror.imap.interface import ImapSession
 from mailmirror.imap.types import Folder, MailboxStatus
-from mailmirror.state.store import FolderState, StateStore
+from mailmirror.state.records import FolderState
+from mailmirror.state.store import StateStore
 
 log = logging.getLogger(__name__)
 

@@ -293,16 +293,16 @@ class Daemon:
                         slots=self.limits.extra(config, pair),
                     ).run()
                     with contextlib.suppress(sqlite3.Error):
-                        pending = store.pending(name)
+                        pending = store.backlog(name)
                 except BaseException as error:
                     failed = PairReport(name, error=InternalError(f"pair '{name}': pass aborted ({error!r})"))
                     failed.finished = time.monotonic()
-                    self.metrics.pass_finished(name, failed, pending=None)
+                    self.metrics.pass_finished(name, failed, backlog=None)
                     raise
                 finally:
                     store.close()
         latency = time.monotonic() - news_at if news_at is not None else None
-        self.metrics.pass_finished(name, report, pending=pending, push_latency=latency)
+        self.metrics.pass_finished(name, report, backlog=pending, push_latency=latency)
         self._after_pass(name, report, pushed=folders is not None)
         if folders and isinstance(report.error, LockedError):  # another process has the pair: try again
             with self._lock:
@@ -412,14 +412,14 @@ class Daemon:
         store = StateStore(self.config.state.path)
         try:
             self.state_successes = store.last_successes()
-            self.state_pending = store.pending_by_pair()
+            self.state_pending = store.backlog_by_pair()
         finally:
             store.close()
 
     def _configure_metrics(self) -> None:
         intervals = {name: expected_interval(pair) for name, pair in self.config.effective_pairs().items()}
         self.metrics.configure(
-            intervals, self.config.accounts, last_success=self.state_successes, pending=self.state_pending
+            intervals, self.config.accounts, last_success=self.state_successes, backlog=self.state_pending
         )
 
     def liveness(self) -> list[Check]:

@@ -1,33 +1,29 @@
-"""A fleet's migration at a glance: `mailmirror status` (one line per pair) and `mailmirror report` (the
-cutover sign-off), both read from the state database in a few grouped queries, whatever the number of pairs.
+"""A fleet's migration at a glance: each pair's status (`mailmirror status`, `report`) read from the state
+database in a few grouped queries, whatever the number of pairs, the totals, and verify results recorded.
 
 Per pair, the state database knows: its last pass (when, outcome, error), its last success, the messages
-on each side of every mapped folder at the last full pass, the messages still to bring over (pending),
-those the destination refused (with the server's reasons), what the passes copied and found already
-there, and the last `mailmirror verify` result.
+on each side of every mapped folder at the last full pass, the messages still to bring over (the backlog,
+shown as pending), those the destination refused (with the server's reasons), what the passes copied and
+found already there, and the last `mailmirror verify` result. The status as JSON, CSV and Markdown:
+service/fleet_render.py; as a table on the terminal: cli/status_table.py.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
-
 from mailmirror.errors import MailmirrorError
-from mailmirror.state.store import StateStore, VerifyRecord, state_error
+from mailmirror.state.records import VerifyRecord
+from mailmirror.state.storage_errors import state_error
+from mailmirror.state.store import StateStore
 
 if TYPE_CHECKING:
     from mailmirror.config.config_file import Config
-    from mailmirror.config.pair import Pair
     from mailmirror.engine.verify import PairVerdict
 
 log = logging.getLogger(__name__)
@@ -36,18 +32,11 @@ STATES = ("ok", "partial", "failing", "stale", "running", "never")
 FILTERS = ("failing", "stale", "incomplete")
 
 
-@dataclass
-class VerifyResult:
+@dataclass(frozen=True)
+class VerifyResult(VerifyRecord):
+    """The last verify of a pair, with when it ran."""
+
     at: str
-    clean: bool
-    folders: int
-    src_messages: int
-    dst_messages: int
-    differences: int
-    extra: int
-    skipped: int
-    summary: str
-    error: str | None
 
 
 @dataclass
@@ -127,7 +116,7 @@ def fleet_status(
         status.folders = _number(row.get("folders"))
         status.src_messages = _number(row.get("src_messages"))
         status.dst_messages = _number(row.get("dst_messages"))
-        status.pending = _number(row.get("pending")) or 0
+        status.pending = _number(row.get("backlog")) or 0
         status.copied = _number(row.get("copied")) or 0
         status.already_there = _number(row.get("adopted")) or 0
         status.refused = _number(row.get("refused")) or 0
@@ -268,326 +257,11 @@ def totals_of(statuses: Sequence[PairStatus]) -> Totals:
     return totals
 
 
-def _count(value: int | None) -> str:
+def count_text(value: int | None) -> str:
+    """A count for a table: "-" when unknown."""
     return "-" if value is None else str(value)
 
 
-def _when(value: str | None) -> str:
+def when_text(value: str | None) -> str:
+    """A recorded time for a table: "2026-01-02 03:04:05" (UTC), or "never"."""
     return value.replace("T", " ").removesuffix("+00:00") if value else "never"
-
-
-_STATE_STYLES = {"ok": "green", "partial": "yellow", "failing": "red", "stale": "red", "running": "cyan"}
-
-
-PLAIN_TABLE_ROWS = 200  # beyond, plain aligned columns: a rich table of 10,000 rows takes many seconds
-STATUS_COLUMNS = ("Pair", "State", "Last success", "Source", "Dest.", "Pending", "Refused", "Last error")
-
-
-def _status_cells(status: PairStatus) -> list[str]:
-    return [
-        status.pair,
-        status.state,
-        _when(status.last_success),
-        _count(status.src_messages),
-        _count(status.dst_messages),
-        str(status.pending),
-        str(status.refused),
-        (status.last_error or "") if status.state in ("failing", "partial", "stale") else "",
-    ]
-
-
-def print_status(console: Console, statuses: Sequence[PairStatus], title: str) -> None:
-    if len(statuses) > PLAIN_TABLE_ROWS:
-        _print_plain_status(console, statuses, title)
-        return
-    table = Table(title=title, title_justify="left")
-    table.add_column("Pair")
-    table.add_column("State")
-    table.add_column("Last success")
-    for column in ("Source", "Dest.", "Pending", "Refused"):
-        table.add_column(column, justify="right")
-    table.add_column("Last error", overflow="fold")
-    for status in statuses:
-        cells = _status_cells(status)
-        style = _STATE_STYLES.get(status.state)
-        cells[1] = f"[{style}]{status.state}[/{style}]" if style else status.state
-        table.add_row(*cells)
-    console.print(table)
-    console.print(_totals_line(totals_of(statuses)), markup=False, highlight=False)
-
-
-def _print_plain_status(console: Console, statuses: Sequence[PairStatus], title: str) -> None:
-    rows = [list(STATUS_COLUMNS), *(_status_cells(status) for status in statuses)]
-    widths = [max(len(row[index]) for row in rows) for index in range(len(STATUS_COLUMNS) - 1)]
-    right = {3, 4, 5, 6}  # the counts
-    lines = [title]
-    for row in rows:
-        cells = [
-            cell.rjust(width) if index in right else cell.ljust(width)
-            for index, (cell, width) in enumerate(zip(row, widths, strict=False))
-        ]
-        lines.append("  ".join([*cells, row[-1]]).rstrip())
-    lines.append(_totals_line(totals_of(statuses)))
-    console.file.write("\n".join(lines) + "\n")
-
-
-def _totals_line(totals: Totals) -> str:
-    states = ", ".join(f"{totals.states[state]} {state}" for state in STATES if totals.states.get(state))
-    return (
-        f"{totals.pairs} pairs ({states or 'none'}); messages: {totals.src_messages} on the sources, "
-        f"{totals.dst_messages} on the destinations, {totals.pending} pending, {totals.refused} refused"
-    )
-
-
-def status_json(statuses: Sequence[PairStatus], **about: Any) -> dict[str, Any]:
-    return {**about, "pairs": [_as_json(status) for status in statuses], "totals": asdict(totals_of(statuses))}
-
-
-def _as_json(status: PairStatus) -> dict[str, Any]:
-    document = asdict(status)
-    document["refused_reasons"] = [{"reason": reason, "messages": count} for reason, count in status.refused_reasons]
-    return document
-
-
-# -- report ----------------------------------------------------------------------------------------
-
-CSV_COLUMNS = (
-    "pair",
-    "state",
-    "source",
-    "destination",
-    "folders",
-    "src_messages",
-    "dst_messages",
-    "copied",
-    "already_there",
-    "skipped_by_rule",
-    "refused",
-    "refused_reasons",
-    "pending",
-    "last_pass",
-    "last_outcome",
-    "last_success",
-    "last_error",
-    "verified_at",
-    "verify_clean",
-    "verify_differences",
-    "verify_summary",
-)
-
-
-@dataclass
-class ReportContext:
-    """What the report says about where it comes from."""
-
-    config_path: str
-    state_path: str
-    generated_at: str
-    shard: str | None
-    selection: Sequence[str]
-    pairs: Mapping[str, Pair]
-    accounts: Mapping[str, str]  # account name -> user@host:port (never a secret)
-
-
-def ready_for_cutover(status: PairStatus) -> bool:
-    """Every wanted message is on the destination and the last verify found no difference."""
-    return (
-        status.state in ("ok", "stale")
-        and status.pending == 0
-        and status.refused == 0
-        and status.verify is not None
-        and status.verify.clean
-    )
-
-
-def report_json(statuses: Sequence[PairStatus], about: ReportContext) -> dict[str, Any]:
-    documents = []
-    for status in statuses:
-        document = _as_json(status)
-        pair = about.pairs[status.pair]
-        document["source"] = about.accounts[pair.source]
-        document["destination"] = about.accounts[pair.destination]
-        document["ready"] = ready_for_cutover(status)
-        documents.append(document)
-    return {
-        "report": "mailmirror cutover report",
-        "generated_at": about.generated_at,
-        "config": about.config_path,
-        "state": about.state_path,
-        "shard": about.shard,
-        "selection": list(about.selection),
-        "ready": bool(statuses) and all(ready_for_cutover(status) for status in statuses),
-        "totals": asdict(totals_of(statuses)),
-        "pairs": documents,
-    }
-
-
-def report_csv(statuses: Sequence[PairStatus], about: ReportContext) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for status in statuses:
-        pair = about.pairs[status.pair]
-        verify = status.verify
-        writer.writerow(
-            [
-                status.pair,
-                status.state,
-                about.accounts[pair.source],
-                about.accounts[pair.destination],
-                _cell(status.folders),
-                _cell(status.src_messages),
-                _cell(status.dst_messages),
-                status.copied,
-                status.already_there,
-                _cell(status.skipped_by_rule),
-                status.refused,
-                "; ".join(f"{count}x {reason}" for reason, count in status.refused_reasons),
-                status.pending,
-                status.last_pass or "",
-                status.last_outcome or "",
-                status.last_success or "",
-                status.last_error or "",
-                verify.at if verify else "",
-                ("yes" if verify.clean else "no") if verify else "",
-                verify.differences if verify else "",
-                verify.summary if verify else "",
-            ]
-        )
-    totals = totals_of(statuses)
-    writer.writerow(
-        [
-            "TOTAL",
-            f"{totals.pairs} pairs",
-            "",
-            "",
-            totals.folders,
-            totals.src_messages,
-            totals.dst_messages,
-            totals.copied,
-            totals.already_there,
-            totals.skipped_by_rule,
-            totals.refused,
-            "",
-            totals.pending,
-            "",
-            "",
-            "",
-            "",
-            "",
-            f"{totals.verified_clean} clean",
-            f"{totals.verified_with_differences} with differences",
-            f"{totals.never_verified} never verified",
-        ]
-    )
-    return out.getvalue()
-
-
-def _cell(value: int | None) -> str:
-    return "" if value is None else str(value)
-
-
-def _md(text: object) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def report_markdown(statuses: Sequence[PairStatus], about: ReportContext) -> str:
-    totals = totals_of(statuses)
-    ready = [status for status in statuses if ready_for_cutover(status)]
-    verdict = "READY" if statuses and len(ready) == len(statuses) else "NOT READY"
-    lines = [
-        "# mailmirror cutover report",
-        "",
-        f"- Generated: {about.generated_at}",
-        f"- Config: `{about.config_path}`" + (f" (shard {about.shard})" if about.shard else ""),
-        f"- State database: `{about.state_path}`",
-        f"- Pairs: {totals.pairs}" + (f" (selected: {', '.join(about.selection)})" if about.selection else ""),
-        "",
-        f"**Result: {verdict} for cutover** — {len(ready)} of {totals.pairs} pairs have every wanted message on "
-        "the destination (nothing pending, nothing refused) and a clean last verify.",
-        "",
-        "## Totals",
-        "",
-        "| Folders | Source messages | Destination messages | Copied | Already there | Skipped by rule | Refused "
-        "| Pending | Verified clean | Verify differences | Never verified |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-        f"| {totals.folders} | {totals.src_messages} | {totals.dst_messages} | {totals.copied} | "
-        f"{totals.already_there} | {totals.skipped_by_rule} | {totals.refused} | {totals.pending} | "
-        f"{totals.verified_clean} | {totals.verified_with_differences} | {totals.never_verified} |",
-        "",
-        "## Pairs",
-        "",
-        "| Pair | Source | Destination | State | Folders | Source msgs | Dest. msgs | Copied | Already there "
-        "| Skipped by rule | Refused | Pending | Last success | Last verify | Ready |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|",
-    ]
-    for status in statuses:
-        pair = about.pairs[status.pair]
-        verify = status.verify
-        verify_text = "never" if verify is None else f"{_when(verify.at)}: {verify.summary}"
-        lines.append(
-            "| "
-            + " | ".join(
-                _md(cell)
-                for cell in (
-                    status.pair,
-                    about.accounts[pair.source],
-                    about.accounts[pair.destination],
-                    status.state,
-                    _count(status.folders),
-                    _count(status.src_messages),
-                    _count(status.dst_messages),
-                    status.copied,
-                    status.already_there,
-                    _count(status.skipped_by_rule),
-                    status.refused,
-                    status.pending,
-                    _when(status.last_success),
-                    verify_text,
-                    "yes" if ready_for_cutover(status) else "no",
-                )
-            )
-            + " |"
-        )
-    lines += _problem_sections(statuses)
-    lines += [
-        "",
-        "Copied: messages mailmirror appended to the destination; already there: messages found on the destination "
-        "by identity (Message-ID, Date, size) and not copied again; skipped by rule: source messages the pair's "
-        "folder and message rules leave out; refused: messages the destination refused (retried on every pass). "
-        "Verify compares every message of both sides by SHA-256 of its bytes, flags and INTERNALDATE.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _problem_sections(statuses: Sequence[PairStatus]) -> list[str]:
-    lines: list[str] = []
-    refused = [status for status in statuses if status.refused_reasons]
-    if refused:
-        lines += ["", "## Refused messages", ""]
-        for status in refused:
-            for reason, count in status.refused_reasons:
-                lines.append(f"- {_md(status.pair)}: {count} × {_md(reason)}")
-    troubled = [
-        status
-        for status in statuses
-        if (status.verify is not None and not status.verify.clean) or status.state in ("failing", "never", "running")
-    ]
-    if troubled:
-        lines += ["", "## Needs attention", ""]
-        for status in troubled:
-            if status.verify is not None and not status.verify.clean:
-                lines.append(f"- {_md(status.pair)}: last verify: {_md(status.verify.summary)}")
-            if status.state in ("failing", "never", "running"):
-                error = f": {_md(status.last_error)}" if status.last_error else ""
-                lines.append(f"- {_md(status.pair)}: {status.state}{error}")
-    return lines
-
-
-def render_report(statuses: Sequence[PairStatus], about: ReportContext, form: str) -> str:
-    if form == "json":
-        return json.dumps(report_json(statuses, about), indent=2, ensure_ascii=False) + "\n"
-    if form == "csv":
-        return report_csv(statuses, about)
-    return report_markdown(statuses, about)

@@ -93,7 +93,7 @@ class PairMetrics:
     last_success: float | None = None
     consecutive_failures: int = 0
     running: int = 0
-    pending: int | None = None
+    backlog: int | None = None  # mailmirror_pending_messages
     messages: dict[str, int] = field(default_factory=dict)  # side -> messages in the pair's folders
     folders: dict[str, int] = field(default_factory=dict)
     copied: int = 0
@@ -140,10 +140,10 @@ class Metrics:
         accounts: Iterable[str],
         *,
         last_success: dict[str, float] | None = None,
-        pending: dict[str, int] | None = None,
+        backlog: dict[str, int] | None = None,
     ) -> None:
         """The pairs (name -> expected interval) and accounts of the config now loaded: others go away.
-        `last_success` and `pending` (from the state database) seed the pairs seen for the first time."""
+        `last_success` and `backlog` (from the state database) seed the pairs seen for the first time."""
         with self._lock:
             for name in self.pairs.keys() - pairs.keys():
                 del self.pairs[name]
@@ -152,7 +152,7 @@ class Metrics:
                 if entry is None:
                     entry = self.pairs[name] = PairMetrics()
                     entry.last_success = (last_success or {}).get(name)
-                    entry.pending = (pending or {}).get(name)
+                    entry.backlog = (backlog or {}).get(name)
                 entry.expected_interval = interval
             wanted = set(accounts)
             for name in self.accounts.keys() - wanted:
@@ -185,7 +185,7 @@ class Metrics:
         pair: str,
         report: PairReport,
         *,
-        pending: int | None,
+        backlog: int | None,
         push_latency: float | None = None,
     ) -> None:
         with self._lock:
@@ -205,8 +205,8 @@ class Metrics:
                 entry.consecutive_failures = 0
                 entry.last_success = time.time()
             self._count_folders(entry, report)
-            if pending is not None:
-                entry.pending = pending
+            if backlog is not None:
+                entry.backlog = backlog
             if report.sides:
                 for side, (folders, messages) in report.sides.items():
                     entry.folders[side] = folders
@@ -324,7 +324,7 @@ def _pair_gauges(pairs: dict[str, PairMetrics]) -> Iterator[Metric]:
         "mailmirror_pair_consecutive_failures", "Passes of the pair that failed in a row (0 after a success).", ["pair"]
     )
     running = _gauge("mailmirror_pair_pass_running", "1 while a pass of the pair runs.", ["pair"])
-    pending = _gauge(
+    backlog = _gauge(
         "mailmirror_pending_messages",
         "Source messages not yet on the destination as of the pair's last pass (the lag).",
         ["pair"],
@@ -343,13 +343,13 @@ def _pair_gauges(pairs: dict[str, PairMetrics]) -> Iterator[Metric]:
             success.add_metric([name], entry.last_success)
         if entry.expected_interval is not None:
             interval.add_metric([name], entry.expected_interval)
-        if entry.pending is not None:
-            pending.add_metric([name], entry.pending)
+        if entry.backlog is not None:
+            backlog.add_metric([name], entry.backlog)
         for side, value in sorted(entry.messages.items()):
             messages.add_metric([name, side], value)
         for side, value in sorted(entry.folders.items()):
             folders.add_metric([name, side], value)
-    yield from (up, success, start, interval, failures, running, pending, messages, folders)
+    yield from (up, success, start, interval, failures, running, backlog, messages, folders)
 
 
 def _pair_counters(pairs: dict[str, PairMetrics]) -> Iterator[Metric]:

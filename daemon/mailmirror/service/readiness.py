@@ -59,7 +59,7 @@ def state_check(path: Path) -> Check:
         try:
             connection.execute("BEGIN IMMEDIATE")
             try:  # a real (empty) write: a read-only file or file system only shows there
-                connection.execute("DELETE FROM pending WHERE 0")
+                connection.execute("DELETE FROM schema_version WHERE 0")
             finally:
                 connection.execute("ROLLBACK")
         finally:

@@ -955,6 +955,7 @@ class FolderPass:
         self.interrupted = False  # a copy run was cut: resume the rest once the journal is resolved
         self.refused: set[int] = set()  # source UIDs that failed during this pass's copies
         self.removed_before_plan = 0  # late duplicates removed before planning (in destination_status)
+        self.vanished_watched: list[int] = []  # expunged on the source, rows kept while a late copy is watched for
 
     def bind(self, source: ImapSession, destination: ImapSession) -> None:
         """The worker's sessions for planning or finishing (never two workers at once)."""
@@ -1052,6 +1053,11 @@ class FolderPass:
                 log.info("%s: %s: resuming: %d messages left to copy", self.pair, self.mapping.source, len(remaining))
                 return remaining
         self._check_late_writes()  # also the watches this pass opened: it cannot claim what it cannot prove
+        if self.vanished_watched and self.owner.pair.deletions.destination == "mirror" and not self.report.unresolved:
+            self.report.unresolved = (
+                f"{len(self.vanished_watched)} messages deleted on the source kept their copy while a late write "
+                "of it was watched for; the next pass deletes it"
+            )
         deletions, source_status, destination_status = self.deletions, self.source_status, self.destination_status
         if deletions.dst_uids and not deletions.refused:
             self.destination.ensure_selected(self.mapping.destination, readonly=False)
@@ -1073,7 +1079,9 @@ class FolderPass:
                 source_status.uidvalidity,
                 destination_status.uidvalidity,
                 source_status.uidnext,
-                source_status.messages,
+                # the kept rows of expunged messages count as there: the next pass misses them, lists the folder
+                # in full and forgets (mirror: deletes) them once their watch ended
+                source_status.messages + len(self.vanished_watched),
                 source_status.highestmodseq,
                 destination_status.uidnext,
             )
@@ -1155,6 +1163,11 @@ class FolderPass:
         if listing.present is None:
             return Deletions()
         vanished = [uid for uid in synced if uid not in listing.present]
+        # a message whose late copy is still watched for keeps its row (and, mirroring, its copy) until the
+        # watch ends: the watch recognises a late copy by comparing it with ours
+        watched = {w.src_uid for w in self.store.late_write_watches(self.pair, self.mapping.source)}
+        self.vanished_watched = [uid for uid in vanished if uid in watched]
+        vanished = [uid for uid in vanished if uid not in watched]
         if rules.destination != "mirror":
             if vanished and not self.owner.dry_run:
                 self.store.forget_messages(self.pair, self.mapping.source, vanished)

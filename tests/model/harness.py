@@ -9,6 +9,7 @@ import shutil
 import sqlite3
 import tempfile
 import threading
+import weakref
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
@@ -67,6 +68,8 @@ class Harness:
         # on tmpfs when there is one: thousands of passes, each committing to SQLite (fsync) many times
         shm = Path("/dev/shm")
         self.directory = Path(tempfile.mkdtemp(prefix="mailmirror-model-", dir=shm if shm.is_dir() else None))
+        # gone with the harness too (tests that never call cleanup() left thousands of them in /dev/shm)
+        self._removal = weakref.finalize(self, shutil.rmtree, self.directory, ignore_errors=True)
         self.pair_options = pair_options
         self.config_path = self.directory / "mailmirror.yaml"
         self.write_config()
@@ -161,7 +164,7 @@ class Harness:
                 path.unlink()
 
     def cleanup(self) -> None:
-        shutil.rmtree(self.directory, ignore_errors=True)
+        self._removal()
 
     # -- reading the servers -------------------------------------------------------------------------
 

@@ -1136,11 +1136,15 @@ class FolderPass:
                 flags = self.source.fetch_flags_changed(status.uidnext - 1, known.src_highestmodseq)
         if present is None and known.src_messages + len(in_range) != status.messages:
             present = set(self.source.all_uids())
-        if present is not None:
-            gone = [uid for uid in retry if uid not in present]
+        existing = present
+        if existing is None and retry:
+            # a failed message expunged before the markers counted it leaves the count as it was: ask
+            existing = set(self.source.uids_between(min(retry), max(retry)))
+        if existing is not None:
+            gone = [uid for uid in retry if uid not in existing]
             if not self.owner.dry_run:
                 self.store.clear_failures(self.pair, self.mapping.source, gone)
-            retry = [uid for uid in retry if uid in present]
+            retry = [uid for uid in retry if uid in existing]
         return SourceListing(sorted({*fresh, *retry}), flags, present)
 
     def _destination_candidates(

@@ -64,3 +64,38 @@ def test_a_watch_survives_a_destination_uidvalidity_reset_and_removes_the_late_c
     assert work.late_duplicates_removed == 1
     assert message_count(mirror.dst, "Work") == 3
     assert setup.verify().clean
+
+
+@pytest.mark.parametrize("side", ["source", "destination"])
+def test_a_late_copy_that_landed_in_the_window_is_removed_after_a_uidvalidity_reset_once_the_window_ended(
+    side: str, mirror: Mirror
+) -> None:
+    """Found by the model machine: the late copy lands within the window, then a UIDVALIDITY reset, and the
+    first pass after both came at a time the window had ended: its check before the plan (map not yet
+    rebuilt, so no copy of ours to compare with) closed the watch as expired; the duplicate stayed for good
+    and the pass claimed exactly once."""
+    seed(mirror.src, "Work", [SeedMessage(simple_message(i)) for i in range(3)])
+    setup = mirror.setup()
+    assert setup.sync().error is None
+    config = load_config(setup.config_path)
+    store = StateStore(config.state.path)
+    try:  # one append of a lost connection was copied again; the window it was watched for has ended
+        watched = store.messages("test", "Work")[min(store.messages("test", "Work"))]
+        floor = int(mirror.dst.folder_status("Work", ["UIDNEXT"])[b"UIDNEXT"])
+        store.watch_late_writes("test", "Work", [watched], floor, datetime.now(UTC) - timedelta(minutes=1))
+    finally:
+        store.close()
+    mirror.dst.select_folder("Work", readonly=True)  # the old APPEND ran within the window: the same bytes
+    ours = mirror.dst.fetch([watched.dst_uid], ["BODY.PEEK[]", "INTERNALDATE"])[watched.dst_uid]
+    mirror.dst.close_folder()
+    mirror.dst.append("Work", ours[b"BODY[]"], [], ours[b"INTERNALDATE"])
+    assert message_count(mirror.dst, "Work") == 4
+
+    _recreate(mirror.src if side == "source" else mirror.dst, "Work")
+    second = setup.sync()
+    assert second.error is None and second.copied == 0
+    [work] = [folder for folder in second.folders if folder.source == "Work"]
+    assert work.late_duplicates_removed == 1, "the late copy stayed: the watch was closed before the map was rebuilt"
+    assert work.unresolved is None
+    assert message_count(mirror.dst, "Work") == 3
+    assert setup.verify().clean

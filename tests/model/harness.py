@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import shutil
+import sqlite3
 import tempfile
 import threading
+import weakref
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
+import mailmirror.engine.pair_pass
 from mailmirror.config.config_file import Config, load_config
 from mailmirror.engine.outcome import DELETED_FOLDER_RULE, PairReport
 from mailmirror.engine.pair_pass import PairPass
+from mailmirror.state import locks
 from mailmirror.state.store import StateStore
 from tests.model.imap_model import Mailbox, ModelProcess, ProcessCrash, World
 
@@ -59,6 +69,8 @@ class Harness:
         # on tmpfs when there is one: thousands of passes, each committing to SQLite (fsync) many times
         shm = Path("/dev/shm")
         self.directory = Path(tempfile.mkdtemp(prefix="mailmirror-model-", dir=shm if shm.is_dir() else None))
+        # gone with the harness too (tests that never call cleanup() left thousands of them in /dev/shm)
+        self._removal = weakref.finalize(self, shutil.rmtree, self.directory, ignore_errors=True)
         self.pair_options = pair_options
         self.config_path = self.directory / "mailmirror.yaml"
         self.write_config()
@@ -69,6 +81,9 @@ class Harness:
         text = (
             f"state: {{path: {self.directory / 'state.db'}}}\n"
             'metrics: {listen: "127.0.0.1:0"}\n'
+            # the destination locks of this harness alone: the machine-wide default (/run/mailmirror) is shared
+            # with every other test process, whose model passes lock the same model mailbox
+            f"daemon: {{lock_dir: {self.directory / 'locks'}}}\n"
             "accounts:\n"
             "  src: {host: source.model.invalid, username: alice, password: {env: MAILMIRROR_MODEL_UNUSED}}\n"
             "  dst: {host: destination.model.invalid, username: backup, password: {env: MAILMIRROR_MODEL_UNUSED}}\n"
@@ -83,21 +98,48 @@ class Harness:
 
     def run_pass(self, *, stop: threading.Event | None = None) -> PairReport:
         """One pass in a new process (a ProcessCrash escapes, as the process would be gone)."""
+        self.assert_no_process_left()
         config = self.config
         store = StateStore(config.state.path)
         process = ModelProcess(self.world)
-        try:  # the engine's clock (late-write windows) is the world's, moved on by window_passes()
-            return PairPass(
-                "test",
-                config.effective_pairs()["test"],
-                config,
-                store,
-                stop=stop,
-                connect=process.connect,
-                clock=self.world.now,
-            ).run()
+        store.db.conn = DyingConnection(store.db.conn, process)
+        threads = set(threading.enumerate())
+        try:
+            with process_locks() as taken:
+                try:  # the engine's clock (late-write windows) is the world's, moved on by window_passes()
+                    return PairPass(
+                        "test",
+                        config.effective_pairs()["test"],
+                        config,
+                        store,
+                        stop=stop,
+                        connect=process.connect,
+                        clock=self.world.now,
+                    ).run()
+                finally:
+                    if process.crashed:  # what the kernel releases of a dead process: its descriptors, and so
+                        for lock in taken:  # their flocks (the in-process lock is gone with the process)
+                            lock.release()
         finally:
-            store.close()
+            store.close()  # a transaction still open is rolled back, as SQLite recovers it after a crash
+            for thread in set(threading.enumerate()) - threads:
+                thread.join(timeout=30)
+                assert not thread.is_alive(), f"thread {thread.name} of a pass outlived it"
+
+    def assert_no_process_left(self) -> None:
+        """Before a pass (a new process): no lock of an earlier pass is still held, which would make this one
+        wait for ever (passes of one process wait for each other's destination lock) or end LockedError."""
+        for path, local in list(locks._in_process.items()):
+            if Path(path).is_relative_to(self.directory):
+                assert not local.locked(), f"an earlier pass still holds the in-process destination lock {path}"
+        for path in self.directory.glob("**/*.lock"):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise AssertionError(f"an earlier pass still holds the lock file {path}") from None
+            finally:
+                os.close(fd)  # and with it the flock just taken
 
     def window_passes(self) -> None:
         """The late-write window (transfer.late_write_window) goes by: what the destination still held of a
@@ -122,7 +164,7 @@ class Harness:
                 path.unlink()
 
     def cleanup(self) -> None:
-        shutil.rmtree(self.directory, ignore_errors=True)
+        self._removal()
 
     # -- reading the servers -------------------------------------------------------------------------
 
@@ -137,6 +179,66 @@ class Harness:
     def count(self, side: str, folder: str = "INBOX") -> int:
         folders = self.source if side == "source" else self.destination
         return len(folders[folder].messages) if folder in folders else 0
+
+
+class DyingConnection:
+    """The state database connection of a model process: once the process died (`ProcessCrash`), nothing of
+    it reaches the file any more. The engine's finally and except blocks still run after a simulated crash;
+    in a real one they do not, so their writes (and a COMMIT) are refused; a ROLLBACK is let through, it
+    is what SQLite does to the dead process's open transaction anyway."""
+
+    def __init__(self, connection: sqlite3.Connection, process: ModelProcess) -> None:
+        self._connection = connection
+        self._process = process
+
+    def _alive(self, sql: str = "") -> None:
+        if self._process.crashed and not sql.lstrip().upper().startswith("ROLLBACK"):
+            raise ProcessCrash("the process is gone (state database)")
+
+    def execute(self, sql: str, *parameters: Any) -> sqlite3.Cursor:
+        self._alive(sql)
+        return self._connection.execute(sql, *parameters)
+
+    def executemany(self, sql: str, parameters: Any) -> sqlite3.Cursor:
+        self._alive(sql)
+        return self._connection.executemany(sql, parameters)
+
+    def executescript(self, script: str) -> sqlite3.Cursor:
+        self._alive()
+        return self._connection.executescript(script)
+
+    def commit(self) -> None:
+        self._alive()
+        self._connection.commit()
+
+    def cursor(self) -> sqlite3.Cursor:
+        self._alive()
+        return self._connection.cursor()
+
+    def __getattr__(self, name: str) -> Any:  # rollback, close, in_transaction, ...
+        return getattr(self._connection, name)
+
+
+@contextlib.contextmanager
+def process_locks() -> Iterator[list[locks.DestinationLock | locks.PairLock]]:
+    """The pair and destination locks a pass takes, for releasing them as the kernel would if it dies."""
+    taken: list[locks.DestinationLock | locks.PairLock] = []
+
+    class RecordedDestinationLock(locks.DestinationLock):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            taken.append(self)
+
+    class RecordedPairLock(locks.PairLock):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            taken.append(self)
+
+    with (
+        mock.patch.object(mailmirror.engine.pair_pass, "DestinationLock", RecordedDestinationLock),
+        mock.patch.object(mailmirror.engine.pair_pass, "PairLock", RecordedPairLock),
+    ):
+        yield taken
 
 
 def folder_mapping(report: PairReport) -> dict[str, str]:

@@ -91,10 +91,14 @@ class FolderReader:
                 flags = self.source.fetch_flags_changed(status.uidnext - 1, known.src_highestmodseq)
         if present is None and last_messages + len(in_range) != status.messages:
             present = set(self.source.all_uids())
+        existing = present
+        if existing is None and retry:
+            # a failed message expunged before the markers counted it leaves the count as it was: ask
+            existing = set(self.source.uids_between(min(retry), max(retry)))
         gone: list[int] = []
-        if present is not None:
-            gone = [uid for uid in retry if uid not in present]
-            retry = [uid for uid in retry if uid in present]
+        if existing is not None:
+            gone = [uid for uid in retry if uid not in existing]
+            retry = [uid for uid in retry if uid in existing]
         return SourceListing(sorted({*fresh, *retry}), flags, present, gone)
 
     def destination_candidates(

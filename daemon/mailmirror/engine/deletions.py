@@ -6,7 +6,7 @@ whose source folder is gone (deletions.delete_missing_folders). Each is planned 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from mailmirror.engine.outcome import DELETED_FOLDER_RULE, FolderReport
@@ -24,17 +24,36 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class VanishedPlan:
+    """What to do about messages gone from the source."""
+
+    deletions: Deletions = field(default_factory=Deletions)  # mirror: the destination copies to delete
+    forget: list[int] = field(default_factory=list)  # the other modes: rows to forget, the copies stay
+    kept_while_watched: list[int] = field(default_factory=list)  # rows kept while a late copy is watched for
+
+
 def plan_deletions(
-    ctx: PassContext, listing: SourceListing, synced: dict[int, SyncedMessage], destination_messages: int
-) -> tuple[Deletions, list[int]]:
-    """The destination copies to delete (mirror), and the source UIDs whose rows to forget without deleting
-    anything (the other modes: the message is gone from the source, its copy stays)."""
+    ctx: PassContext,
+    mapping: FolderMapping,
+    listing: SourceListing,
+    synced: dict[int, SyncedMessage],
+    destination_messages: int,
+) -> VanishedPlan:
+    """The destination copies to delete (mirror), or the source UIDs whose rows to forget without deleting
+    anything (the other modes: the message is gone from the source, its copy stays).
+
+    A message whose late copy is still watched for keeps its row (and, mirroring, its copy) until the
+    watch ends: the watch recognises a late copy by comparing it with ours."""
     rules = ctx.pair.deletions
     if listing.present is None:
-        return Deletions(), []
+        return VanishedPlan()
+    watched = {watch.src_uid for watch in ctx.store.late_write_watches(ctx.name, mapping.source)}
     vanished = [uid for uid in synced if uid not in listing.present]
+    kept = [uid for uid in vanished if uid in watched]
+    vanished = [uid for uid in vanished if uid not in watched]
     if rules.destination != "mirror":
-        return Deletions(), vanished
+        return VanishedPlan(forget=vanished, kept_while_watched=kept)
     deletions = plan_destination_deletions(
         vanished,
         synced,
@@ -42,7 +61,7 @@ def plan_deletions(
         max_share=rules.max_share,
         force=rules.force or ctx.force_deletions,
     )
-    return deletions, []
+    return VanishedPlan(deletions=deletions, kept_while_watched=kept)
 
 
 def apply_deletions(

@@ -41,6 +41,7 @@ class PlannedFolder:
     failures_gone: Sequence[int] = ()  # failed messages gone from the source: their failures are dropped
     forget: Sequence[int] = ()  # rows of messages gone from the source whose copies stay
     unreadable: Sequence[int] = ()  # listed, but their metadata did not come: failures
+    kept_while_watched: Sequence[int] = ()  # gone from the source, rows kept while a late copy is watched for
 
 
 class FolderPass(FolderScope):
@@ -67,6 +68,7 @@ class FolderPass(FolderScope):
         self.source_status = MailboxStatus(0, 0, 0, None)
         self.destination_status = MailboxStatus(0, 0, 0, None)
         self.removed_before_plan = 0  # late duplicates removed before planning (in destination_status)
+        self.kept_while_watched: Sequence[int] = ()  # expunged on the source, rows kept while a late copy is watched
 
     @property
     def source(self) -> ImapSession:
@@ -89,13 +91,14 @@ class FolderPass(FolderScope):
         destination_status = self.destination.select(self.mapping.destination, readonly=False)
         known = self._state_to_build_on(source_status, destination_status)
         self.journal.resolve_pending(destination_status.uidnext)
-        self.journal.check_late_writes()
+        self.journal.check_late_writes(expire=False)
         self.removed_before_plan = self.report.late_duplicates_removed  # were counted in this SELECT
         planned = plan_open_folder(self.ctx, self.order, self.reader, known, source_status, destination_status)
         self._apply(planned)
         report_plan(self.ctx, self.mapping, self.report, planned)
         self.copies = list(planned.plan.copy)
         self.deletions = planned.deletions
+        self.kept_while_watched = planned.kept_while_watched
         self.source_status, self.destination_status = source_status, destination_status
         self.copier = Copier(self.ctx, self.mapping, self.report, moving=self.moving, floor=destination_status.uidnext)
         self.ctx.progress.folder_started(self.pair, self.mapping, len(self.copies), planned.plan.copy_bytes)
@@ -127,6 +130,11 @@ class FolderPass(FolderScope):
                 log.info("%s: %s: resuming: %d messages left to copy", self.pair, self.mapping.source, len(remaining))
                 return remaining
         self.journal.check_late_writes()  # also the watches this pass opened: it cannot claim what it cannot prove
+        if self.kept_while_watched and self.ctx.pair.deletions.destination == "mirror" and not self.report.unresolved:
+            self.report.unresolved = (
+                f"{len(self.kept_while_watched)} messages deleted on the source kept their copy while a late write "
+                "of it was watched for; the next pass deletes it"
+            )
         self._complete()
         return []
 
@@ -153,7 +161,9 @@ class FolderPass(FolderScope):
                 source_status.uidvalidity,
                 destination_status.uidvalidity,
                 source_status.uidnext,
-                source_status.messages,
+                # the kept rows of expunged messages count as there: the next pass misses them, lists the folder
+                # in full and forgets (mirror: deletes) them once their watch ended
+                source_status.messages + len(self.kept_while_watched),
                 source_status.highestmodseq,
                 destination_status.uidnext,
             )
@@ -275,8 +285,10 @@ def plan_open_folder(
     candidates = reader.destination_candidates(known, synced) if new_messages and destination_status.messages else None
     policy = folder_policy(ctx, order, reader, destination_status.permanent_flags)
     plan = plan_folder(new_messages, listing.flags, synced, candidates, policy)
-    deletions, forget = plan_deletions(ctx, listing, synced, destination_status.messages)
-    return PlannedFolder(plan, deletions, listing.gone_failures, forget, unreadable)
+    vanished = plan_deletions(ctx, reader.mapping, listing, synced, destination_status.messages)
+    return PlannedFolder(
+        plan, vanished.deletions, listing.gone_failures, vanished.forget, unreadable, vanished.kept_while_watched
+    )
 
 
 def last_state(

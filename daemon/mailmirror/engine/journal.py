@@ -67,9 +67,13 @@ class UnconfirmedAppends(FolderScope):
                 len(missing),
             )
 
-    def check_late_writes(self) -> None:
+    def check_late_writes(self, *, expire: bool = True) -> None:
         """Open late-write watches of this folder: remove late copies of our own, close expired watches, and
-        say so (report.unresolved: exit 75) while some stay open."""
+        say so (report.unresolved: exit 75) while some stay open.
+
+        ``expire=False`` before the plan: after a UIDVALIDITY change the map is rebuilt by fingerprint only
+        then, and until it is a watch has no copy of ours to compare with; closing it as expired would leave
+        a late copy that landed within the window for good."""
         self.report.unresolved = None
         watches = self.store.late_write_watches(self.pair, self.mapping.source)
         if not watches:
@@ -102,7 +106,7 @@ class UnconfirmedAppends(FolderScope):
         if found:
             self._remove_late_copies(found)
         now = self.ctx.clock()
-        expired = [w.id for w in watches if w.id not in found and w.deadline <= now]
+        expired = [w.id for w in watches if expire and w.id not in found and w.deadline <= now]
         self.store.close_late_write_watches(expired)
         left = [w for w in watches if w.id not in found and w.id not in expired]
         if left and self.report.unresolved is None:

@@ -270,9 +270,7 @@ def test_mirror_deletions_after_a_graceful_stop_keep_the_copied_messages(make_se
 def test_failure_of_a_message_deleted_before_the_first_pass_finished_is_not_retried_for_ever(mirror):
     small = mirror.dest_server.add_user(max_mail_size=20_000)
     seed_inbox(mirror.src, [simple_message(1, size=50_000)] + [simple_message(i) for i in range(2, 8)])
-    setup = make_setup(
-        mirror.source_server, mirror.src_user, mirror.dest_server, small, pair_options="transfer: {batch_messages: 3}"
-    )
+    setup = mirror.setup(pair_options="transfer: {batch_messages: 3}", destination_user=small)
     report = run_pass_stopped_after_first_batch(setup)
     assert report.failed == 1 and report.error is not None, "the first batch's refusal and the stop did not happen"
     mirror.src.select_folder("INBOX")
@@ -316,7 +314,7 @@ def test_crash_in_first_pass_then_source_uidvalidity_reset_copies_each_message_o
 #     BODY[] NIL (OK [EXPUNGEISSUED]); that was a TypeError, and the pass ended with "internal error".
 def test_message_expunged_by_another_session_mid_fetch_is_not_a_bug(mirror):
     seed_inbox(mirror.src, [simple_message(i) for i in range(3)])
-    setup = make_setup(mirror.source_server, mirror.src_user, mirror.dest_server, mirror.dest_server.add_user())
+    setup = mirror.setup(destination_user=mirror.dest_server.add_user())
     with Session.open("src", load_config(setup.config_path).accounts["src"]) as session:
         session.select("INBOX", readonly=True)
         assert len(session.fetch_meta([1, 2, 3], ["Message-ID"])) == 3  # listed

@@ -347,13 +347,7 @@ def test_a_refused_message_alone_in_its_batch_is_recorded_and_the_pass_goes_on(m
         "INBOX",
         [SeedMessage(simple_message(i, size=50_000 if i == 2 else 500), (), DATE) for i in range(4)],
     )
-    setup = make_setup(
-        mirror.source_server,
-        mirror.src_user,
-        mirror.dest_server,
-        small_destination,
-        pair_options="transfer: {batch_messages: 1}",
-    )
+    setup = mirror.setup(pair_options="transfer: {batch_messages: 1}", destination_user=small_destination)
     report = setup.sync()
     assert report.error is None and report.copied == 3
     assert [uid for uid, _reason in report.folders[0].failed] == [3]

@@ -151,13 +151,16 @@ class Mirror:
         self.src = source_server.connect(self.src_user)
         self.dst = dest_server.connect(self.dst_user)
 
-    def setup(self, pair_options: str = "", *, source_tls: str = "starttls") -> Setup:
-        """The pair "test" from the source user to the destination user (``pair_options``: YAML lines)."""
+    def setup(
+        self, pair_options: str = "", *, source_tls: str = "starttls", destination_user: LabUser | None = None
+    ) -> Setup:
+        """The pair "test" from the source user to the destination user (``pair_options``: YAML lines;
+        ``destination_user``: another account on the destination server instead, e.g. one with a quota)."""
         return make_setup(
             self.source_server,
             self.src_user,
             self.dest_server,
-            self.dst_user,
+            destination_user or self.dst_user,
             pair_options=pair_options,
             source_tls=source_tls,
         )

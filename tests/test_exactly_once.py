@@ -21,7 +21,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from imapclient import IMAPClient
 
 from mailmirror.config.config_file import load_config
 from mailmirror.config.mailboxes import mailbox_identity
@@ -29,8 +28,9 @@ from mailmirror.lab.dovecot import DovecotServer, LabUser, SeedMessage, seed
 from mailmirror.state.locks import DestinationLock
 from mailmirror.state.records import SyncedMessage
 from mailmirror.state.store import StateStore
+from tests.conftest import MakeMirror
 from tests.proxy import Fault, FaultProxy
-from tests.support import ROOT, Setup, account_yaml, message_count, simple_message
+from tests.support import ROOT, Mirror, Setup, account_yaml, message_count, simple_message
 
 TEMPFAIL = 75
 
@@ -51,8 +51,9 @@ def _write(directory: Path, text: str, name: str = "mailmirror.yaml") -> Setup:
     return Setup(directory, path)
 
 
-def _count(server: DovecotServer, user: LabUser, folder: str = "INBOX") -> int:
-    client = server.connect(user)
+def _count(mirror: Mirror, folder: str = "INBOX") -> int:
+    """Messages in a folder of the mirror's destination account, on a new connection."""
+    client = mirror.dest_server.connect(mirror.dst_user)
     try:
         return message_count(client, folder)
     finally:
@@ -76,15 +77,9 @@ def destination_proxy(dest_server: DovecotServer) -> Iterator[FaultProxy]:
 # ------------------------------------------------------------------------- 1. stalls and late writes
 
 
-def _stall_setup(
-    tmp_path: Path,
-    source_server: DovecotServer,
-    src_user: LabUser,
-    proxy: FaultProxy,
-    dst_user: LabUser,
-    window: str,
-) -> Setup:
-    """The destination through the proxy, with a short timeout so that a held APPEND is given up soon."""
+def _stall_setup(tmp_path: Path, mirror: Mirror, proxy: FaultProxy, window: str) -> Setup:
+    """The mirror's pair, the destination through the proxy, with a short timeout so that a held APPEND is
+    given up soon."""
     directory = tmp_path / "pair"
     directory.mkdir()
     return _write(
@@ -92,8 +87,8 @@ def _stall_setup(
         f"state: {{path: {directory / 'state.db'}}}\n"
         f"daemon: {{lock_dir: {directory / 'locks'}}}\n"
         "accounts:\n"
-        + account_yaml("src", source_server, src_user, directory)
-        + _proxied_account("dst", proxy, dst_user, directory, "2s")
+        + account_yaml("src", mirror.source_server, mirror.src_user, directory)
+        + _proxied_account("dst", proxy, mirror.dst_user, directory, "2s")
         + "pairs:\n  test:\n    source: src\n    destination: dst\n"
         f"    transfer: {{retries: 2, backoff: 1s, workers: 1, late_write_window: {window}}}\n",
     )
@@ -108,32 +103,26 @@ def _stall_then_resume(setup: Setup, proxy: FaultProxy) -> subprocess.CompletedP
 
 
 def test_stalled_destination_executing_appends_late_ends_exactly_once(
-    tmp_path: Path,
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
-    destination_proxy: FaultProxy,
+    tmp_path: Path, mirror: Mirror, destination_proxy: FaultProxy
 ) -> None:
     total = 12
-    seed(src_client, "INBOX", [SeedMessage(simple_message(i, size=2000)) for i in range(total)])
-    setup = _stall_setup(tmp_path, source_server, src_user, destination_proxy, dst_user, "1h")
+    seed(mirror.src, "INBOX", [SeedMessage(simple_message(i, size=2000)) for i in range(total)])
+    setup = _stall_setup(tmp_path, mirror, destination_proxy, "1h")
 
     first = _stall_then_resume(setup, destination_proxy)
     output = first.stdout + first.stderr
     assert first.returncode == TEMPFAIL, output  # copied everything, but cannot prove exactly once yet
     assert "late_write_window" in output and "INBOX" in output, output
     assert "Traceback" not in output, output
-    assert _count(dest_server, dst_user) == total
+    assert _count(mirror) == total
 
     assert destination_proxy.release_held() > 0  # the stalled server wakes up and runs the old APPEND
-    _wait_for(lambda: _count(dest_server, dst_user) == 2 * total, "the late APPEND to be executed")
+    _wait_for(lambda: _count(mirror) == 2 * total, "the late APPEND to be executed")
 
     second = setup.run("sync")
     assert second.returncode == 0, second.stdout + second.stderr
     assert f"Removed {total} late duplicates of our own" in second.stdout, second.stdout
-    assert _count(dest_server, dst_user) == total
+    assert _count(mirror) == total
     verify = setup.run("verify")
     assert verify.returncode == 0, verify.stdout + verify.stderr
     third = setup.run("sync")  # the watches are closed: nothing left to prove
@@ -141,86 +130,64 @@ def test_stalled_destination_executing_appends_late_ends_exactly_once(
 
 
 def test_late_appends_landing_during_the_resumed_pass_are_removed_by_it(
-    tmp_path: Path,
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
-    destination_proxy: FaultProxy,
+    tmp_path: Path, mirror: Mirror, destination_proxy: FaultProxy
 ) -> None:
     """The issue's timing: the server runs the old APPEND after the resumed pass found nothing and before
     it copies again. The same pass finds its own late copies at the end, removes them, and can prove it."""
     total = 8
-    seed(src_client, "INBOX", [SeedMessage(simple_message(i, size=1800)) for i in range(total)])
-    setup = _stall_setup(tmp_path, source_server, src_user, destination_proxy, dst_user, "1h")
+    seed(mirror.src, "INBOX", [SeedMessage(simple_message(i, size=1800)) for i in range(total)])
+    setup = _stall_setup(tmp_path, mirror, destination_proxy, "1h")
     destination_proxy.release_held_before(b" APPEND ")
 
     result = _stall_then_resume(setup, destination_proxy)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"Removed {total} late duplicates of our own" in result.stdout, result.stdout
-    assert _count(dest_server, dst_user) == total
+    assert _count(mirror) == total
     verify = setup.run("verify")
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
 def test_without_a_late_write_window_the_late_appends_stay_duplicates(
-    tmp_path: Path,
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
-    destination_proxy: FaultProxy,
+    tmp_path: Path, mirror: Mirror, destination_proxy: FaultProxy
 ) -> None:
     """The issue's path 1 as it was (late_write_window: 0s turns the watch off): exit 0, then duplicates."""
     total = 6
-    seed(src_client, "INBOX", [SeedMessage(simple_message(i, size=1500)) for i in range(total)])
-    setup = _stall_setup(tmp_path, source_server, src_user, destination_proxy, dst_user, "0s")
+    seed(mirror.src, "INBOX", [SeedMessage(simple_message(i, size=1500)) for i in range(total)])
+    setup = _stall_setup(tmp_path, mirror, destination_proxy, "0s")
 
     first = _stall_then_resume(setup, destination_proxy)
     assert first.returncode == 0, first.stdout + first.stderr
     destination_proxy.release_held()
-    _wait_for(lambda: _count(dest_server, dst_user) == 2 * total, "the late APPEND to be executed")
+    _wait_for(lambda: _count(mirror) == 2 * total, "the late APPEND to be executed")
     assert setup.run("sync").returncode == 0
     assert setup.run("verify").returncode == 65
 
 
 def test_without_uidplus_late_duplicates_are_named_not_expunged(
-    tmp_path: Path,
-    source_server: DovecotServer,
-    src_user: LabUser,
-    src_client: IMAPClient,
-    make_server: Callable[..., DovecotServer],
+    tmp_path: Path, make_server: Callable[..., DovecotServer], make_mirror: MakeMirror
 ) -> None:
     server = make_server(drop_capabilities=("UIDPLUS",))
-    user = server.add_user()
+    mirror = make_mirror(destination=server)
     total = 4
-    seed(src_client, "INBOX", [SeedMessage(simple_message(i, size=1500)) for i in range(total)])
+    seed(mirror.src, "INBOX", [SeedMessage(simple_message(i, size=1500)) for i in range(total)])
     with FaultProxy(server.host, server.port) as proxy:
-        setup = _stall_setup(tmp_path, source_server, src_user, proxy, user, "1h")
+        setup = _stall_setup(tmp_path, mirror, proxy, "1h")
         first = _stall_then_resume(setup, proxy)
         assert first.returncode == TEMPFAIL, first.stdout + first.stderr
         proxy.release_held()
-        _wait_for(lambda: _count(server, user) == 2 * total, "the late APPEND to be executed")
+        _wait_for(lambda: _count(mirror) == 2 * total, "the late APPEND to be executed")
         second = setup.run("sync")
     assert second.returncode == TEMPFAIL, second.stdout + second.stderr
     assert "lacks UIDPLUS" in second.stdout and "delete them by hand" in second.stdout, second.stdout
-    assert _count(server, user) == 2 * total  # named, never expunged blindly
+    assert _count(mirror) == 2 * total  # named, never expunged blindly
 
 
 def test_a_late_write_watch_that_sees_nothing_closes_when_it_expires(
-    tmp_path: Path,
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
-    destination_proxy: FaultProxy,
+    tmp_path: Path, mirror: Mirror, destination_proxy: FaultProxy
 ) -> None:
     total = 4
-    seed(src_client, "INBOX", [SeedMessage(simple_message(i, size=1500)) for i in range(total)])
-    setup = _stall_setup(tmp_path, source_server, src_user, destination_proxy, dst_user, "2s")
+    seed(mirror.src, "INBOX", [SeedMessage(simple_message(i, size=1500)) for i in range(total)])
+    setup = _stall_setup(tmp_path, mirror, destination_proxy, "2s")
 
     first = _stall_then_resume(setup, destination_proxy)
     assert first.returncode == TEMPFAIL, first.stdout + first.stderr
@@ -228,7 +195,7 @@ def test_a_late_write_watch_that_sees_nothing_closes_when_it_expires(
     time.sleep(2.5)  # past the window (a wait, not a measurement)
     second = setup.run("sync")
     assert second.returncode == 0, second.stdout + second.stderr
-    assert _count(dest_server, dst_user) == total
+    assert _count(mirror) == total
     assert setup.run("verify").returncode == 0
 
 
@@ -253,21 +220,16 @@ def test_late_write_watches_in_the_state_database(tmp_path: Path) -> None:
 
 
 def _pair_config(
-    directory: Path,
-    source_server: DovecotServer,
-    sources: dict[str, LabUser],
-    dest_server: DovecotServer,
-    dst_user: LabUser,
-    lock_dir: Path,
-    name: str = "mailmirror.yaml",
+    directory: Path, mirror: Mirror, sources: dict[str, LabUser], lock_dir: Path, name: str = "mailmirror.yaml"
 ) -> Setup:
-    """One pair per source user (named after its account), all into ``dst_user``'s mailbox."""
+    """One pair per source user on the mirror's source server (named after its account), all into the
+    mirror's destination mailbox."""
     text = (
         f"state: {{path: {directory / (name + '.state.db')}}}\n"
         f"daemon: {{lock_dir: {lock_dir}}}\n"
         "accounts:\n"
-        + "".join(account_yaml(account, source_server, user, directory) for account, user in sources.items())
-        + account_yaml("dst", dest_server, dst_user, directory)
+        + "".join(account_yaml(account, mirror.source_server, user, directory) for account, user in sources.items())
+        + account_yaml("dst", mirror.dest_server, mirror.dst_user, directory)
         + "pairs:\n"
         + "".join(f"  {account}:\n    source: {account}\n    destination: dst\n" for account in sources)
     )
@@ -275,15 +237,10 @@ def _pair_config(
 
 
 def test_a_pass_into_a_mailbox_another_process_writes_exits_75_naming_the_holder(
-    tmp_path: Path,
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
+    tmp_path: Path, mirror: Mirror
 ) -> None:
-    seed(src_client, "INBOX", [SeedMessage(simple_message(i)) for i in range(3)])
-    setup = _pair_config(tmp_path, source_server, {"alice": src_user}, dest_server, dst_user, tmp_path / "locks")
+    seed(mirror.src, "INBOX", [SeedMessage(simple_message(i)) for i in range(3)])
+    setup = _pair_config(tmp_path, mirror, {"alice": mirror.src_user}, tmp_path / "locks")
     identity = load_config(setup.config_path).accounts["dst"].identity
     held = DestinationLock(tmp_path / "locks", identity, "dst", "pair 'other', state /elsewhere/state.db")
     assert held.acquire()
@@ -293,24 +250,18 @@ def test_a_pass_into_a_mailbox_another_process_writes_exits_75_naming_the_holder
         held.release()
     assert result.returncode == TEMPFAIL, result.stdout + result.stderr
     assert "is being written by mailmirror pid" in result.stderr and "/elsewhere/state.db" in result.stderr
-    assert _count(dest_server, dst_user) == 0
+    assert _count(mirror) == 0
     assert setup.run("sync").returncode == 0
-    assert _count(dest_server, dst_user) == 3
+    assert _count(mirror) == 3
 
 
 def test_one_pair_under_two_state_databases_at_once_copies_each_message_once(
-    tmp_path: Path,
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
-    destination_proxy: FaultProxy,
+    tmp_path: Path, mirror: Mirror, destination_proxy: FaultProxy
 ) -> None:
     """The issue's path 2, made deterministic: the first process's APPEND is held (it waits, holding the
     destination) while a copy of the config with another state.path runs; then the APPEND goes through."""
     total = 30
-    seed(src_client, "INBOX", [SeedMessage(simple_message(i, size=3000)) for i in range(total)])
+    seed(mirror.src, "INBOX", [SeedMessage(simple_message(i, size=3000)) for i in range(total)])
     locks = tmp_path / "locks"  # what the default lock directory is for every config of a machine
     setups = []
     for name in ("a.yaml", "b.yaml"):
@@ -318,8 +269,8 @@ def test_one_pair_under_two_state_databases_at_once_copies_each_message_once(
             f"state: {{path: {tmp_path / (name + '.state.db')}}}\n"
             f"daemon: {{lock_dir: {locks}}}\n"
             "accounts:\n"
-            + account_yaml("src", source_server, src_user, tmp_path)
-            + _proxied_account("dst", destination_proxy, dst_user, tmp_path, "60s")
+            + account_yaml("src", mirror.source_server, mirror.src_user, tmp_path)
+            + _proxied_account("dst", destination_proxy, mirror.dst_user, tmp_path, "60s")
             + "pairs:\n  test:\n    source: src\n    destination: dst\n    transfer: {workers: 1}\n"
         )
         setups.append(_write(tmp_path, text, name))
@@ -341,33 +292,24 @@ def test_one_pair_under_two_state_databases_at_once_copies_each_message_once(
         assert again.returncode == 0, again.stdout + again.stderr
         verify = setup.run("verify")
         assert verify.returncode == 0, verify.stdout + verify.stderr
-    assert _count(dest_server, dst_user) == total
+    assert _count(mirror) == total
 
 
-def test_two_pairs_into_one_destination_in_parallel_copy_each_message_once(
-    tmp_path: Path,
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
-) -> None:
-    quote = source_server.add_user()
+def test_two_pairs_into_one_destination_in_parallel_copy_each_message_once(tmp_path: Path, mirror: Mirror) -> None:
+    quote = mirror.source_server.add_user()
     when = datetime(2024, 1, 1, 10, 0, tzinfo=UTC)  # the shared five are the same message in every respect
     alice_messages = [SeedMessage(simple_message(i, size=2000), internaldate=when) for i in range(40)]
     quote_messages = alice_messages[:5] + [SeedMessage(simple_message(100 + i, tag="quote")) for i in range(10)]
-    seed(src_client, "INBOX", alice_messages)
-    quote_client = source_server.connect(quote)
+    seed(mirror.src, "INBOX", alice_messages)
+    quote_client = mirror.source_server.connect(quote)
     try:
         seed(quote_client, "INBOX", quote_messages)
     finally:
         quote_client.logout()
-    setup = _pair_config(
-        tmp_path, source_server, {"alice": src_user, "quote": quote}, dest_server, dst_user, tmp_path / "locks"
-    )
+    setup = _pair_config(tmp_path, mirror, {"alice": mirror.src_user, "quote": quote}, tmp_path / "locks")
     result = setup.run("sync", "-j", "2")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert _count(dest_server, dst_user) == 40 + 10  # the 5 byte-identical ones once
+    assert _count(mirror) == 40 + 10  # the 5 byte-identical ones once
     for pair in ("alice", "quote"):
         verify = setup.run("verify", pair)
         assert verify.returncode == 0, verify.stdout + verify.stderr

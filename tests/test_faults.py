@@ -39,8 +39,9 @@ from imapclient import IMAPClient
 
 from mailmirror.lab.corpus import generated_message
 from mailmirror.lab.dovecot import DovecotServer, LabCA, LabUser, SeedMessage, seed
+from tests.conftest import MakeMirror
 from tests.proxy import Fault, FaultProxy, _Trigger
-from tests.support import ROOT, Setup, account_yaml, message_count, simple_message
+from tests.support import ROOT, Mirror, Setup, account_yaml, message_count, simple_message
 
 pytestmark = pytest.mark.dovecot
 
@@ -69,28 +70,30 @@ def account_block(name: str, server: DovecotServer, user: LabUser, directory: Pa
 
 def fault_setup(
     directory: Path,
-    source: DovecotServer,
-    source_user: LabUser,
-    destination: DovecotServer,
-    destination_user: LabUser,
+    mirror: Mirror,
     *,
-    source_proxy: FaultProxy | None = None,
-    destination_proxy: FaultProxy | None = None,
+    proxy: FaultProxy | None = None,
+    proxied: str = "dst",
+    destination_user: LabUser | None = None,
     transfer: str = "{retries: 0}",
 ) -> Setup:
-    """The pair of a fault test. Retries off by default: a fault ends the pass, as a crash would, and the
-    next pass must clean up (the tests of retrying within a pass set ``transfer``).
+    """The pair of a fault test between the mirror's accounts, the ``proxied`` one ("src" or "dst")
+    reached through ``proxy`` (``destination_user``: another account on the mirror's destination server).
+    Retries off by default: a fault ends the pass, as a crash would, and the next pass must clean up (the
+    tests of retrying within a pass set ``transfer``).
 
     No late-write watch (late_write_window: 0s): these faults cut connections for good, so nothing can be
     executed late, and the next pass must prove itself complete at once. The watch and its exit 75 are
     tested in test_exactly_once.py."""
     directory.mkdir(parents=True, exist_ok=True)
     transfer = transfer.rstrip().removesuffix("}") + ", late_write_window: 0s}"
+    source_proxy, destination_proxy = (proxy, None) if proxied == "src" else (None, proxy)
+    destination_user = destination_user or mirror.dst_user
     text = (
         f"state: {{path: {directory / 'state.db'}}}\n"
         "accounts:\n"
-        + account_block("src", source, source_user, directory, source_proxy)
-        + account_block("dst", destination, destination_user, directory, destination_proxy)
+        + account_block("src", mirror.source_server, mirror.src_user, directory, source_proxy)
+        + account_block("dst", mirror.dest_server, destination_user, directory, destination_proxy)
         + f"pairs:\n  test:\n    source: src\n    destination: dst\n    transfer: {transfer}\n"
     )
     config_path = directory / "mailmirror.yaml"
@@ -222,8 +225,10 @@ def generated_mailbox(
     return mailbox
 
 
-def destination_counts(server: DovecotServer, user: LabUser, folders: Sequence[str]) -> dict[str, int]:
-    client = server.connect(user)
+def destination_counts(mirror: Mirror, folders: Sequence[str], user: LabUser | None = None) -> dict[str, int]:
+    """Messages per folder of the mirror's destination account (or ``user`` on its server), on a new
+    connection."""
+    client = mirror.dest_server.connect(user or mirror.dst_user)
     try:
         existing = {name for _flags, _delimiter, name in client.list_folders()}
         return {folder: message_count(client, folder) if folder in existing else 0 for folder in folders}
@@ -394,19 +399,12 @@ class Killer:
         )
 
 
-def test_kill_dash_nine_at_random_moments_loses_and_doubles_nothing(
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
-    tmp_path: Path,
-) -> None:
+def test_kill_dash_nine_at_random_moments_loses_and_doubles_nothing(mirror: Mirror, tmp_path: Path) -> None:
     mailbox = generated_mailbox(1, KILL_FOLDERS, big=10)
     total = sum(len(messages) for messages in mailbox.values())
     assert total >= 1000
-    seed_mailbox_fast(src_client, mailbox)
-    setup = fault_setup(tmp_path / "pair", source_server, src_user, dest_server, dst_user)
+    seed_mailbox_fast(mirror.src, mailbox)
+    setup = fault_setup(tmp_path / "pair", mirror)
     killer = Killer(setup, random.Random(20240611))
 
     # 1. The first copy, killed 13 times (10 over the copy, 3 early; at least 10 kills in all).
@@ -415,18 +413,18 @@ def test_kill_dash_nine_at_random_moments_loses_and_doubles_nothing(
     assert final.returncode == 0, killer.describe() + final.stdout + final.stderr
     assert "Complete: every selected source message is on the destination" in final.stdout
     assert_verify_clean(setup)
-    assert destination_counts(dest_server, dst_user, list(mailbox)) == {f: len(m) for f, m in mailbox.items()}
+    assert destination_counts(mirror, list(mailbox)) == {f: len(m) for f, m in mailbox.items()}
     assert journal(setup) == {"done": total}, "pending rows left in the state database"
 
     # 2. Incremental passes (UID ranges, CHANGEDSINCE, the fast path for the untouched folder), killed
     # while new mail and flag changes are copied.
     new_mail = generated_mailbox(2, KILL_NEW_MAIL, big=2)
-    seed_mailbox_fast(src_client, new_mail)
-    src_client.select_folder("Archive")
-    archive = src_client.search()
-    src_client.add_flags(archive[::5], ["\\Flagged", "$Label1"])
-    src_client.remove_flags(archive[1::7], ["\\Seen"])
-    src_client.unselect_folder()
+    seed_mailbox_fast(mirror.src, new_mail)
+    mirror.src.select_folder("Archive")
+    archive = mirror.src.search()
+    mirror.src.add_flags(archive[::5], ["\\Flagged", "$Label1"])
+    mirror.src.remove_flags(archive[1::7], ["\\Seen"])
+    mirror.src.unselect_folder()
     added = sum(len(messages) for messages in new_mail.values())
     killer.run(first=total, to_copy=added, progress=4, early=2, kills=5)
     final = setup.run("sync")
@@ -435,7 +433,7 @@ def test_kill_dash_nine_at_random_moments_loses_and_doubles_nothing(
 
     assert_verify_clean(setup)  # every message once, byte-identical, flags and INTERNALDATE equal
     expected = {f: len(m) + len(new_mail.get(f, [])) for f, m in mailbox.items()}
-    assert destination_counts(dest_server, dst_user, list(mailbox)) == expected
+    assert destination_counts(mirror, list(mailbox)) == expected
     assert journal(setup) == {"done": total + added}, "pending rows left in the state database"
 
 
@@ -445,17 +443,13 @@ RESTART_FOLDERS = {"INBOX": 400, "Work": 200}
 
 
 def test_destination_restarted_mid_pass_fails_cleanly_then_completes(
-    source_server: DovecotServer,
-    private_destination: DovecotServer,
-    src_user: LabUser,
-    src_client: IMAPClient,
-    tmp_path: Path,
+    private_destination: DovecotServer, make_mirror: MakeMirror, tmp_path: Path
 ) -> None:
+    mirror = make_mirror(destination=private_destination)
     mailbox = generated_mailbox(2, RESTART_FOLDERS, big=4, small=(4096, 20480))
     total = sum(len(messages) for messages in mailbox.values())
-    seed_mailbox_fast(src_client, mailbox)
-    user = private_destination.add_user()
-    setup = fault_setup(tmp_path / "pair", source_server, src_user, private_destination, user)
+    seed_mailbox_fast(mirror.src, mailbox)
+    setup = fault_setup(tmp_path / "pair", mirror)
 
     with SyncProcess(setup, "restarted") as run:
         wait_until(lambda: journal(setup).get("done", 0) > 0, 60, "the first confirmed batch", run)
@@ -468,7 +462,7 @@ def test_destination_restarted_mid_pass_fails_cleanly_then_completes(
             run.proc.send_signal(signal.SIGCONT)
         assert_clean_failure(run, "dst")
     assert "connection lost" in run.stderr, run.output
-    present = sum(destination_counts(private_destination, user, list(mailbox)).values())
+    present = sum(destination_counts(mirror, list(mailbox)).values())
     assert 0 < present < total, (present, run.output)
 
     report = setup.sync()
@@ -493,38 +487,23 @@ CUT_CASES = {
 
 @pytest.mark.parametrize("case", list(CUT_CASES))
 def test_connection_cut_mid_transfer_fails_cleanly_then_completes_exactly_once(
-    case: str,
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
-    proxies: Callable[..., FaultProxy],
-    tmp_path: Path,
+    case: str, mirror: Mirror, proxies: Callable[..., FaultProxy], tmp_path: Path
 ) -> None:
     side, fault = CUT_CASES[case]
     big = SeedMessage(simple_message(0, size=1_100_000), ("\\Seen",))  # UID 1: first in the first batch
     inbox = [big] + [SeedMessage(simple_message(i, size=3000), ("\\Seen",) if i % 2 else ()) for i in range(1, 41)]
     work = [SeedMessage(simple_message(100 + i, size=2000, tag="work")) for i in range(20)]
-    seed(src_client, "INBOX", inbox)
-    seed(src_client, "Work", work)
+    seed(mirror.src, "INBOX", inbox)
+    seed(mirror.src, "Work", work)
     total = len(inbox) + len(work)
-    proxy = proxies(source_server if side == "src" else dest_server)
-    setup = fault_setup(
-        tmp_path / "pair",
-        source_server,
-        src_user,
-        dest_server,
-        dst_user,
-        source_proxy=proxy if side == "src" else None,
-        destination_proxy=proxy if side == "dst" else None,
-    )
+    proxy = proxies(mirror.source_server if side == "src" else mirror.dest_server)
+    setup = fault_setup(tmp_path / "pair", mirror, proxy=proxy, proxied=side)
 
     proxy.inject(fault)
     with SyncProcess(setup, "cut") as run:
         assert_clean_failure(run, side)
     assert proxy.triggered >= 1, "the fault never fired: the test did not test what it says"
-    present = sum(destination_counts(dest_server, dst_user, ["INBOX", "Work"]).values())
+    present = sum(destination_counts(mirror, ["INBOX", "Work"]).values())
     if fault.pattern == b"[APPENDUID":
         assert present > 0, "the APPEND was not on the destination: the unconfirmed case was not exercised"
 
@@ -532,7 +511,7 @@ def test_connection_cut_mid_transfer_fails_cleanly_then_completes_exactly_once(
     report = setup.sync()
     assert report.error is None and report.complete, report
     assert report.copied == total - present
-    assert destination_counts(dest_server, dst_user, ["INBOX", "Work"]) == {"INBOX": len(inbox), "Work": len(work)}
+    assert destination_counts(mirror, ["INBOX", "Work"]) == {"INBOX": len(inbox), "Work": len(work)}
     assert_verify_clean(setup)
     assert journal(setup) == {"done": total}
 
@@ -540,7 +519,7 @@ def test_connection_cut_mid_transfer_fails_cleanly_then_completes_exactly_once(
 SWEEP_POINTS = 6
 
 
-def _small_mailbox(src_client: IMAPClient) -> dict[str, list[SeedMessage]]:
+def _small_mailbox(client: IMAPClient) -> dict[str, list[SeedMessage]]:
     mailbox = {
         "INBOX": [
             SeedMessage(simple_message(i, size=1500, message_id=i != 3), ("\\Seen",) if i % 2 else ()) for i in range(6)
@@ -548,37 +527,29 @@ def _small_mailbox(src_client: IMAPClient) -> dict[str, list[SeedMessage]]:
         "Work": [SeedMessage(simple_message(50 + i, size=800, tag="work"), ("\\Flagged",)) for i in range(4)],
     }
     for folder, messages in mailbox.items():
-        seed(src_client, folder, messages)
+        seed(client, folder, messages)
     return mailbox
 
 
 @pytest.mark.parametrize("side", ["src", "dst"])
 def test_connection_cut_after_any_server_line_fails_cleanly_then_completes_exactly_once(
-    side: str,
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    src_client: IMAPClient,
-    proxies: Callable[..., FaultProxy],
-    tmp_path: Path,
+    side: str, mirror: Mirror, proxies: Callable[..., FaultProxy], tmp_path: Path
 ) -> None:
     """A sweep: the first pass reads exactly k lines from one server, then the connection drops, for k
     spread (stratified, seeded) over the whole conversation once the session is open (the lines
     before are the next test's)."""
-    mailbox = _small_mailbox(src_client)
+    mailbox = _small_mailbox(mirror.src)
     total = sum(len(messages) for messages in mailbox.values())
-    proxy = proxies(source_server if side == "src" else dest_server, record=True)
+    proxy = proxies(mirror.source_server if side == "src" else mirror.dest_server, record=True)
 
     def pair(name: str) -> tuple[Setup, LabUser]:
-        user = dest_server.add_user()  # a fresh destination and state: every run holds the same dialogue
+        user = mirror.dest_server.add_user()  # a fresh destination and state: every run holds the same dialogue
         setup = fault_setup(
             tmp_path / name,
-            source_server,
-            src_user,
-            dest_server,
-            user,
-            source_proxy=proxy if side == "src" else None,
-            destination_proxy=proxy if side == "dst" else None,
+            mirror,
+            proxy=proxy,
+            proxied=side,
+            destination_user=user,
             transfer="{retries: 0, workers: 1}",  # one connection per side: one dialogue to sweep
         )
         return setup, user
@@ -604,7 +575,7 @@ def test_connection_cut_after_any_server_line_fails_cleanly_then_completes_exact
         with SyncProcess(setup, "cut") as run:
             assert_clean_failure(run, side)
         proxy.heal()
-        present = sum(destination_counts(dest_server, user, list(mailbox)).values())
+        present = sum(destination_counts(mirror, list(mailbox), user).values())
         pending = journal(setup).get("pending", 0)
         report = setup.sync()
         assert report.error is None and report.complete, (k, report)
@@ -627,27 +598,11 @@ SESSION_OPENING_CUTS = {
 @pytest.mark.parametrize("side", ["src", "dst"])
 @pytest.mark.parametrize("case", list(SESSION_OPENING_CUTS))
 def test_connection_cut_right_after_login_fails_cleanly(
-    case: str,
-    side: str,
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
-    proxies: Callable[..., FaultProxy],
-    tmp_path: Path,
+    case: str, side: str, mirror: Mirror, proxies: Callable[..., FaultProxy], tmp_path: Path
 ) -> None:
-    mailbox = _small_mailbox(src_client)
-    proxy = proxies(source_server if side == "src" else dest_server)
-    setup = fault_setup(
-        tmp_path / "pair",
-        source_server,
-        src_user,
-        dest_server,
-        dst_user,
-        source_proxy=proxy if side == "src" else None,
-        destination_proxy=proxy if side == "dst" else None,
-    )
+    mailbox = _small_mailbox(mirror.src)
+    proxy = proxies(mirror.source_server if side == "src" else mirror.dest_server)
+    setup = fault_setup(tmp_path / "pair", mirror, proxy=proxy, proxied=side)
     proxy.inject(SESSION_OPENING_CUTS[case])
     with SyncProcess(setup, "cut") as run:
         assert_clean_failure(run, side)
@@ -683,35 +638,28 @@ def _folder_messages(client: IMAPClient, folder: str) -> list[SeedMessage]:
     ]
 
 
-def _uidvalidity_fixture_mail(src_client: IMAPClient) -> tuple[list[SeedMessage], list[SeedMessage]]:
+def _uidvalidity_fixture_mail(client: IMAPClient) -> tuple[list[SeedMessage], list[SeedMessage]]:
     rng = random.Random("test_faults/uidvalidity")
     inbox = [generated_message(rng, i, rng.randint(2000, 8000)) for i in range(10)]
     work = [generated_message(rng, 100 + i, rng.randint(2000, 8000), folder="Work") for i in range(40)]
     work.append(SeedMessage(simple_message(999, message_id=False, tag="no id"), ("\\Flagged",), work[0].internaldate))
-    seed(src_client, "INBOX", inbox)
-    seed(src_client, "Work", work)
+    seed(client, "INBOX", inbox)
+    seed(client, "Work", work)
     return inbox, work
 
 
 def test_source_uidvalidity_reset_copies_nothing_again(
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
-    dst_client: IMAPClient,
-    tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
+    mirror: Mirror, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    inbox, work = _uidvalidity_fixture_mail(src_client)
-    setup = fault_setup(tmp_path / "pair", source_server, src_user, dest_server, dst_user)
+    inbox, work = _uidvalidity_fixture_mail(mirror.src)
+    setup = fault_setup(tmp_path / "pair", mirror)
     assert setup.sync().copied == len(inbox) + len(work)
 
-    before = _uidvalidity(src_client, "Work")
-    src_client.select_folder("INBOX", readonly=True)
-    src_client.delete_folder("Work")
-    seed(src_client, "Work", list(reversed(work)))  # same messages, new UIDs in another order
-    assert _uidvalidity(src_client, "Work") != before
+    before = _uidvalidity(mirror.src, "Work")
+    mirror.src.select_folder("INBOX", readonly=True)
+    mirror.src.delete_folder("Work")
+    seed(mirror.src, "Work", list(reversed(work)))  # same messages, new UIDs in another order
+    assert _uidvalidity(mirror.src, "Work") != before
 
     caplog.clear()
     caplog.set_level(logging.INFO)
@@ -720,7 +668,7 @@ def test_source_uidvalidity_reset_copies_nothing_again(
     assert (report.copied, report.total("adopted"), report.total("flags_updated")) == (0, len(work), 0)
     [warning] = _warnings(caplog)
     assert "Work" in warning and "source UIDVALIDITY" in warning, warning
-    assert message_count(dst_client, "Work") == len(work) and message_count(dst_client) == len(inbox)
+    assert message_count(mirror.dst, "Work") == len(work) and message_count(mirror.dst) == len(inbox)
     assert_verify_clean(setup)
 
     again = setup.sync()  # and the rebuilt map holds: nothing to do, no warning
@@ -728,25 +676,18 @@ def test_source_uidvalidity_reset_copies_nothing_again(
 
 
 def test_destination_uidvalidity_reset_copies_nothing_again(
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
-    dst_client: IMAPClient,
-    tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
+    mirror: Mirror, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    inbox, work = _uidvalidity_fixture_mail(src_client)
-    setup = fault_setup(tmp_path / "pair", source_server, src_user, dest_server, dst_user)
+    inbox, work = _uidvalidity_fixture_mail(mirror.src)
+    setup = fault_setup(tmp_path / "pair", mirror)
     assert setup.sync().copied == len(inbox) + len(work)
 
-    before = _uidvalidity(dst_client, "Work")
-    copies = _folder_messages(dst_client, "Work")
-    dst_client.select_folder("INBOX", readonly=True)
-    dst_client.delete_folder("Work")
-    seed(dst_client, "Work", copies[::-1])  # the same messages back, by APPEND, under new UIDs
-    assert _uidvalidity(dst_client, "Work") != before
+    before = _uidvalidity(mirror.dst, "Work")
+    copies = _folder_messages(mirror.dst, "Work")
+    mirror.dst.select_folder("INBOX", readonly=True)
+    mirror.dst.delete_folder("Work")
+    seed(mirror.dst, "Work", copies[::-1])  # the same messages back, by APPEND, under new UIDs
+    assert _uidvalidity(mirror.dst, "Work") != before
 
     caplog.clear()
     caplog.set_level(logging.INFO)
@@ -755,7 +696,7 @@ def test_destination_uidvalidity_reset_copies_nothing_again(
     assert (report.copied, report.total("adopted"), report.total("flags_updated")) == (0, len(work), 0)
     [warning] = _warnings(caplog)
     assert "Work" in warning and "destination UIDVALIDITY" in warning, warning
-    assert message_count(dst_client, "Work") == len(work)
+    assert message_count(mirror.dst, "Work") == len(work)
     assert_verify_clean(setup)
 
     again = setup.sync()
@@ -774,29 +715,19 @@ LOST_CASES = {
 
 @pytest.mark.parametrize("case", list(LOST_CASES))
 def test_state_database_lost_after_kill_with_pending_appends_gives_no_duplicates(
-    case: str,
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
-    proxies: Callable[..., FaultProxy],
-    tmp_path: Path,
+    case: str, mirror: Mirror, proxies: Callable[..., FaultProxy], tmp_path: Path
 ) -> None:
     rng = random.Random("test_faults/lost-state")
     inbox = [generated_message(rng, i, rng.randint(2000, 6000)) for i in range(150)]
     work = [generated_message(rng, 1000 + i, rng.randint(2000, 6000), folder="Work") for i in range(30)]
-    seed_fast(src_client, "INBOX", inbox)
-    seed_fast(src_client, "Work", work)
+    seed_fast(mirror.src, "INBOX", inbox)
+    seed_fast(mirror.src, "Work", work)
     total = len(inbox) + len(work)
-    proxy = proxies(dest_server)
+    proxy = proxies(mirror.dest_server)
     setup = fault_setup(
         tmp_path / "pair",
-        source_server,
-        src_user,
-        dest_server,
-        dst_user,
-        destination_proxy=proxy,
+        mirror,
+        proxy=proxy,
         transfer="{retries: 0, workers: 1}",  # one batch in flight: pending rows are exactly that batch
     )
 
@@ -807,7 +738,7 @@ def test_state_database_lost_after_kill_with_pending_appends_gives_no_duplicates
         run.kill()
     pending = journal(setup).get("pending", 0)
     assert pending > 0
-    present = sum(destination_counts(dest_server, dst_user, ["INBOX", "Work"]).values())
+    present = sum(destination_counts(mirror, ["INBOX", "Work"]).values())
     if case == "batch appended":
         assert present >= pending  # the unconfirmed batch is on the destination
     else:
@@ -818,6 +749,6 @@ def test_state_database_lost_after_kill_with_pending_appends_gives_no_duplicates
     report = setup.sync()
     assert report.error is None and report.complete, report
     assert report.copied == total - present and report.total("adopted") == present
-    assert destination_counts(dest_server, dst_user, ["INBOX", "Work"]) == {"INBOX": len(inbox), "Work": len(work)}
+    assert destination_counts(mirror, ["INBOX", "Work"]) == {"INBOX": len(inbox), "Work": len(work)}
     assert_verify_clean(setup)
     assert journal(setup) == {"done": total}

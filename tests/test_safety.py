@@ -92,6 +92,23 @@ class _OnEachBatch(LogProgress):
         self.then()
 
 
+def run_pass(setup, progress=None, **options):
+    """One pass of the pair "test" in this process, with ``progress`` (e.g. an _OnEachBatch hook) and
+    PairPass's keyword ``options`` (stop=, only_folders=)."""
+    config = load_config(setup.config_path)
+    store = StateStore(config.state.path)
+    try:
+        return PairPass("test", config.effective_pairs()["test"], config, store, progress, **options).run()
+    finally:
+        store.close()
+
+
+def run_pass_stopped_after_first_batch(setup):
+    """A pass asked to stop (as by SIGTERM) once its first batch is confirmed."""
+    stop = threading.Event()
+    return run_pass(setup, _OnEachBatch(stop.set), stop=stop)
+
+
 # 3. Move (source: after_copy): a message arriving during the pass is skipped for ever.
 def test_move_copies_a_message_arriving_during_the_pass_later(mirror):
     seed_inbox(mirror.src, [simple_message(i, tag="a") for i in range(5)])
@@ -102,10 +119,7 @@ def test_move_copies_a_message_arriving_during_the_pass_later(mirror):
         if not arrived:
             arrived.append(seed_inbox(mirror.src, [simple_message(99, tag="late")]))
 
-    config = load_config(setup.config_path)
-    store = StateStore(config.state.path)
-    PairPass("test", config.effective_pairs()["test"], config, store, _OnEachBatch(new_mail)).run()
-    store.close()
+    run_pass(setup, _OnEachBatch(new_mail))
     assert arrived, "no batch was copied: the test did not test what it says"
     for _ in range(3):
         setup.sync()
@@ -209,10 +223,7 @@ def test_a_push_pass_keeps_the_cross_folder_duplicate_priority(mirror):
     msg = simple_message(2, tag="labelled")
     seed_inbox(mirror.src, [msg], folder="Work")
     seed_inbox(mirror.src, [msg])  # the same message under two labels
-    config = load_config(setup.config_path)
-    store = StateStore(config.state.path)
-    PairPass("test", config.effective_pairs()["test"], config, store, only_folders={"INBOX"}).run()  # push
-    store.close()
+    run_pass(setup, only_folders={"INBOX"})  # push
     setup.sync()
     total = message_count(mirror.dst) + message_count(mirror.dst, "Work")
     assert total == 2, f"{total} copies on the destination (a full pass alone makes 2)"
@@ -243,12 +254,8 @@ def test_mirror_deletions_after_a_graceful_stop_keep_the_copied_messages(make_se
     setup = mirror.setup(pair_options="deletions: {destination: mirror}")
     assert setup.sync().complete
     seed_inbox(mirror.src, [simple_message(i, tag="new") for i in range(150)])
-    stop = threading.Event()
-    config = load_config(setup.config_path)
-    store = StateStore(config.state.path)
     # SIGTERM arrives while the first batch is in flight: set once it is confirmed
-    report = PairPass("test", config.effective_pairs()["test"], config, store, _OnEachBatch(stop.set), stop=stop).run()
-    store.close()
+    report = run_pass_stopped_after_first_batch(setup)
     print("stopped pass:", report.error, report.copied)
     assert report.copied == 100, "the pass was not stopped between its two batches"
     report = setup.sync()
@@ -263,14 +270,8 @@ def test_mirror_deletions_after_a_graceful_stop_keep_the_copied_messages(make_se
 def test_failure_of_a_message_deleted_before_the_first_pass_finished_is_not_retried_for_ever(mirror):
     small = mirror.dest_server.add_user(max_mail_size=20_000)
     seed_inbox(mirror.src, [simple_message(1, size=50_000)] + [simple_message(i) for i in range(2, 8)])
-    setup = make_setup(
-        mirror.source_server, mirror.src_user, mirror.dest_server, small, pair_options="transfer: {batch_messages: 3}"
-    )
-    stop = threading.Event()
-    config = load_config(setup.config_path)
-    store = StateStore(config.state.path)
-    report = PairPass("test", config.effective_pairs()["test"], config, store, _OnEachBatch(stop.set), stop=stop).run()
-    store.close()
+    setup = mirror.setup(pair_options="transfer: {batch_messages: 3}", destination_user=small)
+    report = run_pass_stopped_after_first_batch(setup)
     assert report.failed == 1 and report.error is not None, "the first batch's refusal and the stop did not happen"
     mirror.src.select_folder("INBOX")
     mirror.src.delete_messages([1])  # the user deletes the message the destination refused
@@ -298,11 +299,8 @@ def test_crash_in_first_pass_then_source_uidvalidity_reset_copies_each_message_o
     def crash():
         raise KeyboardInterrupt("simulated crash after the first batch, before the folder's state was saved")
 
-    config = load_config(setup.config_path)
-    store = StateStore(config.state.path)
     with pytest.raises(KeyboardInterrupt):
-        PairPass("test", config.effective_pairs()["test"], config, store, _OnEachBatch(crash)).run()
-    store.close()
+        run_pass(setup, _OnEachBatch(crash))
     assert message_count(mirror.dst, "Work") == 1
     mirror.src.delete_folder("Work")  # the folder recreated: a new UIDVALIDITY, the messages at UIDs 1 and 2
     seed_inbox(mirror.src, messages[1:], folder="Work")
@@ -316,7 +314,7 @@ def test_crash_in_first_pass_then_source_uidvalidity_reset_copies_each_message_o
 #     BODY[] NIL (OK [EXPUNGEISSUED]); that was a TypeError, and the pass ended with "internal error".
 def test_message_expunged_by_another_session_mid_fetch_is_not_a_bug(mirror):
     seed_inbox(mirror.src, [simple_message(i) for i in range(3)])
-    setup = make_setup(mirror.source_server, mirror.src_user, mirror.dest_server, mirror.dest_server.add_user())
+    setup = mirror.setup(destination_user=mirror.dest_server.add_user())
     with Session.open("src", load_config(setup.config_path).accounts["src"]) as session:
         session.select("INBOX", readonly=True)
         assert len(session.fetch_meta([1, 2, 3], ["Message-ID"])) == 3  # listed

@@ -13,7 +13,7 @@ from mailmirror.lab.dovecot import SeedMessage, seed, seed_mailbox
 from mailmirror.state.records import SyncedMessage
 from mailmirror.state.store import StateStore
 from tests.conftest import MakeMirror, MakeServer
-from tests.support import Mirror, folder_contents, make_setup, message_count, simple_message
+from tests.support import Mirror, folder_contents, message_count, simple_message
 
 pytestmark = pytest.mark.dovecot
 
@@ -114,7 +114,7 @@ def test_message_refused_by_the_destination_is_reported_and_the_rest_copied(mirr
         "INBOX",
         [SeedMessage(simple_message(1)), SeedMessage(simple_message(2, size=300_000)), SeedMessage(simple_message(3))],
     )
-    setup = make_setup(mirror.source_server, mirror.src_user, mirror.dest_server, small_destination)
+    setup = mirror.setup(destination_user=small_destination)
     result = setup.run("sync")
     assert result.returncode == 75, result.stdout + result.stderr
     assert "Mail size is larger than the maximum size allowed" in result.stdout

@@ -24,10 +24,11 @@ from mailmirror.engine.workers import FolderJob, Transfer
 from mailmirror.errors import Stopped, Throttled
 from mailmirror.imap.session import Session
 from mailmirror.imap.types import MessageToAppend
-from mailmirror.lab.dovecot import DovecotServer, LabUser, SeedMessage, seed
+from mailmirror.lab.dovecot import DovecotServer, SeedMessage, seed
 from mailmirror.state.store import StateStore
+from tests.conftest import MakeMirror
 from tests.proxy import Fault, FaultProxy
-from tests.support import Setup, folder_contents, make_setup, message_count, simple_message
+from tests.support import Mirror, Setup, folder_contents, make_setup, message_count, simple_message
 from tests.test_faults import fault_setup, journal, proxies
 
 __all__ = ["proxies"]  # the fixture, used by name
@@ -58,10 +59,10 @@ def run_pass(setup: Setup) -> PairPass:
         store.close()
 
 
-def assert_mirrored(setup: Setup, src_client: IMAPClient, dst_client: IMAPClient, total: int) -> None:
+def assert_mirrored(setup: Setup, source: IMAPClient, destination: IMAPClient, total: int) -> None:
     verdict = setup.verify()
     assert verdict.clean, verdict
-    assert folder_contents(dst_client) == folder_contents(src_client)
+    assert folder_contents(destination) == folder_contents(source)
     assert journal(setup) == {"done": total}
 
 
@@ -109,48 +110,28 @@ def test_split_evenly_keeps_uid_runs_contiguous() -> None:
 # ------------------------------------------------------------------------------------------ workers
 
 
-def test_parallel_folder_workers_copy_everything_exactly_once(
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
-    dst_client: IMAPClient,
-) -> None:
-    total = seeded(src_client, {"INBOX": 40, "Work": 30, "Work/Old": 20, "Archive": 25, "Sent": 15})
-    setup = make_setup(
-        source_server, src_user, dest_server, dst_user, pair_options="transfer: {workers: 3, batch_messages: 7}"
-    )
+def test_parallel_folder_workers_copy_everything_exactly_once(mirror: Mirror) -> None:
+    total = seeded(mirror.src, {"INBOX": 40, "Work": 30, "Work/Old": 20, "Archive": 25, "Sent": 15})
+    setup = mirror.setup(pair_options="transfer: {workers: 3, batch_messages: 7}")
     first = run_pass(setup)
     assert first.report.complete and first.report.copied == total
     assert first.workers == 3
-    assert_mirrored(setup, src_client, dst_client, total)
+    assert_mirrored(setup, mirror.src, mirror.dst, total)
     again = setup.sync()
     assert again.complete and again.copied == 0
 
 
 def test_a_big_folder_is_split_across_workers(
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
-    dst_client: IMAPClient,
+    mirror: Mirror,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    total = seeded(src_client, {"INBOX": 330, "Work": 5})
-    setup = make_setup(
-        source_server,
-        src_user,
-        dest_server,
-        dst_user,
-        pair_options="transfer: {workers: 3, split_above: 100, batch_messages: 25}",
-    )
+    total = seeded(mirror.src, {"INBOX": 330, "Work": 5})
+    setup = mirror.setup(pair_options="transfer: {workers: 3, split_above: 100, batch_messages: 25}")
     with caplog.at_level(logging.DEBUG, logger="mailmirror.engine.workers"):
         first = run_pass(setup)
     assert first.report.complete and first.report.copied == total
     assert any("in 3 runs" in record.getMessage() for record in caplog.records), "INBOX was not split"
-    assert_mirrored(setup, src_client, dst_client, total)
+    assert_mirrored(setup, mirror.src, mirror.dst, total)
     # every destination UID claimed once, by one source message
     config = load_config(setup.config_path)
     store = StateStore(config.state.path)
@@ -161,21 +142,14 @@ def test_a_big_folder_is_split_across_workers(
     assert len(dst_uids) == len(set(dst_uids)) == 330
 
 
-def test_workers_are_bounded_by_max_connections(
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
-    dst_client: IMAPClient,
-) -> None:
-    total = seeded(src_client, {"INBOX": 10, "Work": 10, "Archive": 10})
-    setup = make_setup(source_server, src_user, dest_server, dst_user, pair_options="transfer: {workers: 8}")
+def test_workers_are_bounded_by_max_connections(mirror: Mirror) -> None:
+    total = seeded(mirror.src, {"INBOX": 10, "Work": 10, "Archive": 10})
+    setup = mirror.setup(pair_options="transfer: {workers: 8}")
     text = setup.config_path.read_text(encoding="utf-8")
     setup.config_path.write_text(text.replace("  dst:\n", "  dst:\n    max_connections: 2\n", 1), encoding="utf-8")
     first = run_pass(setup)
     assert first.report.complete and first.workers == 2
-    assert_mirrored(setup, src_client, dst_client, total)
+    assert_mirrored(setup, mirror.src, mirror.dst, total)
 
 
 # ------------------------------------------------------------------------------------------ appends
@@ -183,28 +157,17 @@ def test_workers_are_bounded_by_max_connections(
 
 @pytest.mark.parametrize("dropped", [["MULTIAPPEND"], ["MULTIAPPEND", "LITERAL+"]])
 def test_appends_without_multiappend_pipelined_or_plain(
-    dropped: list[str],
-    source_server: DovecotServer,
-    make_server: Callable[..., DovecotServer],
-    src_user: LabUser,
-    src_client: IMAPClient,
+    dropped: list[str], make_server: Callable[..., DovecotServer], make_mirror: MakeMirror
 ) -> None:
-    destination = make_server(drop_capabilities=dropped)
-    dst_user = destination.add_user()
-    total = seeded(src_client, {"INBOX": 30, "Work": 12}, size=6000)
-    setup = make_setup(source_server, src_user, destination, dst_user, pair_options="transfer: {batch_messages: 8}")
+    mirror = make_mirror(destination=make_server(drop_capabilities=dropped))
+    total = seeded(mirror.src, {"INBOX": 30, "Work": 12}, size=6000)
+    setup = mirror.setup(pair_options="transfer: {batch_messages: 8}")
     report = setup.sync()
     assert report.complete and report.copied == total
-    dst_client = destination.connect(dst_user)
-    try:
-        assert_mirrored(setup, src_client, dst_client, total)
-    finally:
-        dst_client.logout()
+    assert_mirrored(setup, mirror.src, mirror.dst, total)
 
 
-def test_pipelined_append_reports_each_message(
-    make_server: Callable[..., DovecotServer], tmp_path: Path, src_user: LabUser
-) -> None:
+def test_pipelined_append_reports_each_message(make_server: Callable[..., DovecotServer]) -> None:
     """append_each against a server with LITERAL+ and no MULTIAPPEND: one UID per message, a refusal in
     the middle (over the user's size quota) does not hide the others."""
     destination = make_server(drop_capabilities=["MULTIAPPEND"])
@@ -223,27 +186,20 @@ def test_pipelined_append_reports_each_message(
     assert len(set(uids)) == 4
 
 
-def test_a_25_mb_message_is_copied_intact(
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
-    dst_client: IMAPClient,
-) -> None:
+def test_a_25_mb_message_is_copied_intact(mirror: Mirror) -> None:
     big = simple_message(1, size=25 * 1024 * 1024, tag="big")
     seed(
-        src_client,
+        mirror.src,
         "INBOX",
         [SeedMessage(simple_message(0), (), DATE), SeedMessage(big, ("\\Seen",), DATE)]
         + [SeedMessage(simple_message(i), (), DATE) for i in range(2, 6)],
     )
-    setup = make_setup(source_server, src_user, dest_server, dst_user, pair_options="transfer: {batch_size: 1MiB}")
+    setup = mirror.setup(pair_options="transfer: {batch_size: 1MiB}")
     report = setup.sync()
     assert report.complete and report.copied == 6
     assert setup.verify().clean
-    dst_client.select_folder("INBOX", readonly=True)
-    sizes = sorted(int(d[b"RFC822.SIZE"]) for d in dst_client.fetch(dst_client.search(), ["RFC822.SIZE"]).values())
+    mirror.dst.select_folder("INBOX", readonly=True)
+    sizes = sorted(int(d[b"RFC822.SIZE"]) for d in mirror.dst.fetch(mirror.dst.search(), ["RFC822.SIZE"]).values())
     assert sizes[-1] == len(big)
     assert journal(setup) == {"done": 6}
 
@@ -276,27 +232,16 @@ THROTTLES = {
 
 @pytest.mark.parametrize("case", list(THROTTLES))
 def test_throttling_and_resets_are_retried_with_backoff_exactly_once(
-    case: str,
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
-    dst_client: IMAPClient,
-    proxies: Callable[..., FaultProxy],
-    tmp_path: Path,
+    case: str, mirror: Mirror, proxies: Callable[..., FaultProxy], tmp_path: Path
 ) -> None:
     side, fault = THROTTLES[case]
-    total = seeded(src_client, {"INBOX": 45, "Work": 25}, size=3000)
-    proxy = proxies(source_server if side == "src" else dest_server)
+    total = seeded(mirror.src, {"INBOX": 45, "Work": 25}, size=3000)
+    proxy = proxies(mirror.source_server if side == "src" else mirror.dest_server)
     setup = fault_setup(
         tmp_path / "pair",
-        source_server,
-        src_user,
-        dest_server,
-        dst_user,
-        source_proxy=proxy if side == "src" else None,
-        destination_proxy=proxy if side == "dst" else None,
+        mirror,
+        proxy=proxy,
+        proxied=side,
         transfer="{workers: 2, batch_messages: 5, retries: 30, backoff: 0.05s}",
     )
     proxy.inject(fault)  # on every connection, also the ones opened to retry
@@ -304,31 +249,21 @@ def test_throttling_and_resets_are_retried_with_backoff_exactly_once(
     assert proxy.triggered >= 1, "the fault never fired: the test did not test what it says"
     assert report.error is None and report.complete, report
     proxy.heal()
-    assert_mirrored(setup, src_client, dst_client, total)
+    assert_mirrored(setup, mirror.src, mirror.dst, total)
     assert setup.sync().copied == 0
 
 
 def test_workers_cut_by_one_event_count_one_retry_and_wait_its_backoff(
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
-    dst_client: IMAPClient,
-    proxies: Callable[..., FaultProxy],
-    tmp_path: Path,
+    mirror: Mirror, proxies: Callable[..., FaultProxy], tmp_path: Path
 ) -> None:
     """A destination restart cuts the three workers of a split folder at once: that is one retry, not
     three (retries: 2 would have failed the pass), and the folder resumes after the backoff."""
-    total = seeded(src_client, {"INBOX": 300}, size=3000)
-    proxy = proxies(dest_server)
+    total = seeded(mirror.src, {"INBOX": 300}, size=3000)
+    proxy = proxies(mirror.dest_server)
     setup = fault_setup(
         tmp_path / "pair",
-        source_server,
-        src_user,
-        dest_server,
-        dst_user,
-        destination_proxy=proxy,
+        mirror,
+        proxy=proxy,
         transfer="{workers: 3, split_above: 100, batch_messages: 10, retries: 2, backoff: 3s}",
     )
     proxy.inject(Fault("up", pattern=b" APPEND ", count=2))  # every connection, at its second APPEND
@@ -338,19 +273,12 @@ def test_workers_cut_by_one_event_count_one_retry_and_wait_its_backoff(
     healer.join()
     assert proxy.triggered >= 3, "the workers were not all cut: the test did not test what it says"
     assert report.error is None and report.complete, report
-    assert_mirrored(setup, src_client, dst_client, total)
+    assert_mirrored(setup, mirror.src, mirror.dst, total)
 
 
-def test_rate_limits_are_accepted_and_the_copy_is_complete(
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
-    dst_client: IMAPClient,
-) -> None:
-    total = seeded(src_client, {"INBOX": 30, "Work": 10})
-    setup = make_setup(source_server, src_user, dest_server, dst_user)
+def test_rate_limits_are_accepted_and_the_copy_is_complete(mirror: Mirror) -> None:
+    total = seeded(mirror.src, {"INBOX": 30, "Work": 10})
+    setup = mirror.setup()
     text = setup.config_path.read_text(encoding="utf-8")
     limits = "    max_messages_per_second: 400\n    max_bytes_per_second: 2MB\n"
     text = text.replace("  dst:\n", "  dst:\n" + limits, 1).replace("  src:\n", "  src:\n" + limits, 1)
@@ -359,21 +287,14 @@ def test_rate_limits_are_accepted_and_the_copy_is_complete(
     assert config.accounts["dst"].max_bytes_per_second == 2_000_000
     report = setup.sync()
     assert report.complete and report.copied == total
-    assert_mirrored(setup, src_client, dst_client, total)
-    assert message_count(dst_client, "Work") == 10
+    assert_mirrored(setup, mirror.src, mirror.dst, total)
+    assert message_count(mirror.dst, "Work") == 10
 
 
-def test_a_stop_request_ends_a_rate_limited_pass_promptly_and_the_next_pass_completes(
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
-    dst_client: IMAPClient,
-) -> None:
+def test_a_stop_request_ends_a_rate_limited_pass_promptly_and_the_next_pass_completes(mirror: Mirror) -> None:
     """At 20 KB/s a batch of 30 × 20 KB would hold a worker for 30 s: a SIGTERM must not wait for it."""
-    total = seeded(src_client, {"INBOX": 30}, size=20_000)
-    setup = make_setup(source_server, src_user, dest_server, dst_user, pair_options="transfer: {workers: 1}")
+    total = seeded(mirror.src, {"INBOX": 30}, size=20_000)
+    setup = mirror.setup(pair_options="transfer: {workers: 1}")
     text = setup.config_path.read_text(encoding="utf-8")
     setup.config_path.write_text(text.replace("  src:\n", "  src:\n    max_bytes_per_second: 20KB\n", 1))
     config = load_config(setup.config_path)
@@ -385,10 +306,10 @@ def test_a_stop_request_ends_a_rate_limited_pass_promptly_and_the_next_pass_comp
     finally:
         store.close()
     assert isinstance(report.error, Stopped), report
-    assert message_count(dst_client, "INBOX") < total
+    assert message_count(mirror.dst, "INBOX") < total
     setup.config_path.write_text(text, encoding="utf-8")  # the limit off: the next pass finishes the copy
     assert setup.sync().complete
-    assert_mirrored(setup, src_client, dst_client, total)
+    assert_mirrored(setup, mirror.src, mirror.dst, total)
 
 
 def test_connection_limits_lend_extra_connections_only_when_free() -> None:
@@ -419,16 +340,14 @@ def test_connection_limits_lend_extra_connections_only_when_free() -> None:
         extra.release()
 
 
-def test_a_refused_message_alone_in_its_batch_is_recorded_and_the_pass_goes_on(
-    source_server: DovecotServer, dest_server: DovecotServer, src_user: LabUser, src_client: IMAPClient
-) -> None:
-    dst_user = dest_server.add_user(max_mail_size=20_000)
+def test_a_refused_message_alone_in_its_batch_is_recorded_and_the_pass_goes_on(mirror: Mirror) -> None:
+    small_destination = mirror.dest_server.add_user(max_mail_size=20_000)
     seed(
-        src_client,
+        mirror.src,
         "INBOX",
         [SeedMessage(simple_message(i, size=50_000 if i == 2 else 500), (), DATE) for i in range(4)],
     )
-    setup = make_setup(source_server, src_user, dest_server, dst_user, pair_options="transfer: {batch_messages: 1}")
+    setup = mirror.setup(pair_options="transfer: {batch_messages: 1}", destination_user=small_destination)
     report = setup.sync()
     assert report.error is None and report.copied == 3
     assert [uid for uid, _reason in report.folders[0].failed] == [3]
@@ -450,25 +369,15 @@ def test_byte_budget_lets_a_huge_batch_through_alone() -> None:
 
 
 def test_appends_of_a_split_folder_are_resolved_through_a_fresh_view(
-    source_server: DovecotServer,
-    dest_server: DovecotServer,
-    src_user: LabUser,
-    dst_user: LabUser,
-    src_client: IMAPClient,
-    dst_client: IMAPClient,
-    monkeypatch: pytest.MonkeyPatch,
+    mirror: Mirror, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A batch the server stored but answered "slow down" is resolved by whichever worker finishes the
     folder. That worker's session already has the folder open, and Dovecot shows the other session's
     appends only at a sync point: without a fresh SELECT the stored batch looked missing and was copied
     again (410 messages for 400)."""
-    total = seeded(src_client, {"INBOX": 400})
-    setup = make_setup(
-        source_server,
-        src_user,
-        dest_server,
-        dst_user,
-        pair_options="transfer: {workers: 2, split_above: 100, batch_messages: 10, retries: 5, backoff: 0.05s}",
+    total = seeded(mirror.src, {"INBOX": 400})
+    setup = mirror.setup(
+        pair_options="transfer: {workers: 2, split_above: 100, batch_messages: 10, retries: 5, backoff: 0.05s}"
     )
     copy_run, copy_done, append = FolderPass.copy_run, Transfer._copy_done, Session.append
     main_appends = 0
@@ -498,4 +407,4 @@ def test_appends_of_a_split_folder_are_resolved_through_a_fresh_view(
     assert main_appends >= 20, "the throttled answer never came: the test did not test what it says"
     assert pass_.report.error is None, pass_.report.error
     monkeypatch.undo()
-    assert_mirrored(setup, src_client, dst_client, total)
+    assert_mirrored(setup, mirror.src, mirror.dst, total)

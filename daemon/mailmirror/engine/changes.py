@@ -49,7 +49,7 @@ class FolderReader:
         only when the message count says something vanished.
         """
         store, pair, folder = self.ctx.store, self.ctx.name, self.mapping.source
-        waiting_for_search, old_enough = store.deferred_uids(pair, folder)
+        waiting_for_search, old_enough = store.deferred_uids(pair, folder, self.ctx.clock())
         matches = self.search_matches() or frozenset()
         retry = [uid for uid in (*store.failed_uids(pair, folder), *old_enough) if uid not in synced] + [
             uid for uid in waiting_for_search if uid in matches and uid not in synced

@@ -249,7 +249,7 @@ class PairPass:
             self.pair.messages.identity_headers,
             dry_run=self.dry_run,
         )
-        needs_attention = self.store.folders_needing_attention(self.name)
+        needs_attention = self.store.folders_needing_attention(self.name, self.ctx.clock())
         folders: list[FolderPass] = []
         for mapping in mappings:
             if not mapping.selectable:  # a \Noselect parent: its children imply it on the destination

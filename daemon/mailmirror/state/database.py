@@ -71,6 +71,6 @@ def locked(
     return wrapper
 
 
-def now_text() -> str:
-    """The time now as the state database keeps it (UTC, ISO 8601, to the second)."""
-    return datetime.now(UTC).isoformat(timespec="seconds")
+def now_text(moment: datetime | None = None) -> str:
+    """The time now (or ``moment``) as the state database keeps it (UTC, ISO 8601, to the second)."""
+    return (moment or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="seconds")

@@ -217,14 +217,15 @@ class StateStore(FleetRecords):
         self.db.conn.commit()
 
     @locked
-    def folders_needing_attention(self, pair: str) -> set[str]:
-        """Source folders with unconfirmed appends or failed messages: never skipped by the fast path."""
+    def folders_needing_attention(self, pair: str, now: datetime | None = None) -> set[str]:
+        """Source folders with unconfirmed appends, failed messages, deferred messages due at ``now`` (the
+        engine's clock) or late-write watches: never skipped by the fast path."""
         rows = self.db.execute(
             "SELECT src_folder FROM messages WHERE pair = ? AND status = 'pending' "
             "UNION SELECT src_folder FROM failures WHERE pair = ? "
             "UNION SELECT src_folder FROM deferred WHERE pair = ? AND eligible_at <= ? "
             "UNION SELECT src_folder FROM late_writes WHERE pair = ?",
-            [pair, pair, pair, now_text(), pair],
+            [pair, pair, pair, now_text(now), pair],
         )
         return {row[0] for row in rows}
 
@@ -267,14 +268,14 @@ class StateStore(FleetRecords):
             )
 
     @locked
-    def deferred_uids(self, pair: str, src_folder: str) -> tuple[list[int], list[int]]:
-        """(UIDs waiting for messages.search to match, UIDs old enough for min_age by now)."""
+    def deferred_uids(self, pair: str, src_folder: str, now: datetime | None = None) -> tuple[list[int], list[int]]:
+        """(UIDs waiting for messages.search to match, UIDs old enough for min_age at ``now``)."""
         rows = self.db.execute(
             "SELECT src_uid, eligible_at FROM deferred WHERE pair = ? AND src_folder = ? ORDER BY src_uid",
             [pair, src_folder],
         ).fetchall()
-        now = now_text()
-        return [uid for uid, at in rows if at is None], [uid for uid, at in rows if at is not None and at <= now]
+        due = now_text(now)
+        return [uid for uid, at in rows if at is None], [uid for uid, at in rows if at is not None and at <= due]
 
     # -- late writes -------------------------------------------------------------------------------------
 

@@ -22,13 +22,25 @@ def open_source(mirror: Mirror) -> Session:
     return Session.open("src", load_config(mirror.setup().config_path).accounts["src"])
 
 
-def test_idle_reports_a_message_that_arrived(mirror: Mirror) -> None:
+def test_idle_reports_a_message_that_arrived_before_it_began(mirror: Mirror) -> None:
     with open_source(mirror) as session:
         assert session.has("IDLE")
         session.select("INBOX", readonly=True)
         seed(mirror.src, "INBOX", [SeedMessage(simple_message(1))])
         assert session.wait_for_changes(threading.Event(), LONG)
         session.select("INBOX", readonly=True)  # the connection is usable after IDLE
+
+
+def test_idle_reports_a_message_that_arrives_while_idling(mirror: Mirror) -> None:
+    with open_source(mirror) as session:
+        session.select("INBOX", readonly=True)
+        arrival = threading.Timer(0.5, seed, (mirror.src, "INBOX", [SeedMessage(simple_message(2))]))
+        arrival.start()
+        try:
+            assert session.wait_for_changes(threading.Event(), LONG)
+        finally:
+            arrival.join()
+        assert session.status("INBOX").messages == 1
 
 
 def test_idle_ends_without_news_when_asked_to_stop(mirror: Mirror) -> None:

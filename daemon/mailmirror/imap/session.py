@@ -109,6 +109,11 @@ class Session(FolderCommands, MessageCommands, AppendCommands):
         ``renew_after`` seconds have passed (servers may end an IDLE after 30 minutes: the caller idles
         again). Returns whether a change was reported. Needs the IDLE capability."""
         with self.talking(f"waiting for changes in '{self.selected}' (IDLE)"):
+            # A change made after SELECT (or after the last IDLE) but before this IDLE began is not
+            # always announced in IDLE (Dovecot waits for its next check, 30 s later): a NOOP asks now.
+            _text, pending = self.client.noop()
+            if _reports_change(pending):
+                return True
             self.client.idle()
             started = time.monotonic()
             changed = False

@@ -523,6 +523,12 @@ def test_a_200_row_fleet_with_one_admin_credential_syncs_verifies_and_reports(
     for index in range(0, FLEET_ROWS, 50):
         assert fresh_count(server, users[index][1], "Migrated/INBOX") == 3
     assert admin.password not in synced.stdout + synced.stderr
+    # a fleet's summary: a line per pair (no folder tables) and a total
+    lines = synced.stdout.splitlines()
+    assert len(lines) == FLEET_ROWS + 1 and "Source folder" not in synced.stdout
+    assert sum(line.startswith("staff-") and ": complete; " in line for line in lines) == FLEET_ROWS
+    copied = 3 * len(range(0, FLEET_ROWS, 50))
+    assert lines[-1].startswith(f"{FLEET_ROWS} pairs ({FLEET_ROWS} complete): {copied} messages copied")
 
     verified = run_cli(config, "-q", "verify", "-j", "4", "staff-*")
     assert verified.returncode == 0, verified.stdout[-3000:] + verified.stderr[-3000:]
@@ -545,6 +551,9 @@ def test_a_200_row_fleet_with_one_admin_credential_syncs_verifies_and_reports(
     # a second fleet pass copies nothing; a pattern picks one pair
     again = run_cli(config, "-q", "sync", "-j", "8", "--no-progress", "staff-old0-*")
     assert again.returncode == 0, again.stderr
+    assert "Source folder" in again.stdout  # one pair: its folder table
+    one_line = run_cli(config, "-q", "sync", "--no-progress", "--summary", "line", "staff-old0-*")
+    assert one_line.returncode == 0 and one_line.stdout.splitlines()[-1].startswith("1 pair (1 complete): 0 messages")
     assert fresh_count(server, users[0][1], "Migrated/INBOX") == 3
     signed = run_cli(config, "-q", "report", "--verify", "-j", "2", "--format", "csv", "staff-old5?-*")
     assert signed.returncode == 0, signed.stderr

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from mailmirror.engine.parallel import ParallelPasses
 
 
+TABLES_UP_TO = 10  # pairs in one `sync` whose summaries are tables by default (a fleet gets lines)
+
+
 @click.command(short_help="One pass of each pair now, then a summary.")
 @click.argument("pairs", nargs=-1)
 @click.option("-n", "--dry-run", is_flag=True, help="Show what a pass would copy and update; change nothing.")
@@ -51,6 +54,14 @@ if TYPE_CHECKING:
     "at most its accounts' max_connections, and a pass keeps the extra connections of its transfer.workers "
     "while it runs: with many pairs on one server, raise max_connections or lower transfer.workers.",
 )
+@click.option(
+    "--summary",
+    type=click.Choice(["auto", "table", "line"]),
+    default="auto",
+    show_default=True,
+    help=f"Each pair's summary as a folder table or as one line (problems are listed either way); auto: "
+    f"tables for up to {TABLES_UP_TO} pairs, lines and a total for more.",
+)
 @shard_option
 @pass_context
 def sync(
@@ -61,6 +72,7 @@ def sync(
     force_deletions: bool,
     progress: bool | None,
     parallel: int | None,
+    summary: str,
 ) -> None:
     """Run one pass of PAIRS now (all pairs by default), then print a summary.
 
@@ -80,7 +92,6 @@ def sync(
     is writing into the same destination mailbox (the summary says why), 69/77 when a server is
     unreachable or refuses the login.
     """
-    from mailmirror.cli.report import RichProgress
     from mailmirror.engine.outcome import LogProgress
     from mailmirror.engine.parallel import ParallelPasses
     from mailmirror.state.store import StateStore
@@ -90,7 +101,11 @@ def sync(
     config = context.config
     StateStore(config.state.path).close()  # an unusable state.path: one config error (exit 78), before any pass
     show_bars = context.stdout.is_terminal if progress is None else progress
-    bars = RichProgress(context.stdout) if show_bars else None
+    bars = None
+    if show_bars:
+        from mailmirror.cli.report import RichProgress
+
+        bars = RichProgress(context.stdout)
     passes = ParallelPasses(
         config,
         names,
@@ -102,8 +117,13 @@ def sync(
     )
     manager: AbstractContextManager[Any] = bars if bars is not None else nullcontext()
     stop = _StopRequest(passes.stop)
+    as_lines = summary == "line" or (summary == "auto" and len(names) > TABLES_UP_TO)
     with manager, stop.handling():
-        reports = _collect_reports(context, passes, stop)
+        reports = _collect_reports(context, passes, stop, as_lines)
+    if as_lines:
+        from mailmirror.cli.pass_lines import print_fleet_totals
+
+        print_fleet_totals(context.stdout, reports)
     if stop.signum is not None:
         sys.exit(128 + stop.signum)  # 130 for Ctrl-C, 143 for SIGTERM
     errors = [report.error for report in reports if report.error is not None]
@@ -138,10 +158,10 @@ class _StopRequest:
                 signal.signal(signum, handler)
 
 
-def _collect_reports(context: Context, passes: ParallelPasses, stop: _StopRequest) -> list[PairReport]:
+def _collect_reports(context: Context, passes: ParallelPasses, stop: _StopRequest, as_lines: bool) -> list[PairReport]:
     """Each pass's summary as it ends; after a stop request, the passes under way get daemon.stop_timeout
     to record their batch in flight."""
-    from mailmirror.cli.report import print_pass
+    from mailmirror.cli.pass_lines import print_pass_line
 
     pairs = context.config.effective_pairs()
     reports: list[PairReport] = []
@@ -168,7 +188,12 @@ def _collect_reports(context: Context, passes: ParallelPasses, stop: _StopReques
             continue
         reports.append(report)
         pair = pairs[report.pair]
-        print_pass(context.stdout, report, pair.source, pair.destination)
+        if as_lines:
+            print_pass_line(context.stdout, report)
+        else:
+            from mailmirror.cli.report import print_pass
+
+            print_pass(context.stdout, report, pair.source, pair.destination)
         if report.error is not None:
             named = str(report.error).startswith(f"pair '{report.pair}'")
             message = str(report.error) if named else f"pair '{report.pair}': {report.error}"

@@ -92,7 +92,7 @@ def print_pass(console: Console, report: PairReport, source: str, destination: s
     """A pass's summary: the folder table, one sentence of totals, what was skipped, failed or altered, the outcome."""
     console.print(_pass_table(report, source, destination))
     console.print(_pass_totals(report))
-    _print_pass_problems(console, report)
+    print_pass_problems(console, report)
     _print_pass_outcome(console, report)
 
 
@@ -139,7 +139,7 @@ def _pass_totals(report: PairReport) -> str:
     )
 
 
-def _print_pass_problems(console: Console, report: PairReport) -> None:
+def print_pass_problems(console: Console, report: PairReport) -> None:
     _print_reasons(console, "Skipped", [(f.source, uid, why) for f in report.folders for uid, why in f.skipped])
     _print_reasons(console, "Failed", [(f.source, uid, why) for f in report.folders for uid, why in f.failed])
     _print_reasons(

@@ -8,6 +8,7 @@ port where TLS was asked (or the other way round), a greeting that is not IMAP.
 from __future__ import annotations
 
 import contextlib
+import functools
 import imaplib
 import socket
 import ssl
@@ -161,7 +162,7 @@ def _hostname_mismatch(account: Account, context: ssl.SSLContext, what: str) -> 
 def _certificate_names(account: Account, context: ssl.SSLContext) -> list[str]:
     """The DNS names and addresses the server's (trusted) certificate lists, from a second connection that
     checks the chain but not the name; [] when that fails."""
-    lenient = _ssl_context(account)
+    lenient = _new_ssl_context(str(account.tls_ca) if account.tls_ca else None, account.tls_verify)
     lenient.check_hostname = False
     try:
         client = IMAPClient(
@@ -199,8 +200,23 @@ def _bad_greeting(account: Account, error: Exception, what: str) -> str:
 
 
 def _ssl_context(account: Account) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=str(account.tls_ca) if account.tls_ca else None)
-    if not account.tls_verify:
+    """One context per CA file version and verification setting: loading the CA store costs more than the
+    handshake's own CPU, and a fleet's pairs share a few accounts' settings. A changed tls_ca file (new
+    mtime or size) gets a new context."""
+    if account.tls_ca is None:
+        return _shared_ssl_context(None, 0, 0, account.tls_verify)
+    version = account.tls_ca.stat()
+    return _shared_ssl_context(str(account.tls_ca), version.st_mtime_ns, version.st_size, account.tls_verify)
+
+
+@functools.lru_cache(maxsize=64)
+def _shared_ssl_context(cafile: str | None, _mtime_ns: int, _size: int, verify: bool) -> ssl.SSLContext:
+    return _new_ssl_context(cafile, verify)
+
+
+def _new_ssl_context(cafile: str | None, verify: bool) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=cafile)
+    if not verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context

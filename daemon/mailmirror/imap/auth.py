@@ -27,6 +27,7 @@ from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginEr
 from mailmirror.errors import AuthenticationFailure, ConfigError, ConnectionFailure
 from mailmirror.imap import oauth2
 from mailmirror.imap.channel import server_text
+from mailmirror.imap.wire import LeanIMAPClient
 
 if TYPE_CHECKING:
     from mailmirror.config.account import Account
@@ -161,9 +162,9 @@ def _password_login(client: IMAPClient, account: Account, mechanism: str, passwo
         _login_command(client, name, password)
     elif mechanism == "PLAIN":
         if account.authuser and not account.authuser_separator:
-            client.plain_login(account.authuser, password, authorization_identity=account.username)
+            _plain(client, account.authuser, password, authorization=account.username)
         else:
-            client.plain_login(name, password)
+            _plain(client, name, password)
     elif mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-1"):
         client.sasl_login(mechanism, _ScramExchange(mechanism, name, password))
     else:
@@ -176,7 +177,15 @@ def _login_command(client: IMAPClient, name: str, password: str) -> None:
     if _fits_login(password) and _fits_login(name):
         client.login(_quoted(name), password)
     else:
-        client.plain_login(name, password)
+        _plain(client, name, password)
+
+
+def _plain(client: IMAPClient, authentication: str, password: str, authorization: str = "") -> None:
+    """SASL PLAIN: in one round trip where the server takes an initial response (SASL-IR), else two."""
+    if isinstance(client, LeanIMAPClient) and client.has_capability("SASL-IR"):
+        client.authenticate_plain_initial(authentication, password, authorization)
+    else:
+        client.plain_login(authentication, password, authorization_identity=authorization or None)
 
 
 def _fits_login(text: str) -> bool:

@@ -19,6 +19,7 @@ from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 
 from mailmirror.errors import ConfigError, ConnectionFailure
 from mailmirror.imap.channel import server_text
+from mailmirror.imap.wire import LeanIMAPClient
 
 if TYPE_CHECKING:
     from mailmirror.config.account import Account
@@ -110,9 +111,11 @@ def _client_with_greeting(account: Account, context: ssl.SSLContext | None, time
     implicit = account.tls == "implicit"
     probe = min(timeout / 2, GREETING_PROBE_SECONDS)
     if implicit:
-        return IMAPClient(account.host, port=account.effective_port, ssl=implicit, ssl_context=context, timeout=timeout)
+        return LeanIMAPClient(
+            account.host, port=account.effective_port, ssl=implicit, ssl_context=context, timeout=timeout
+        )
     try:  # the greeting is read under the connect timeout
-        return IMAPClient(
+        return LeanIMAPClient(
             account.host, port=account.effective_port, ssl=False, timeout=SocketTimeout(connect=probe, read=timeout)
         )
     except TimeoutError:
@@ -122,7 +125,7 @@ def _client_with_greeting(account: Account, context: ssl.SSLContext | None, time
                 f"byte (IMAPS, usually 993), while the account has tls: {account.tls}. Use tls: implicit, or the "
                 "server's STARTTLS port (usually 143)"
             ) from None
-    return IMAPClient(account.host, port=account.effective_port, ssl=False, timeout=timeout)
+    return LeanIMAPClient(account.host, port=account.effective_port, ssl=False, timeout=timeout)
 
 
 def _speaks_tls(account: Account, timeout: float) -> bool:

@@ -259,7 +259,7 @@ def plan(context: Context, pairs: tuple[str, ...], as_json: bool) -> None:
     errors: list[MailmirrorError] = []
     try:
         for name in names:
-            pair = config.effective_pairs()[name]
+            pair = config.effective_pair(name)
             report = PairPreview(name, pair, config, store, measure=True).run()
             if report.error is not None:
                 errors.append(report.error)

@@ -208,6 +208,16 @@ class Config(Section):
         """Every pair, in file order, with ``defaults`` merged in."""
         return dict(self._effective_pairs)
 
+    def effective_pair(self, name: str) -> Pair:
+        """One pair with ``defaults`` merged in (KeyError for an unknown name): no copy of the whole fleet."""
+        return self._effective_pairs[name]
+
+    def pair_count(self) -> int:
+        return len(self._effective_pairs)
+
+    def has_pair(self, name: str) -> bool:
+        return name in self._effective_pairs
+
     def presets_of(self, pair_name: str) -> list[AppliedPreset]:
         """The provider preset values behind the pair's settings and its two accounts' (see
         :mod:`mailmirror.config.providers`), including those the config overrode."""

@@ -49,7 +49,11 @@ class Schedule(Section):
     jitter: Annotated[Duration, at_most(timedelta(days=7))] = Field(
         default=timedelta(0),
         json_schema_extra={"default": "0s"},
-        description="Delay each scheduled pass by a random time up to this long (spreads load over many pairs).",
+        description=(
+            "Delay each scheduled pass by a random time up to this long. Without it, a daemon with more pairs "
+            "than daemon.max_parallel_passes already spreads `every` schedules: each pair's passes keep a fixed "
+            "point of the interval drawn from its name."
+        ),
     )
 
     @model_validator(mode="before")

@@ -73,7 +73,7 @@ class ParallelPasses:
             self.reports.put(report)
 
     def _pass(self, name: str) -> PairReport:
-        pair = self.config.effective_pairs()[name]
+        pair = self.config.effective_pair(name)
         with self.limits.for_pair(self.config, pair):
             if self.stop.is_set():
                 return _ended(PairReport(name, error=Stopped(f"pair '{name}': not started (stop requested)")))

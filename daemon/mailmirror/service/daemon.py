@@ -52,7 +52,7 @@ from mailmirror.service.idle import IdleWatcher
 from mailmirror.service.metrics import Metrics
 from mailmirror.service.notify import Notifier
 from mailmirror.service.readiness import PairHealth, stale_pairs, state_check
-from mailmirror.service.schedule import Scheduler, expected_interval, pair_trigger
+from mailmirror.service.schedule import Scheduler, expected_interval, pair_trigger, schedule_phase
 from mailmirror.state.store import StateStore
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ class Daemon:
         self.scheduler.start()
         self.notifier.ready()
         shard = "" if self.shard is None else f" (shard {self.shard})"
-        log.info("mailmirror run: %d pairs%s from %s", len(self.config.effective_pairs()), shard, self.config_path)
+        log.info("mailmirror run: %d pairs%s from %s", self.config.pair_count(), shard, self.config_path)
         self._update_status()
         interval = self.notifier.watchdog_interval() or LOOP_SECONDS
         while not self.stop_requested.wait(min(interval, LOOP_SECONDS)):
@@ -162,7 +162,7 @@ class Daemon:
     # -- pairs -----------------------------------------------------------------------------------------
 
     def _start_pair(self, name: str) -> None:
-        pair = self.config.effective_pairs()[name]
+        pair = self.config.effective_pair(name)
         health = self.health.setdefault(name, PairHealth())
         if health.last_success is None:  # new, or never successful in this process: the database may know
             health.last_success = self.state_successes.get(name)
@@ -171,7 +171,7 @@ class Daemon:
         self.pair_stop[name] = threading.Event()
         self.scheduler.add_job(
             self._scheduled_pass,
-            trigger=pair_trigger(pair),
+            trigger=pair_trigger(pair, phase=schedule_phase(name) if self._spread_schedules() else None),
             args=[name],
             id=f"pair:{name}",
             name=f"pass of {name}",
@@ -190,6 +190,11 @@ class Daemon:
             )
             watcher.start()
             self.watchers[name].append(watcher)
+
+    def _spread_schedules(self) -> bool:
+        """More pairs than passes at a time: left alone, every pair of one `every` would come due together
+        and wait in line; spread over the interval, the servers see an even load."""
+        return self.config.pair_count() > self.config.daemon.max_parallel_passes
 
     def _stop_pair(self, name: str) -> None:
         if name in self.pair_stop:
@@ -268,7 +273,7 @@ class Daemon:
 
     def _pass(self, name: str, folders: set[str] | None, *, news_at: float | None = None) -> None:
         config = self.config
-        pair = config.effective_pairs().get(name)
+        pair = config.effective_pair(name) if config.has_pair(name) else None
         stop = self.pair_stop.get(name)
         if pair is None or stop is None or stop.is_set():
             return
@@ -310,7 +315,7 @@ class Daemon:
             self._once(self._push_pass, f"push:{name}", name, 5.0)
 
     def _after_pass(self, name: str, report: PairReport, *, pushed: bool) -> None:
-        if name not in self.config.effective_pairs():
+        if not self.config.has_pair(name):
             return  # removed by a reload while this pass ran
         health = self.health.setdefault(name, PairHealth())
         health.last_report = report
@@ -460,7 +465,7 @@ class Daemon:
 
 
 def _pair_settings(config: Config, name: str) -> Any:
-    pair = config.effective_pairs()[name]
+    pair = config.effective_pair(name)
     return (
         pair.model_dump(mode="json"),
         config.accounts[pair.source].model_dump(mode="json"),

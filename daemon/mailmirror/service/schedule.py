@@ -5,6 +5,7 @@ staleness metrics), and the scheduler the daemon runs them on."""
 from __future__ import annotations
 
 import functools
+import hashlib
 from datetime import UTC, datetime, timedelta
 
 from apscheduler.jobstores.base import JobLookupError
@@ -18,7 +19,11 @@ from mailmirror.config.crontab import cron_trigger
 from mailmirror.config.pair import Pair
 
 
-def pair_trigger(pair: Pair) -> BaseTrigger:
+def pair_trigger(pair: Pair, *, phase: float | None = None) -> BaseTrigger:
+    """The pair's passes after its first (which the daemon runs at once). With a ``phase`` (a fraction of
+    the interval, see `schedule_phase`), `every` passes start at that point of the interval, so that a
+    fleet's passes are spread evenly over it instead of all coming due together: the second pass is then
+    less than one interval after the first, and every pass after it `every` apart."""
     schedule = pair.schedule
     jitter = int(schedule.jitter.total_seconds()) or None
     if schedule.cron:
@@ -26,8 +31,28 @@ def pair_trigger(pair: Pair) -> BaseTrigger:
         trigger.jitter = jitter
         return trigger
     if schedule.every:
-        return IntervalTrigger(seconds=max(1.0, schedule.every.total_seconds()), jitter=jitter)
+        seconds = max(1.0, schedule.every.total_seconds())
+        if phase is None:
+            return IntervalTrigger(seconds=seconds, jitter=jitter)
+        start = datetime.now(UTC) + timedelta(seconds=seconds * phase)
+        return _PhasedIntervalTrigger(seconds=seconds, jitter=jitter, start_date=start)
     return DateTrigger(datetime.now(UTC))  # no schedule: the first pass only (and IDLE pushes)
+
+
+class _PhasedIntervalTrigger(IntervalTrigger):  # type: ignore[misc]
+    """An interval from ``start_date`` on, also when a pass ran before it (the daemon's first pass, at
+    once): APScheduler's own trigger counts the interval from the previous run instead."""
+
+    def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
+        if previous_fire_time is not None and previous_fire_time < self.start_date:
+            previous_fire_time = None
+        return super().get_next_fire_time(previous_fire_time, now)  # type: ignore[no-any-return]
+
+
+def schedule_phase(pair_name: str) -> float:
+    """A stable fraction in [0, 1) for a pair: the same after a restart, evenly spread over many pairs."""
+    digest = hashlib.blake2b(pair_name.encode("utf-8"), digest_size=8, person=b"mm-phase").digest()
+    return int.from_bytes(digest, "big") / 2**64
 
 
 def expected_interval(pair: Pair) -> float | None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from mailmirror.config.config_file import load_config
-from mailmirror.service.schedule import pair_trigger, schedule_phase
+from mailmirror.service.schedule import Scheduler, pair_trigger, schedule_phase
 
 CONFIG = """\
 state: {path: state.db}
@@ -37,3 +40,23 @@ def test_a_spread_pair_comes_due_within_one_interval_then_every_interval(tmp_pat
     assert spread.get_next_fire_time(second, second + timedelta(seconds=1)) - second == timedelta(minutes=10)
     plain = pair_trigger(pair)
     assert timedelta(minutes=9.9) < plain.get_next_fire_time(now, now) - now <= timedelta(minutes=10)
+
+
+def test_a_pass_skipped_while_the_previous_runs_is_said_at_info(caplog: pytest.LogCaptureFixture) -> None:
+    from apscheduler.triggers.date import DateTrigger
+
+    scheduler = Scheduler()
+    job = scheduler.add_job(print, trigger=DateTrigger(datetime.now(UTC)), id="pair:staff-alice")
+    other = scheduler.add_job(print, trigger=DateTrigger(datetime.now(UTC)), id="report")
+    apscheduler_log = logging.getLogger("apscheduler.scheduler")
+    skipped = 'Execution of job "%s" skipped: maximum number of running instances reached (%d)'
+    with caplog.at_level(logging.INFO):
+        apscheduler_log.warning(skipped, job, 1)
+        apscheduler_log.warning(skipped, other, 1)
+    said = [(r.name, r.levelname, r.getMessage()) for r in caplog.records]
+    assert said[0] == (
+        "mailmirror.service.schedule",
+        "INFO",
+        "staff-alice: a scheduled pass came due while its previous pass ran or waited; skipped",
+    )
+    assert said[1][:2] == ("apscheduler.scheduler", "WARNING")  # not a pair's pass: as APScheduler says it

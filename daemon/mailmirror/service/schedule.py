@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -17,6 +19,8 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from mailmirror.config.crontab import cron_trigger
 from mailmirror.config.pair import Pair
+
+log = logging.getLogger(__name__)
 
 
 def pair_trigger(pair: Pair, *, phase: float | None = None) -> BaseTrigger:
@@ -91,7 +95,15 @@ def cron_longest_gap(expression: str, timezone: str | None) -> float:
 class Scheduler(BackgroundScheduler):  # type: ignore[misc]
     """APScheduler's background scheduler, without its shutdown race: a one-off job that ran while
     `shutdown()` stopped the scheduler is no longer found when the scheduler's thread removes it, which
-    raised JobLookupError (a thread traceback) at every such stop."""
+    raised JobLookupError (a thread traceback) at every such stop. A pass that comes due while the pair's
+    previous one still runs or waits for a free slot is skipped, as APScheduler does, and said at INFO
+    (APScheduler says it as a WARNING: in a fleet's first round, many spread passes come due so)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        scheduler_log = logging.getLogger("apscheduler.scheduler")
+        if not any(isinstance(f, _SkippedPassNote) for f in scheduler_log.filters):
+            scheduler_log.addFilter(_SkippedPassNote())
 
     def remove_job(self, job_id: str, jobstore: str | None = None) -> None:
         try:
@@ -99,3 +111,13 @@ class Scheduler(BackgroundScheduler):  # type: ignore[misc]
         except JobLookupError:
             if self.state != STATE_STOPPED:
                 raise
+
+
+class _SkippedPassNote(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        job = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        job_id = getattr(job, "id", "")
+        if "maximum number of running instances" not in str(record.msg) or not job_id.startswith("pair:"):
+            return True
+        log.info("%s: a scheduled pass came due while its previous pass ran or waited; skipped", job_id[5:])
+        return False

@@ -52,6 +52,7 @@ from mailmirror.service.idle import IdleWatcher
 from mailmirror.service.metrics import Metrics
 from mailmirror.service.notify import Notifier
 from mailmirror.service.readiness import PairHealth, stale_pairs, state_check
+from mailmirror.service.resources import open_files_needed, raise_open_file_limit
 from mailmirror.service.schedule import Scheduler, expected_interval, pair_trigger, schedule_phase
 from mailmirror.state.store import StateStore
 
@@ -109,6 +110,7 @@ class Daemon:
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGHUP, self._on_reload_signal)
         self._read_state()  # fails early (exit 78) if the database cannot be opened
+        raise_open_file_limit(self._open_files_needed())
         if self.config.metrics.enabled:
             metrics = self.config.metrics
             self.http = HealthServer(metrics.host, metrics.port, self.metrics.registry, self.liveness, self.readiness)
@@ -130,6 +132,11 @@ class Daemon:
                 self.reload()
             self._update_status()
         return self._shutdown()
+
+    def _open_files_needed(self) -> int:
+        pairs = self.config.effective_pairs().values()
+        watchers = sum(len(pair.schedule.idle) for pair in pairs)
+        return open_files_needed(watchers, self.config.daemon.max_connections)
 
     def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
         self.stop_requested.set()

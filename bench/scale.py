@@ -500,6 +500,7 @@ class LogFollower:
         self.push_passes = 0
         self.metrics_url: str | None = None
         self.last_pass_at = time.monotonic()  # when the last pass (scheduled or pushed) was logged
+        self.last_push_at = 0.0  # when the last push pass (IDLE news) was logged
         self.last_progress_at = 0.0  # when the last pass or watcher was logged
 
     def poll(self) -> None:
@@ -516,7 +517,7 @@ class LogFollower:
                 self.last_pass_at = self.last_progress_at = time.monotonic()
             elif PUSH_END.search(line):
                 self.push_passes += 1
-                self.last_pass_at = time.monotonic()
+                self.last_pass_at = self.last_push_at = time.monotonic()
             elif match := WATCHING.search(line):
                 self.watching.add(match.group(1))
                 self.last_progress_at = time.monotonic()
@@ -584,9 +585,15 @@ def run_daemon(
         seen = watcher.snapshot()
         phase.max_src, phase.max_dst, phase.max_both = seen["max_src"], seen["max_dst"], seen["max_both"]
         if proc.poll() is None:
-            # IDLE watchers ask for a pass when they connect: wait until no pass has ended for `quiet` s.
+            # IDLE watchers ask for a pass when they connect: wait until no push pass has ended for `quiet`
+            # s (scheduled passes go on: a fleet's are spread over the interval, so some come due at once).
             quiet_began = time.monotonic()
-            while time.monotonic() - max(follower.last_pass_at, quiet_began) < quiet and proc.poll() is None:
+            quiet_deadline = quiet_began + STALL_SECONDS
+            while (
+                time.monotonic() - max(follower.last_push_at, quiet_began) < quiet
+                and proc.poll() is None
+                and time.monotonic() < quiet_deadline
+            ):
                 time.sleep(0.2)
                 follower.poll()
             phase.extra["push_passes_at_start"] = follower.push_passes

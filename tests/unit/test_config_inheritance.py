@@ -41,3 +41,21 @@ def test_each_pair_gets_its_own_merge_of_the_defaults(tmp_path: Path, monkeypatc
     assert list(pairs["second"].folders.exclude) == ["Junk"] == list(pairs["fourth"].folders.exclude)
     # pairs that spell a section the same way share one validated (frozen) section
     assert pairs["second"].folders is pairs["fourth"].folders
+
+
+def test_sections_left_to_their_defaults_are_one_shared_instance(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("config.yaml").write_text(textwrap.dedent(CONFIG), encoding="utf-8")
+    config = load_config(Path("config.yaml"))
+    effective, written = config.effective_pairs(), config.pairs
+    # nobody sets `transfer`: one instance for all, in the merged pairs and in the pairs as written
+    assert len({id(pair.transfer) for pair in effective.values()}) == 1
+    assert len({id(pair.transfer) for pair in written.values()}) == 1
+    # the same content validated once is shared; a pair's own content stays its own
+    assert effective["second"].folders is effective["fourth"].folders
+    assert effective["third"].folders is not effective["second"].folders
+    # the pairs as written still tell what was written
+    assert written["second"].model_dump(exclude_unset=True) == {"source": "c", "destination": "d"}
+    assert "folders" in written["third"].model_dump(exclude_unset=True)

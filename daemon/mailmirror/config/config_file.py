@@ -42,7 +42,7 @@ from mailmirror.config.cross_checks import (
     same_mailbox_errors,
     shared_destination_errors,
 )
-from mailmirror.config.pair import Pair, PairDefaults, PairSet, SectionCache, inherit_defaults
+from mailmirror.config.pair import Pair, PairDefaults, PairSet, SectionCache, inherit_defaults, share_default_sections
 from mailmirror.config.pair_set_lists import ROW_OPTION_COLUMNS
 from mailmirror.config.pairsets import PAIR_SET_ORIGINS, PairSetOrigins, TemplateIssue, expand_pair_sets
 from mailmirror.config.problems import InvalidConfig, file_and_line, list_problem
@@ -174,6 +174,7 @@ class Config(Section):
                 errors += copy_errors(error, prefix=("pairs", name), note=note)
         if errors:
             raise validation_error(errors)
+        share_default_sections(self.pairs.values())
         self._effective_pairs = effective
 
     def _pair_preset_layer(

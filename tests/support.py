@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -43,6 +44,17 @@ def require_program(name: str, package: str) -> str:
     if found:
         return found
     fail_or_skip(f"{name} is not installed (apt-get install {package}; scripts/bootstrap --test does it)")
+
+
+def require_checkout_readable_by_others() -> None:
+    """Tests that run mailmirror as another user (nobody) need every directory above the checkout (and its
+    venv) to let others through: a clone in a `mktemp -d` folder (mode 0700) does not."""
+    for directory in (ROOT, *ROOT.parents):
+        if not directory.stat().st_mode & stat.S_IXOTH:
+            fail_or_skip(
+                f"{directory} (mode {stat.S_IMODE(directory.stat().st_mode):o}) does not let other users through, "
+                f"so 'nobody' cannot run the checkout at {ROOT}: chmod o+x it, or clone elsewhere"
+            )
 
 
 def fail_or_skip(reason: str) -> NoReturn:

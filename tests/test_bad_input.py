@@ -32,7 +32,7 @@ from mailmirror.engine.outcome import LogProgress
 from mailmirror.engine.pair_pass import PairPass
 from mailmirror.lab.dovecot import DovecotServer, LabCA, LabUser, SeedMessage, free_port, seed
 from mailmirror.state.store import StateStore
-from tests.support import ROOT, Mirror, RunningDaemon, simple_message
+from tests.support import ROOT, Mirror, RunningDaemon, require_checkout_readable_by_others, simple_message
 
 SECRET = "S3cr3t-catalogue-9f2c"  # the password of every account in config-only cases
 TIMEOUT = "2s"
@@ -891,6 +891,7 @@ def test_an_unreadable_config_exits_78_like_a_missing_one(case_dir: Path) -> Non
     setpriv = shutil.which("setpriv")
     if os.geteuid() != 0 or setpriv is None:
         pytest.skip("needs root and setpriv to run the CLI as another user (root reads any file)")
+    require_checkout_readable_by_others()
     config = case_dir / "mailmirror.yaml"
     src, dst = closed_account(case_dir, free_port()), closed_account(case_dir, free_port())
     config.write_text(fill(config_text(config_case("x", 0), src, dst), {"dir": str(case_dir)}))

@@ -20,6 +20,7 @@ import pytest
 
 from mailmirror.config.mailboxes import mailbox_identity
 from mailmirror.state.locks import DestinationLock
+from tests.support import require_checkout_readable_by_others
 
 SETPRIV = shutil.which("setpriv")
 pytestmark = pytest.mark.skipif(
@@ -58,6 +59,7 @@ def system_dir() -> Iterator[Path]:
 
 def _as_nobody(system: Path) -> list[str]:
     assert SETPRIV is not None
+    require_checkout_readable_by_others()
     command = [SETPRIV, "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-c", CHILD, str(system)]
     env = {"PATH": os.environ.get("PATH", ""), "HOME": "/nonexistent"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env, check=False)

@@ -22,7 +22,7 @@ def limits() -> Iterator[tuple[int, int]]:
 def test_the_soft_limit_is_raised_to_the_hard_limit(limits: tuple[int, int]) -> None:
     _soft, hard = limits
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))
-    assert raise_open_file_limit(open_files_needed(100, 64)) == hard
+    assert raise_open_file_limit(open_files_needed(100, 64, 4)) == hard
     assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
 
 

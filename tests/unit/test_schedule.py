@@ -42,21 +42,28 @@ def test_a_spread_pair_comes_due_within_one_interval_then_every_interval(tmp_pat
     assert timedelta(minutes=9.9) < plain.get_next_fire_time(now, now) - now <= timedelta(minutes=10)
 
 
-def test_a_pass_skipped_while_the_previous_runs_is_said_at_info(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_spread_pass_skipped_in_the_first_round_is_said_at_info(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     from apscheduler.triggers.date import DateTrigger
 
+    (tmp_path / "c.yaml").write_text(CONFIG)
+    pair = load_config(tmp_path / "c.yaml").effective_pair("p")
     scheduler = Scheduler()
-    job = scheduler.add_job(print, trigger=DateTrigger(datetime.now(UTC)), id="pair:staff-alice")
+    job = scheduler.add_job(print, trigger=pair_trigger(pair, phase=0.5), id="pair:staff-alice")
     other = scheduler.add_job(print, trigger=DateTrigger(datetime.now(UTC)), id="report")
+    unspread = scheduler.add_job(print, trigger=pair_trigger(pair), id="pair:staff-bob")
     apscheduler_log = logging.getLogger("apscheduler.scheduler")
     skipped = 'Execution of job "%s" skipped: maximum number of running instances reached (%d)'
     with caplog.at_level(logging.INFO):
         apscheduler_log.warning(skipped, job, 1)
         apscheduler_log.warning(skipped, other, 1)
+        apscheduler_log.warning(skipped, unspread, 1)
     said = [(r.name, r.levelname, r.getMessage()) for r in caplog.records]
     assert said[0] == (
         "mailmirror.service.schedule",
         "INFO",
-        "staff-alice: a scheduled pass came due while its previous pass ran or waited; skipped",
+        "staff-alice: a scheduled pass came due while its first pass ran or waited; skipped",
     )
     assert said[1][:2] == ("apscheduler.scheduler", "WARNING")  # not a pair's pass: as APScheduler says it
+    assert said[2][:2] == ("apscheduler.scheduler", "WARNING")  # no spread: a pass that cannot keep up

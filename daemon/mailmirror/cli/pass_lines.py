@@ -14,12 +14,14 @@ def print_pass_line(console: Console, report: PairReport) -> None:
     """A pass's summary on one line (a fleet's `sync`): the pair, its outcome, its numbers; what was skipped,
     failed or altered is still listed below it."""
     created = sum(1 for folder in report.folders if folder.created)
-    copied = "to copy" if report.dry_run else "copied"
+    copied, deleted = ("to copy", "to delete") if report.dry_run else ("copied", "deleted")
+    moved = report.total("source_deleted")
     text = (
         f"{report.pair}: {pass_outcome_word(report)}; {len(report.folders)} folders ({created} new), "
         f"{report.copied} {copied} ({human_bytes(report.bytes_copied)}), {report.total('adopted')} present, "
-        f"{report.total('flags_updated')} flag updates, {report.total('deleted')} deleted, "
-        f"{report.skipped} skipped, {report.failed} failed, {report.seconds:.1f} s"
+        f"{report.total('flags_updated')} flag updates, {report.total('deleted')} {deleted}"
+        + (f", {moved} deleted from the source after their copy" if moved else "")
+        + f", {report.skipped} skipped, {report.failed} failed, {report.seconds:.1f} s"
     )
     _write_line(console, text)
     if report.error is not None or report.failed or report.skipped or report.altered or not report.complete:
@@ -48,13 +50,16 @@ def print_fleet_totals(console: Console, reports: Sequence[PairReport]) -> None:
         outcomes[word] = outcomes.get(word, 0) + 1
     copied = sum(report.copied for report in reports)
     size = sum(report.bytes_copied for report in reports)
+    moved = sum(report.total("source_deleted") for report in reports)
     counts = ", ".join(f"{count} {word}" for word, count in sorted(outcomes.items()))
+    verb = "to copy" if any(report.dry_run for report in reports) else "copied"
     _write_line(
         console,
         f"{len(reports)} {'pair' if len(reports) == 1 else 'pairs'} ({counts}): "
-        f"{copied} messages copied ({human_bytes(size)}), "
+        f"{copied} messages {verb} ({human_bytes(size)}), "
         f"{sum(r.total('adopted') for r in reports)} already on the destination, "
-        f"{sum(r.skipped for r in reports)} skipped, {sum(r.failed for r in reports)} failed",
+        + (f"{moved} deleted from the source after their copy, " if moved else "")
+        + f"{sum(r.skipped for r in reports)} skipped, {sum(r.failed for r in reports)} failed",
     )
 
 

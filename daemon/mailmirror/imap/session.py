@@ -57,6 +57,7 @@ class Session(FolderCommands, MessageCommands, AppendCommands):
 
     def __init__(self, account_name: str, account: Account, client: IMAPClient) -> None:
         super().__init__(account_name, account, client)
+        self._exists_seen: tuple[str | None, Any] | None = None  # (folder, EXISTS) last seen while watching
         self.separator, self.prefix = self._namespace()
 
     @classmethod
@@ -112,16 +113,28 @@ class Session(FolderCommands, MessageCommands, AppendCommands):
             # A change made after SELECT (or after the last IDLE) but before this IDLE began is not
             # always announced in IDLE (Dovecot waits for its next check, 30 s later): a NOOP asks now.
             _text, pending = self.client.noop()
-            if _reports_change(pending):
+            if self._news(pending):
                 return True
             self.client.idle()
             started = time.monotonic()
             changed = False
             while not changed and not stopping.is_set() and time.monotonic() - started < renew_after:
-                changed = _reports_change(self.client.idle_check(timeout=1))
+                changed = self._news(self.client.idle_check(timeout=1))
             _text, late = self.client.idle_done()
-        return changed or _reports_change(late)
+        return self._news(late) or changed
 
-
-def _reports_change(responses: Iterable[Any]) -> bool:
-    return any(len(response) > 1 and response[1] in _CHANGE_RESPONSES for response in responses)
+    def _news(self, responses: Iterable[Any]) -> bool:
+        """Whether untagged responses report a change: EXPUNGE, FETCH (flags), or an EXISTS count other than
+        the last one seen in this folder (some servers repeat an unchanged EXISTS on every NOOP: that must
+        not be news, or a watcher would NOOP and push in a loop)."""
+        news = False
+        for response in responses:
+            if len(response) < 2 or response[1] not in _CHANGE_RESPONSES:
+                continue
+            if response[1] == b"EXISTS":
+                seen = (self.selected, response[0])
+                news = news or seen != self._exists_seen
+                self._exists_seen = seen
+            else:
+                news = True
+        return news

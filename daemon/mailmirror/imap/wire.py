@@ -13,9 +13,14 @@ from __future__ import annotations
 
 import base64
 import imaplib
+import re
 from typing import Any
 
 from imapclient import IMAPClient, imap4, tls
+
+#: The greeting's capability response code, read strictly: imaplib's own pattern for response codes is
+#: greedy and would run on to the last "]" of a greeting such as ``* OK [CAPABILITY ...] mail [x] ready``.
+_GREETING_CAPABILITIES = re.compile(rb"\* (?:OK|PREAUTH) \[CAPABILITY ([^\]]+)\]")
 
 
 class _GreetingCapabilities:
@@ -23,15 +28,14 @@ class _GreetingCapabilities:
 
     untagged_responses: dict[str, list[Any]]
     capabilities: tuple[str, ...]
+    welcome: bytes
     _tls_established: bool
 
     def _get_capabilities(self) -> None:
-        announced = self.untagged_responses.pop("CAPABILITY", None)
-        if announced and announced[-1] and not getattr(self, "_tls_established", False):
-            text = announced[-1]
-            self.capabilities = tuple(
-                (text.decode("ascii", "replace") if isinstance(text, bytes) else text).upper().split()
-            )
+        self.untagged_responses.pop("CAPABILITY", None)  # asked or not, the list set here is the one kept
+        announced = _GREETING_CAPABILITIES.match(getattr(self, "welcome", b"") or b"")
+        if announced and not getattr(self, "_tls_established", False):
+            self.capabilities = tuple(announced.group(1).decode("ascii", "replace").upper().split())
             return
         super()._get_capabilities()  # type: ignore[misc]
 
@@ -61,7 +65,10 @@ class LeanIMAPClient(IMAPClient):  # type: ignore[misc]
         answer, like `plain_login`; the password is in no error text."""
         from imapclient.exceptions import LoginError
 
-        response = base64.b64encode(f"{authorization}\0{authentication}\0{password}".encode()).decode("ascii")
+        credentials = f"{authorization}\0{authentication}\0{password}"
+        response = base64.b64encode(credentials.encode()).decode("ascii")
+        # a server that asks "+" all the same gets the credentials again, as without SASL-IR (no stall)
+        self._imap.literal = imaplib._Authenticator(lambda _challenge: credentials).process
         kind, data = self._imap._simple_command("AUTHENTICATE", "PLAIN", response)
         if kind != "OK":
             answer = data[-1].decode("utf-8", "replace") if data and isinstance(data[-1], bytes) else str(data)

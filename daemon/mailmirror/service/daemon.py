@@ -136,7 +136,8 @@ class Daemon:
     def _open_files_needed(self) -> int:
         pairs = self.config.effective_pairs().values()
         watchers = sum(len(pair.schedule.idle) for pair in pairs)
-        return open_files_needed(watchers, self.config.daemon.max_connections)
+        daemon = self.config.daemon
+        return open_files_needed(watchers, daemon.max_connections, daemon.max_parallel_passes)
 
     def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
         self.stop_requested.set()
@@ -404,6 +405,7 @@ class Daemon:
         with contextlib.suppress(ConfigError, StateStorageError):  # unreadable now: the passes will say so
             self._read_state()
         self._configure_metrics()  # before the new pairs' first passes can start
+        raise_open_file_limit(self._open_files_needed())  # more watchers may need more files
         for name in sorted(added | changed):
             self._start_pair(name)
         self.metrics.reloaded(successful=True)

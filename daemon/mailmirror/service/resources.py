@@ -13,12 +13,14 @@ import resource
 
 log = logging.getLogger(__name__)
 
-#: Files beyond the sockets: the state database and its journal, locks, the log, the metrics listener, ...
+#: Files beyond the sockets: the log, the metrics listener, locks, ...
 OTHER_FILES = 64
+#: A pass's own files: the state database, its journal and WAL index.
+FILES_PER_PASS = 3
 
 
-def open_files_needed(watchers: int, connections: int) -> int:
-    return watchers + connections + OTHER_FILES
+def open_files_needed(watchers: int, connections: int, passes: int) -> int:
+    return watchers + connections + FILES_PER_PASS * passes + OTHER_FILES
 
 
 def raise_open_file_limit(needed: int) -> int:
@@ -32,7 +34,7 @@ def raise_open_file_limit(needed: int) -> int:
             log.debug("could not raise the open-file limit from %d to %d: %s", soft, hard, error)
     if soft != resource.RLIM_INFINITY and soft < needed:
         log.warning(
-            "open-file limit %d is below the %d this config may need (IDLE watchers, connections, state): "
+            "open-file limit %d is below the %d this config may need (IDLE watchers, connections, passes): "
             "raise LimitNOFILE= in the systemd unit (or ulimit -n), or watch fewer folders",
             soft,
             needed,

@@ -96,8 +96,9 @@ class Scheduler(BackgroundScheduler):  # type: ignore[misc]
     """APScheduler's background scheduler, without its shutdown race: a one-off job that ran while
     `shutdown()` stopped the scheduler is no longer found when the scheduler's thread removes it, which
     raised JobLookupError (a thread traceback) at every such stop. A pass that comes due while the pair's
-    previous one still runs or waits for a free slot is skipped, as APScheduler does, and said at INFO
-    (APScheduler says it as a WARNING: in a fleet's first round, many spread passes come due so)."""
+    previous one still runs or waits for a free slot is skipped, as APScheduler does; while a spread
+    pair's first pass runs or waits, that is said at INFO (in a fleet's first round many spread passes
+    come due so), later as APScheduler's WARNING (the pair cannot keep up with its schedule)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -117,7 +118,13 @@ class _SkippedPassNote(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         job = record.args[0] if isinstance(record.args, tuple) and record.args else None
         job_id = getattr(job, "id", "")
-        if "maximum number of running instances" not in str(record.msg) or not job_id.startswith("pair:"):
-            return True
-        log.info("%s: a scheduled pass came due while its previous pass ran or waited; skipped", job_id[5:])
+        trigger = getattr(job, "trigger", None)
+        if (
+            "maximum number of running instances" not in str(record.msg)
+            or not job_id.startswith("pair:")
+            or not isinstance(trigger, _PhasedIntervalTrigger)
+            or datetime.now(UTC) >= trigger.start_date + trigger.interval
+        ):
+            return True  # past its first interval, a skipped pass means the pair cannot keep up: a warning
+        log.info("%s: a scheduled pass came due while its first pass ran or waited; skipped", job_id[5:])
         return False
